@@ -1,0 +1,7 @@
+//! guard's configuration: the validated settings every other crate runs on, and the files an
+//! operator edits by hand or through `guard` commands (htpasswd users, bearer tokens).
+//! It knows no sockets: parsing, validation and atomic file writes only.
+
+pub mod fsutil;
+pub mod model;
+pub mod serve;

@@ -1,0 +1,110 @@
+//! The validated settings of `guard serve`: what the proxy runs on once flags (and later the
+//! YAML file) have been parsed. Every duration and size carries its unit in its name, and
+//! every default lives here once, so `--help`, the README and the code agree.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::model::{Cidr, Upstream};
+
+/// guard's reserved path prefix: never forwarded, never authenticated.
+pub const RESERVED_PREFIX: &str = "/_guard/";
+/// The health endpoint under [`RESERVED_PREFIX`], for load balancers and compose healthchecks.
+pub const HEALTH_PATH: &str = "/_guard/health";
+
+/// Everything `guard serve` needs, validated.
+#[derive(Clone, Debug)]
+pub struct ServeSettings {
+    /// TLS listener address.
+    pub listen: SocketAddr,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Where the certificate source comes from.
+    pub tls: TlsSource,
+    /// Directory for guard's own state (self-signed certificate, users, tokens, ACME).
+    pub state_dir: PathBuf,
+    /// Timeouts and sizes.
+    pub limits: Limits,
+    /// Peers whose `X-Forwarded-*` headers are kept and extended.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Forward the client's `Host` instead of the upstream's authority.
+    pub preserve_host: bool,
+    /// Access-log format.
+    pub log_format: LogFormat,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Clone, Debug)]
+pub enum TlsSource {
+    /// PEM files on disk, re-read when they change.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// A self-signed certificate kept in the state directory.
+    SelfSigned,
+}
+
+/// Access-log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per request.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every timeout and size limit of the serving path. None of them cuts a slow but live body.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time allowed to receive a complete HTTP/1.1 request head (slowloris defence). hyper
+    /// starts this timer when a keep-alive connection goes idle too.
+    pub header_read_timeout: Duration,
+    /// Time allowed to open a TCP connection to the upstream.
+    pub upstream_connect_timeout: Duration,
+    /// Time the upstream has to start its response after the request body has been sent.
+    pub upstream_response_timeout: Duration,
+    /// A connection with no traffic and no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2), in bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Largest request body; `None` means unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Most simultaneous client connections; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub max_h2_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(300),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: None,
+            max_connections: 16384,
+            max_h2_streams: 128,
+        }
+    }
+}
+
+/// Default TLS listener when no domain is configured.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/guard";
+/// Default shutdown grace.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

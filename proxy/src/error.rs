@@ -1,0 +1,155 @@
+//! Every way a request can fail, and the one place those failures become HTTP responses:
+//! client faults are 4xx, upstream faults 502 (504 on timeout), our own faults 500. Bodies are
+//! short fixed JSON phrases in MLflow's error shape; details go to the log only.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full, ProxyBody};
+
+/// Why guard answered a request itself instead of relaying the upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream refused the connection or could not be reached.
+    #[error("upstream {upstream} unreachable")]
+    UpstreamUnreachable {
+        /// The upstream's authority.
+        upstream: String,
+        /// The connect error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error("upstream {upstream}: connect timed out")]
+    UpstreamConnectTimeout {
+        /// The upstream's authority.
+        upstream: String,
+    },
+    /// The upstream did not start its response in time after the request was sent.
+    #[error("upstream {upstream}: no response within {seconds}s")]
+    UpstreamTimeout {
+        /// The upstream's authority.
+        upstream: String,
+        /// The timeout that fired.
+        seconds: u64,
+    },
+    /// The upstream broke the protocol or closed mid-request.
+    #[error("upstream {upstream}: request failed")]
+    UpstreamFailed {
+        /// The upstream's authority.
+        upstream: String,
+        /// hyper's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The request body exceeds `--max-body-size`.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The request could not be turned into an upstream request.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A path under guard's reserved prefix that guard does not serve.
+    #[error("no such guard endpoint")]
+    NotFound,
+}
+
+impl ProxyError {
+    /// Status, MLflow-style error code and the fixed message the client sees.
+    pub fn public_parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ProxyError::UpstreamUnreachable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "TEMPORARILY_UNAVAILABLE",
+                "the upstream server is unreachable",
+            ),
+            ProxyError::UpstreamFailed { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "TEMPORARILY_UNAVAILABLE",
+                "the upstream server failed to answer",
+            ),
+            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "DEADLINE_EXCEEDED",
+                "the upstream server did not answer in time",
+            ),
+            ProxyError::BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "REQUEST_LIMIT_EXCEEDED",
+                "the request body exceeds the configured maximum size",
+            ),
+            ProxyError::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "the request could not be forwarded",
+            ),
+            ProxyError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "ENDPOINT_NOT_FOUND",
+                "no such endpoint",
+            ),
+        }
+    }
+
+    /// Logs the failure once, with its cause chain, at a level fitting who is at fault.
+    pub fn log(&self) {
+        let mut chain = String::new();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            src = s.source();
+        }
+        match self {
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::NotFound => tracing::debug!("{self}{chain}"),
+            _ => tracing::warn!("{self}{chain}"),
+        }
+    }
+
+    /// The response the client gets.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let (status, code, message) = self.public_parts();
+        json_error(status, code, message)
+    }
+}
+
+/// A JSON error response in MLflow's shape: `{"error_code": ..., "message": ...}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error_code": code, "message": message }).to_string();
+    let mut resp = Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_status_and_code() {
+        let io = || -> Box<dyn std::error::Error + Send + Sync> { "refused".into() };
+        let up = || "127.0.0.1:5000".to_string();
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (ProxyError::UpstreamUnreachable { upstream: up(), source: io() }, 502, "TEMPORARILY_UNAVAILABLE"),
+            (ProxyError::UpstreamFailed { upstream: up(), source: io() }, 502, "TEMPORARILY_UNAVAILABLE"),
+            (ProxyError::UpstreamConnectTimeout { upstream: up() }, 504, "DEADLINE_EXCEEDED"),
+            (ProxyError::UpstreamTimeout { upstream: up(), seconds: 5 }, 504, "DEADLINE_EXCEEDED"),
+            (ProxyError::BodyTooLarge { limit: 10 }, 413, "REQUEST_LIMIT_EXCEEDED"),
+            (ProxyError::BadRequest("x"), 400, "BAD_REQUEST"),
+            (ProxyError::NotFound, 404, "ENDPOINT_NOT_FOUND"),
+        ];
+        for (err, status, code) in cases {
+            let (s, c, m) = err.public_parts();
+            assert_eq!((s.as_u16(), c), (status, code), "{err}");
+            assert!(!m.contains("refused"), "internal detail leaked: {m}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The request pipeline, one straight line: guard's reserved paths → authentication → body limit
+//! → upstream headers → forward → downstream headers → access log. Every failure becomes a
+//! response in `error`; nothing here writes a status code of its own for an error.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use guard_config::model::{Cidr, Upstream};
+use guard_config::serve::{Limits, HEALTH_PATH, RESERVED_PREFIX};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::accesslog::AccessRecord;
+use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
+use crate::error::ProxyError;
+use crate::forward::{forward, UpstreamClient};
+use crate::headers;
+use crate::server::InFlight;
+
+/// What every request on every connection shares.
+#[derive(Debug)]
+pub struct State {
+    /// The upstream's authority, also the default `Host`.
+    pub upstream_authority: String,
+    upstream_host: HeaderValue,
+    /// The pooled client.
+    pub client: UpstreamClient,
+    /// Timeouts and sizes.
+    pub limits: Limits,
+    /// Peers whose `X-Forwarded-*` are kept.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Forward the client's `Host`.
+    pub preserve_host: bool,
+}
+
+impl State {
+    /// Builds the shared state for one upstream.
+    pub fn new(upstream: &Upstream, limits: Limits, trusted_proxies: Vec<Cidr>, preserve_host: bool) -> Self {
+        let authority = upstream.authority();
+        State {
+            upstream_host: HeaderValue::from_str(&authority).expect("validated authority is a header value"),
+            upstream_authority: authority,
+            client: crate::forward::client(limits.upstream_connect_timeout),
+            limits,
+            trusted_proxies,
+            preserve_host,
+        }
+    }
+}
+
+/// Per-connection facts the pipeline needs.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// Serves one request. Never fails: every error is already a response.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    state: Arc<State>,
+    in_flight: InFlight,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let mut rec = AccessRecord::new(conn.peer, req.method().clone(), req.uri().path(), req.version());
+    let resp = match route(req, &conn, &state, &mut rec).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            e.log();
+            e.into_response()
+        }
+    };
+    Ok(finish(resp, rec, in_flight))
+}
+
+async fn route(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    state: &State,
+    rec: &mut AccessRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // guard's own paths come first so health checks need no credentials, and are never
+    // forwarded whatever follows the prefix.
+    let path = req.uri().path();
+    if path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/') {
+        return reserved(path);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported"));
+    }
+    if !path.starts_with('/') {
+        // `OPTIONS *` and other non-origin forms have no meaning for the upstream.
+        return Err(ProxyError::BadRequest("request target must be a path"));
+    }
+
+    // A declared length over the limit is refused before a byte goes upstream; a chunked body is
+    // cut by `RequestBody` when it crosses the limit.
+    if let Some(limit) = state.limits.max_body_bytes {
+        if content_length(&req).is_some_and(|len| len > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+    }
+
+    // Upgrades are HTTP/1.1 only; take the client's half before the request is consumed.
+    let upgrade = (req.version() == Version::HTTP_11)
+        .then(|| headers::upgrade_protocol(req.headers()))
+        .flatten();
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), &state.trusted_proxies, client_host.as_ref());
+    let host = match (&client_host, state.preserve_host) {
+        (Some(h), true) => h.clone(),
+        _ => state.upstream_host.clone(),
+    };
+    parts.headers.insert(header::HOST, host);
+    if let Some(proto) = upgrade.clone() {
+        headers::restore_upgrade(&mut parts.headers, proto);
+    }
+    let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    parts.uri = Uri::try_from(format!("http://{}{}", state.upstream_authority, pq))
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    // The upstream speaks HTTP/1.1 whatever the client spoke.
+    parts.version = Version::HTTP_11;
+
+    let (body, progress, body_sent) = RequestBody::new(body, state.limits.max_body_bytes);
+    rec.request_body = Some(progress);
+    let started = Instant::now();
+    let resp = forward(
+        &state.client,
+        Request::from_parts(parts, body),
+        body_sent,
+        state.limits.upstream_response_timeout,
+        &state.upstream_authority,
+    )
+    .await?;
+    rec.upstream_time = Some(started.elapsed());
+
+    let mut resp = resp;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(client_side), Some(proto)) = (client_upgrade, upgrade) else {
+            return Err(ProxyError::UpstreamFailed {
+                upstream: state.upstream_authority.clone(),
+                source: "upstream switched protocols without being asked".into(),
+            });
+        };
+        tokio::spawn(tunnel(client_side, hyper::upgrade::on(&mut resp)));
+        let (mut parts, _) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::restore_upgrade(&mut parts.headers, proto);
+        return Ok(Response::from_parts(parts, full(Bytes::new())));
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // The upstream's software and version are nobody's business.
+    parts.headers.remove(header::SERVER);
+    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+}
+
+/// guard's own endpoints under the reserved prefix.
+fn reserved(path: &str) -> Result<Response<ProxyBody>, ProxyError> {
+    if path == HEALTH_PATH {
+        let mut resp = Response::new(full(Bytes::from_static(b"{\"status\":\"ok\"}")));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return Ok(resp);
+    }
+    Err(ProxyError::NotFound)
+}
+
+/// The `Content-Length` the client declared, if any.
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let parts: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if parts.len() > 1 {
+        if let Ok(v) = HeaderValue::from_str(&parts.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!("upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut c = TokioIo::new(client);
+    let mut u = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        tracing::debug!("upgraded connection ended: {e}");
+    }
+}
+
+/// Wraps the response body so the access log line is written, and the connection's in-flight
+/// count dropped, when the body has been sent or the client has gone.
+fn finish(resp: Response<ProxyBody>, mut rec: AccessRecord, in_flight: InFlight) -> Response<ProxyBody> {
+    rec.status = resp.status();
+    resp.map(|body| {
+        ResponseBody::new(body, move |bytes_out, complete| {
+            rec.emit(bytes_out, complete);
+            drop(in_flight);
+        })
+        .boxed()
+    })
+}

@@ -1,0 +1,165 @@
+//! Header hygiene between client and upstream (RFC 9110 §7.6.1 and RFC 7239): hop-by-hop headers
+//! removed both ways, `X-Forwarded-*` set from the real connection, and `Host` chosen on purpose.
+
+use std::net::IpAddr;
+
+use guard_config::model::Cidr;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one hop and never travel further (RFC 9110 §7.6.1, plus the
+/// proxy-auth pair and the pre-standard `Proxy-Connection`).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Removes hop-by-hop headers: first every header the `Connection` header names, then the fixed
+/// list. Applied to requests and responses alike.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+}
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` plus an `Upgrade` header).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Restores the two headers an upgrade needs after [`strip_hop_by_hop`] removed them.
+pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` from the real connection. A peer inside a
+/// trusted range keeps its own values and has its address appended; anyone else's copies (and
+/// any RFC 7239 `Forwarded` header) are dropped, so a client cannot spoof its origin.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: &[Cidr], client_host: Option<&HeaderValue>) {
+    let peer_str = peer.to_canonical().to_string();
+    if trusted.iter().any(|c| c.contains(peer)) {
+        let prior: Vec<String> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        let chain = if prior.is_empty() { peer_str } else { format!("{}, {peer_str}", prior.join(", ")) };
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(h) = client_host {
+                headers.insert(X_FORWARDED_HOST, h.clone());
+            }
+        }
+        return;
+    }
+    headers.remove(&FORWARDED);
+    headers.remove(&X_FORWARDED_HOST);
+    if let Ok(v) = HeaderValue::from_str(&peer_str) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if let Some(h) = client_host {
+        headers.insert(X_FORWARDED_HOST, h.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof_forwarded_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "evil"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
+        let host = HeaderValue::from_static("mlflow.example.com");
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), &[], Some(&host));
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "mlflow.example.com");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_peer_extends_the_chain() {
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "http")]);
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        set_forwarded(&mut h, "10.1.1.1".parse().unwrap(), &trusted, None);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn upgrade_is_detected_only_with_both_headers() {
+        assert!(upgrade_protocol(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])).is_some());
+        assert!(upgrade_protocol(&map(&[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_protocol(&map(&[("connection", "keep-alive, upgrade")])).is_none());
+    }
+}

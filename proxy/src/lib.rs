@@ -1,0 +1,14 @@
+//! guard's serving side: accepts TLS connections, authenticates requests and streams them to
+//! the upstream. `server` owns sockets and shutdown; `handler` is the one request pipeline;
+//! the other modules are its named steps.
+
+pub mod accesslog;
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod handler;
+pub mod headers;
+pub mod server;
+pub mod tls;
+
+pub use server::{prepare, serve, Prepared, ServeError};
