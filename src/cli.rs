@@ -101,6 +101,10 @@ struct ServeArgs {
     #[arg(long, env = "GUARD_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = model::parse_duration)]
     shutdown_grace: Option<Duration>,
 
+    /// Serve without authentication: anyone who reaches the port reaches the upstream.
+    #[arg(long, env = "GUARD_DANGEROUS_NO_AUTH")]
+    dangerous_no_auth: bool,
+
     /// Log format. [default: text]
     #[arg(long, env = "GUARD_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormatArg>,

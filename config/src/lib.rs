@@ -3,5 +3,12 @@
 //! It knows no sockets: parsing, validation and atomic file writes only.
 
 pub mod fsutil;
+pub mod htpasswd;
 pub mod model;
+pub mod secret;
 pub mod serve;
+pub mod tokens;
+pub mod users;
+
+#[cfg(test)]
+mod testutil;

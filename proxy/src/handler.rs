@@ -103,6 +103,7 @@ async fn route(
     // cut by `RequestBody` when it crosses the limit.
     if let Some(limit) = state.limits.max_body_bytes {
         if content_length(&req).is_some_and(|len| len > limit) {
+            discard_body(req.into_body());
             return Err(ProxyError::BodyTooLarge { limit });
         }
     }
@@ -182,6 +183,22 @@ fn reserved(path: &str) -> Result<Response<ProxyBody>, ProxyError> {
     }
     Err(ProxyError::NotFound)
 }
+
+/// Reads and drops a refused request body for a while, so a client that sends its whole body
+/// before reading (as the MLflow client does) gets to read the 413 instead of a broken pipe,
+/// which it would retry. Bounded in time; past it the connection is closed.
+fn discard_body(mut body: Incoming) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DISCARD_BODY_TIME, async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    });
+}
+
+/// How long a refused body is read and dropped before the connection is closed (nginx's
+/// `lingering_time` is 30s too).
+const DISCARD_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The `Content-Length` the client declared, if any.
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
