@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use guard_config::model::{self, Cidr, Upstream};
-use guard_config::serve::{self as defaults, Limits, LogFormat, ServeSettings, TlsSource};
+use guard_config::serve::{self as defaults, AuthSettings, Limits, LogFormat, ServeSettings, TlsSource};
 
 /// TLS and authentication in front of an MLflow tracking server (or any HTTP service).
 #[derive(Debug, Parser)]
@@ -21,6 +21,89 @@ pub struct Cli {
 enum Command {
     /// Serve HTTPS and forward authenticated requests to the upstream.
     Serve(Box<ServeArgs>),
+    /// Add a user to the users file (bcrypt, written as $2y$ for Apache and nginx too).
+    Adduser(PasswordArgs),
+    /// Change a user's password.
+    Passwd(PasswordArgs),
+    /// Remove a user.
+    Deluser(UserArgs),
+    /// List user names (never hashes).
+    Users(FileArgs),
+    /// Manage bearer tokens (what MLFLOW_TRACKING_TOKEN sends).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Where the users and tokens files are; the same defaults as `guard serve`.
+#[derive(Debug, Args)]
+struct FileArgs {
+    /// guard's state directory. [default: /var/lib/guard as root, else ~/.local/state/guard]
+    #[arg(long, env = "GUARD_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// htpasswd users file. [default: STATE_DIR/users.htpasswd]
+    #[arg(long, env = "GUARD_USERS", value_name = "FILE")]
+    users: Option<PathBuf>,
+    /// Tokens file. [default: STATE_DIR/tokens.json]
+    #[arg(long, env = "GUARD_TOKENS", value_name = "FILE")]
+    tokens: Option<PathBuf>,
+}
+
+impl FileArgs {
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+    fn users(&self) -> PathBuf {
+        self.users.clone().unwrap_or_else(|| self.state_dir().join(defaults::USERS_FILE_NAME))
+    }
+    fn tokens(&self) -> PathBuf {
+        self.tokens.clone().unwrap_or_else(|| self.state_dir().join(defaults::TOKENS_FILE_NAME))
+    }
+}
+
+#[derive(Debug, Args)]
+struct UserArgs {
+    /// The user name.
+    name: String,
+    #[command(flatten)]
+    files: FileArgs,
+}
+
+#[derive(Debug, Args)]
+struct PasswordArgs {
+    #[command(flatten)]
+    user: UserArgs,
+    /// Read the password from the first line of standard input instead of asking twice.
+    #[arg(long)]
+    password_stdin: bool,
+    /// bcrypt cost (4-16); each step doubles the time of a login check. [default: 12]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(4..=16))]
+    cost: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once; only its SHA-256 is stored.
+    Create {
+        /// The token's name (shown to the upstream in X-Forwarded-User).
+        name: String,
+        /// Lifetime, e.g. 90d. [default: never expires]
+        #[arg(long, value_name = "DURATION", value_parser = model::parse_duration)]
+        expires: Option<Duration>,
+        #[command(flatten)]
+        files: FileArgs,
+    },
+    /// List tokens with their status (never the token).
+    List {
+        #[command(flatten)]
+        files: FileArgs,
+    },
+    /// Revoke a token: it gets 401 from the next reload on (within 2 s).
+    Revoke {
+        /// The token's name.
+        name: String,
+        #[command(flatten)]
+        files: FileArgs,
+    },
 }
 
 /// Flags of `guard serve`. Every flag also reads a `GUARD_*` environment variable.
@@ -101,6 +184,43 @@ struct ServeArgs {
     #[arg(long, env = "GUARD_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = model::parse_duration)]
     shutdown_grace: Option<Duration>,
 
+    /// htpasswd users file, re-read when it changes. [default: STATE_DIR/users.htpasswd]
+    #[arg(long, env = "GUARD_USERS", value_name = "FILE")]
+    users: Option<PathBuf>,
+
+    /// Bearer tokens file, re-read when it changes. [default: STATE_DIR/tokens.json]
+    #[arg(long, env = "GUARD_TOKENS", value_name = "FILE")]
+    tokens: Option<PathBuf>,
+
+    /// Realm in the WWW-Authenticate challenge. [default: MLflow]
+    #[arg(long, env = "GUARD_REALM", value_name = "TEXT")]
+    realm: Option<String>,
+
+    /// Header naming the authenticated user or token to the upstream, or `off`.
+    /// Client-sent copies are always removed. [default: X-Forwarded-User]
+    #[arg(long, env = "GUARD_FORWARDED_USER_HEADER", value_name = "NAME")]
+    forwarded_user_header: Option<String>,
+
+    /// How long a verified password is remembered. [default: 5m]
+    #[arg(long, env = "GUARD_AUTH_CACHE_TTL", value_name = "DURATION", value_parser = model::parse_duration)]
+    auth_cache_ttl: Option<Duration>,
+
+    /// Most remembered verifications. [default: 10000]
+    #[arg(long, env = "GUARD_AUTH_CACHE_SIZE", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    auth_cache_size: Option<u32>,
+
+    /// Failed logins from one address before it is locked out; 0 turns lockout off. [default: 10]
+    #[arg(long, env = "GUARD_LOCKOUT_FAILURES", value_name = "N")]
+    lockout_failures: Option<u32>,
+
+    /// Window in which those failures are counted. [default: 1m]
+    #[arg(long, env = "GUARD_LOCKOUT_WINDOW", value_name = "DURATION", value_parser = model::parse_duration)]
+    lockout_window: Option<Duration>,
+
+    /// How long a locked-out address gets 429 with Retry-After. [default: 5m]
+    #[arg(long, env = "GUARD_LOCKOUT_DURATION", value_name = "DURATION", value_parser = model::parse_duration)]
+    lockout_duration: Option<Duration>,
+
     /// Serve without authentication: anyone who reaches the port reaches the upstream.
     #[arg(long, env = "GUARD_DANGEROUS_NO_AUTH")]
     dangerous_no_auth: bool,
@@ -145,6 +265,126 @@ impl Failure {
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Adduser(args) => {
+            let (path, name) = (args.user.files.users(), args.user.name.clone());
+            let password = read_password(&args)?;
+            guard_config::users::add_user(&path, &name, &password, cost(&args)).map_err(users_failure)?;
+            println!("guard: added user {name:?} to {}", path.display());
+            Ok(())
+        }
+        Command::Passwd(args) => {
+            let (path, name) = (args.user.files.users(), args.user.name.clone());
+            let password = read_password(&args)?;
+            guard_config::users::set_password(&path, &name, &password, cost(&args)).map_err(users_failure)?;
+            println!("guard: changed the password of {name:?} in {}", path.display());
+            Ok(())
+        }
+        Command::Deluser(args) => {
+            let path = args.files.users();
+            guard_config::users::delete_user(&path, &args.name).map_err(users_failure)?;
+            println!("guard: removed user {:?} from {}", args.name, path.display());
+            Ok(())
+        }
+        Command::Users(files) => {
+            let path = files.users();
+            let names = match guard_config::users::list_users(&path) {
+                Err(guard_config::users::UsersError::NotFound { .. }) => Vec::new(),
+                other => other.map_err(users_failure)?,
+            };
+            for n in names {
+                println!("{n}");
+            }
+            Ok(())
+        }
+        Command::Token(cmd) => token(cmd),
+    }
+}
+
+fn cost(args: &PasswordArgs) -> u32 {
+    args.cost.unwrap_or(guard_config::htpasswd::DEFAULT_BCRYPT_COST)
+}
+
+/// A password from stdin (`--password-stdin`: the first line) or typed twice without echo.
+fn read_password(args: &PasswordArgs) -> Result<guard_config::secret::Secret, Failure> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot read the password from stdin: {e}")))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "standard input is not a terminal: pass --password-stdin to read the password from it"
+            )));
+        }
+        let ask = |prompt: &str| {
+            rpassword::prompt_password(prompt).map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot read the password: {e}")))
+        };
+        let first = ask(&format!("Password for {}: ", args.user.name))?;
+        let again = ask("Again: ")?;
+        if first != again {
+            return Err(Failure::Config(anyhow::anyhow!("the two passwords differ; nothing changed")));
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err(Failure::Config(anyhow::anyhow!("empty password refused; nothing changed")));
+    }
+    Ok(guard_config::secret::Secret::new(password))
+}
+
+/// Refusals (bad name, existing user, unusable password) are usage errors; I/O is a runtime one.
+fn users_failure(e: guard_config::users::UsersError) -> Failure {
+    use guard_config::users::UsersError as E;
+    let usage = matches!(e, E::Exists { .. } | E::UnknownUser { .. } | E::InvalidName(_) | E::Password { .. } | E::NotFound { .. } | E::NotUtf8 { .. });
+    let e = anyhow::Error::new(e);
+    if usage { Failure::Config(e) } else { Failure::Runtime(e) }
+}
+
+fn tokens_failure(e: guard_config::tokens::TokensError) -> Failure {
+    use guard_config::tokens::TokensError as E;
+    let runtime = matches!(e, E::Read { .. } | E::Write { .. } | E::Lock { .. } | E::Random { .. });
+    let e = anyhow::Error::new(e);
+    if runtime { Failure::Runtime(e) } else { Failure::Config(e) }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn token(cmd: TokenCommand) -> Result<(), Failure> {
+    use guard_config::tokens;
+    match cmd {
+        TokenCommand::Create { name, expires, files } => {
+            let path = files.tokens();
+            let token = tokens::create_token(&path, &name, expires, unix_now()).map_err(tokens_failure)?;
+            eprintln!("guard: created token {name:?} in {}; it is shown once, store it now:", path.display());
+            println!("{}", token.expose());
+            Ok(())
+        }
+        TokenCommand::List { files } => {
+            let now = unix_now();
+            for t in tokens::list_tokens(&files.tokens()).map_err(tokens_failure)? {
+                let expires = t.expires.map(tokens::format_unix_time).unwrap_or_else(|| "never".into());
+                println!(
+                    "{}\t{:?}\tcreated {}\texpires {}",
+                    t.name,
+                    t.status(now),
+                    tokens::format_unix_time(t.created),
+                    expires
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { name, files } => {
+            let path = files.tokens();
+            tokens::revoke_token(&path, &name, unix_now()).map_err(tokens_failure)?;
+            println!("guard: revoked token {name:?} in {}", path.display());
+            Ok(())
+        }
     }
 }
 
@@ -186,13 +426,32 @@ fn settings_from(args: ServeArgs) -> ServeSettings {
         (Some(cert), Some(key)) => TlsSource::Files { cert, key },
         _ => TlsSource::SelfSigned,
     };
+    let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+    let d = AuthSettings::defaults(&state_dir);
+    let auth = AuthSettings {
+        disabled: args.dangerous_no_auth,
+        users_file: args.users.unwrap_or(d.users_file),
+        tokens_file: args.tokens.unwrap_or(d.tokens_file),
+        realm: args.realm.unwrap_or(d.realm),
+        forwarded_user_header: match args.forwarded_user_header.as_deref() {
+            Some("off") | Some("") => None,
+            Some(name) => Some(name.to_owned()),
+            None => d.forwarded_user_header,
+        },
+        cache_ttl: args.auth_cache_ttl.unwrap_or(d.cache_ttl),
+        cache_capacity: args.auth_cache_size.map(|n| n as usize).unwrap_or(d.cache_capacity),
+        lockout_failures: args.lockout_failures.unwrap_or(d.lockout_failures),
+        lockout_window: args.lockout_window.unwrap_or(d.lockout_window),
+        lockout_duration: args.lockout_duration.unwrap_or(d.lockout_duration),
+    };
     ServeSettings {
+        auth,
         listen: args
             .listen
             .unwrap_or_else(|| defaults::DEFAULT_LISTEN.parse().expect("default parses")),
         upstream: args.upstream,
         tls,
-        state_dir: args.state_dir.unwrap_or_else(default_state_dir),
+        state_dir,
         limits,
         trusted_proxies: args.trusted_proxies,
         preserve_host: args.preserve_host,
@@ -243,7 +502,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .context("cannot read the listening address")
             .map_err(Failure::Runtime)?;
         print_startup(local, &upstream, &prepared);
-        guard_proxy::serve(prepared, listener, shutdown_signal())
+        let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(forward_sighup(reload.clone()));
+        guard_proxy::serve(prepared, listener, shutdown_signal(), reload)
             .await
             .map_err(|e| Failure::Runtime(e.into()))
     })
@@ -264,6 +525,16 @@ fn print_startup(local: SocketAddr, upstream: &Upstream, prepared: &guard_proxy:
             println!("guard: made a self-signed certificate; clients trust it with:");
         }
         println!("MLFLOW_TRACKING_SERVER_CERT_PATH={}", ca.display());
+    }
+}
+
+/// Turns every SIGHUP into a reload notification.
+async fn forward_sighup(reload: std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received");
+        reload.notify_one();
     }
 }
 

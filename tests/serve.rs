@@ -384,7 +384,7 @@ fn bad_input_names_the_flag_or_path_and_exits_with_the_documented_code() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
     let state = p("state");
-    let cases: Vec<(Vec<String>, i32, String)> = vec![
+    let mut cases: Vec<(Vec<String>, i32, String)> = vec![
         (vec!["--upstream".into(), "localhost".into()], 2, "--upstream".into()),
         (vec!["--upstream".into(), "localhost:50o0".into()], 2, "is not a valid port".into()),
         (vec!["--upstream".into(), "x:1".into(), "--listen".into(), "nope".into()], 2, "--listen".into()),
@@ -416,6 +416,11 @@ fn bad_input_names_the_flag_or_path_and_exits_with_the_documented_code() {
             format!("guard: error: --listen {busy_addr}: cannot listen: Address already in use"),
         ),
     ];
+    cases.push((
+        vec!["--upstream".into(), "x:1".into(), "--state-dir".into(), state.clone()],
+        2,
+        format!("guard: error: no users or tokens configured (users file {state}/users.htpasswd, tokens file {state}/tokens.json): add a user with `guard adduser NAME` or a token with `guard token create NAME`, or pass --dangerous-no-auth"),
+    ));
     for (args, code, needle) in cases {
         let mut all = vec!["serve"];
         all.extend(args.iter().map(String::as_str));

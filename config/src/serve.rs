@@ -34,6 +34,60 @@ pub struct ServeSettings {
     pub log_format: LogFormat,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Who may pass.
+    pub auth: AuthSettings,
+}
+
+/// Authentication: where users and tokens come from and how hard guard defends them.
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    /// Serve without authentication (`--dangerous-no-auth`).
+    pub disabled: bool,
+    /// htpasswd users file; may not exist yet.
+    pub users_file: PathBuf,
+    /// Bearer tokens file; may not exist yet.
+    pub tokens_file: PathBuf,
+    /// Realm in `WWW-Authenticate`.
+    pub realm: String,
+    /// Header that tells the upstream who was authenticated; `None` sends nothing.
+    pub forwarded_user_header: Option<String>,
+    /// How long a verified password stays in the cache.
+    pub cache_ttl: Duration,
+    /// Most cached verifications.
+    pub cache_capacity: usize,
+    /// Failures from one client address that trigger a lockout.
+    pub lockout_failures: u32,
+    /// The window those failures are counted in.
+    pub lockout_window: Duration,
+    /// How long a locked-out address gets 429.
+    pub lockout_duration: Duration,
+}
+
+/// Default realm.
+pub const DEFAULT_REALM: &str = "MLflow";
+/// Default header naming the authenticated user to the upstream.
+pub const DEFAULT_FORWARDED_USER_HEADER: &str = "X-Forwarded-User";
+/// Users file name inside the state directory.
+pub const USERS_FILE_NAME: &str = "users.htpasswd";
+/// Tokens file name inside the state directory.
+pub const TOKENS_FILE_NAME: &str = "tokens.json";
+
+impl AuthSettings {
+    /// The defaults, with the users and tokens files in `state_dir`.
+    pub fn defaults(state_dir: &std::path::Path) -> Self {
+        AuthSettings {
+            disabled: false,
+            users_file: state_dir.join(USERS_FILE_NAME),
+            tokens_file: state_dir.join(TOKENS_FILE_NAME),
+            realm: DEFAULT_REALM.into(),
+            forwarded_user_header: Some(DEFAULT_FORWARDED_USER_HEADER.into()),
+            cache_ttl: Duration::from_secs(300),
+            cache_capacity: 10_000,
+            lockout_failures: 10,
+            lockout_window: Duration::from_secs(60),
+            lockout_duration: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Where the TLS certificate comes from.

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::auth::AuthFailure;
 use crate::body::{full, ProxyBody};
 
 /// Why guard answered a request itself instead of relaying the upstream's answer.
@@ -54,6 +55,14 @@ pub enum ProxyError {
     /// A path under guard's reserved prefix that guard does not serve.
     #[error("no such guard endpoint")]
     NotFound,
+    /// The request did not authenticate.
+    #[error("authentication failed: {}", failure.reason())]
+    Auth {
+        /// Why.
+        failure: AuthFailure,
+        /// The realm to challenge with.
+        realm: String,
+    },
 }
 
 impl ProxyError {
@@ -90,6 +99,30 @@ impl ProxyError {
                 "ENDPOINT_NOT_FOUND",
                 "no such endpoint",
             ),
+            // Never a 5xx: the MLflow client retries those, five times, POSTs included.
+            ProxyError::Auth { failure, .. } => match failure {
+                AuthFailure::LockedOut(_) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "REQUEST_LIMIT_EXCEEDED",
+                    "too many failed logins from this address; try again later",
+                ),
+                AuthFailure::Busy => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "REQUEST_LIMIT_EXCEEDED",
+                    "too many logins being checked; try again shortly",
+                ),
+                AuthFailure::Missing => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "authentication required"),
+                AuthFailure::ExpiredToken => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired"),
+                AuthFailure::RevokedToken => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has been revoked"),
+                AuthFailure::Malformed => (
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHENTICATED",
+                    "malformed Authorization header; use Basic or Bearer",
+                ),
+                AuthFailure::BadPassword | AuthFailure::UnknownToken => {
+                    (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "invalid credentials")
+                }
+            },
         }
     }
 
@@ -105,7 +138,8 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
-            | ProxyError::NotFound => tracing::debug!("{self}{chain}"),
+            | ProxyError::NotFound
+            | ProxyError::Auth { .. } => tracing::debug!("{self}{chain}"),
             _ => tracing::warn!("{self}{chain}"),
         }
     }
@@ -113,7 +147,25 @@ impl ProxyError {
     /// The response the client gets.
     pub fn into_response(self) -> Response<ProxyBody> {
         let (status, code, message) = self.public_parts();
-        json_error(status, code, message)
+        let mut resp = json_error(status, code, message);
+        if let ProxyError::Auth { failure, realm } = &self {
+            let h = resp.headers_mut();
+            match failure {
+                AuthFailure::LockedOut(secs) => {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+                }
+                AuthFailure::Busy => {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                _ => {
+                    let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", realm.replace(['"', '\\'], ""));
+                    if let Ok(v) = HeaderValue::from_str(&challenge) {
+                        h.insert(header::WWW_AUTHENTICATE, v);
+                    }
+                }
+            }
+        }
+        resp
     }
 }
 
@@ -145,11 +197,25 @@ mod tests {
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "REQUEST_LIMIT_EXCEEDED"),
             (ProxyError::BadRequest("x"), 400, "BAD_REQUEST"),
             (ProxyError::NotFound, 404, "ENDPOINT_NOT_FOUND"),
+            (ProxyError::Auth { failure: AuthFailure::Missing, realm: "r".into() }, 401, "UNAUTHENTICATED"),
+            (ProxyError::Auth { failure: AuthFailure::BadPassword, realm: "r".into() }, 401, "UNAUTHENTICATED"),
+            (ProxyError::Auth { failure: AuthFailure::RevokedToken, realm: "r".into() }, 401, "UNAUTHENTICATED"),
+            (ProxyError::Auth { failure: AuthFailure::LockedOut(5), realm: "r".into() }, 429, "REQUEST_LIMIT_EXCEEDED"),
+            (ProxyError::Auth { failure: AuthFailure::Busy, realm: "r".into() }, 429, "REQUEST_LIMIT_EXCEEDED"),
         ];
         for (err, status, code) in cases {
             let (s, c, m) = err.public_parts();
             assert_eq!((s.as_u16(), c), (status, code), "{err}");
             assert!(!m.contains("refused"), "internal detail leaked: {m}");
         }
+    }
+
+    #[test]
+    fn auth_failures_carry_their_challenge_or_retry_after() {
+        let r = ProxyError::Auth { failure: AuthFailure::BadPassword, realm: "MLflow".into() }.into_response();
+        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"MLflow\", charset=\"UTF-8\"");
+        let r = ProxyError::Auth { failure: AuthFailure::LockedOut(42), realm: "MLflow".into() }.into_response();
+        assert_eq!(r.headers()["retry-after"], "42");
+        assert!(r.headers().get("www-authenticate").is_none());
     }
 }

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::accesslog::AccessRecord;
+use crate::auth::Authenticator;
 use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::forward::{forward, UpstreamClient};
@@ -37,13 +38,26 @@ pub struct State {
     pub trusted_proxies: Vec<Cidr>,
     /// Forward the client's `Host`.
     pub preserve_host: bool,
+    /// `None` only with `--dangerous-no-auth`.
+    pub auth: Option<Arc<Authenticator>>,
+    /// The header naming the user to the upstream (client copies are always removed).
+    forwarded_user: Option<header::HeaderName>,
 }
 
 impl State {
     /// Builds the shared state for one upstream.
-    pub fn new(upstream: &Upstream, limits: Limits, trusted_proxies: Vec<Cidr>, preserve_host: bool) -> Self {
+    pub fn new(
+        upstream: &Upstream,
+        limits: Limits,
+        trusted_proxies: Vec<Cidr>,
+        preserve_host: bool,
+        auth: Option<Arc<Authenticator>>,
+        forwarded_user: Option<header::HeaderName>,
+    ) -> Self {
         let authority = upstream.authority();
         State {
+            auth,
+            forwarded_user,
             upstream_host: HeaderValue::from_str(&authority).expect("validated authority is a header value"),
             upstream_authority: authority,
             client: crate::forward::client(limits.upstream_connect_timeout),
@@ -91,6 +105,16 @@ async fn route(
     if path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/') {
         return reserved(path);
     }
+    // Nothing below this line runs for a request that did not authenticate.
+    let principal = match &state.auth {
+        Some(auth) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
+            Ok(p) => Some(p),
+            Err(failure) => return Err(ProxyError::Auth { failure, realm: auth.realm().to_owned() }),
+        },
+        None => None,
+    };
+    rec.user = principal.as_ref().map(|p| p.name.clone());
+
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
@@ -124,6 +148,18 @@ async fn route(
         join_cookies(&mut parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(name) = &state.forwarded_user {
+        parts.headers.remove(name);
+        if let Some(p) = &principal {
+            if let Ok(v) = HeaderValue::from_str(&p.name) {
+                parts.headers.insert(name.clone(), v);
+            }
+        }
+    }
+    if principal.is_some() {
+        // The credential was for guard; the upstream never sees it.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     headers::set_forwarded(&mut parts.headers, conn.peer.ip(), &state.trusted_proxies, client_host.as_ref());
     let host = match (&client_host, state.preserve_host) {
         (Some(h), true) => h.clone(),

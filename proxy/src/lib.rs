@@ -3,6 +3,7 @@
 //! the other modules are its named steps.
 
 pub mod accesslog;
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod forward;
@@ -10,5 +11,6 @@ pub mod handler;
 pub mod headers;
 pub mod server;
 pub mod tls;
+pub mod watch;
 
 pub use server::{prepare, serve, Prepared, ServeError};

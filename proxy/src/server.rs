@@ -14,14 +14,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::{AuthError, Authenticator};
 use crate::handler::{handle, ConnInfo, State};
 use crate::tls::{self, CertResolver, TlsError};
-
-/// How often certificate files are checked for changes.
-const CERT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A reason `serve` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +27,12 @@ pub enum ServeError {
     /// The certificate or key is unusable (a configuration error).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The users or tokens are unusable (a configuration error).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// `--forwarded-user-header` is not a valid header name.
+    #[error("--forwarded-user-header {0:?}: not a valid header name")]
+    HeaderName(String),
 }
 
 /// Everything loaded before the listener opens, so configuration errors come first.
@@ -36,6 +40,8 @@ pub enum ServeError {
 pub struct Prepared {
     settings: ServeSettings,
     resolver: Arc<CertResolver>,
+    auth: Option<Arc<Authenticator>>,
+    forwarded_user: Option<http::HeaderName>,
     /// The CA file clients should trust, when guard made its own certificate.
     pub trust_anchor: Option<PathBuf>,
     /// Whether that self-signed certificate was made on this start.
@@ -51,28 +57,66 @@ pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
             (ss.key, Some(ss.ca_path), ss.created)
         }
     };
+    let forwarded_user = match &settings.auth.forwarded_user_header {
+        Some(name) => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| ServeError::HeaderName(name.clone()))?),
+        None => None,
+    };
+    let auth = if settings.auth.disabled {
+        tracing::warn!("authentication is off (--dangerous-no-auth): anyone who reaches this port reaches the upstream");
+        None
+    } else {
+        Some(Arc::new(Authenticator::load(settings.auth.clone())?))
+    };
     Ok(Prepared {
         settings,
         resolver: Arc::new(CertResolver::new(key)),
+        auth,
+        forwarded_user,
         trust_anchor,
         created_certificate: created,
     })
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish for up
-/// to the shutdown grace.
-pub async fn serve(prepared: Prepared, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let Prepared { settings, resolver, .. } = prepared;
+/// to the shutdown grace. `reload` (SIGHUP) re-reads users, tokens and certificate files at once;
+/// they are also re-read whenever they change.
+pub async fn serve(
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    reload: Arc<Notify>,
+) -> Result<(), ServeError> {
+    let Prepared { settings, resolver, auth, forwarded_user, .. } = prepared;
     let limits = settings.limits.clone();
+    // One notification per watcher: SIGHUP fans out to each.
+    let mut watchers = Vec::new();
     if let TlsSource::Files { cert, key } = &settings.tls {
-        tls::watch_files(resolver.clone(), cert.clone(), key.clone(), CERT_POLL_INTERVAL);
+        let force = Arc::new(Notify::new());
+        tls::watch_files(resolver.clone(), cert.clone(), key.clone(), force.clone());
+        watchers.push(force);
     }
+    if let Some(auth) = &auth {
+        let force = Arc::new(Notify::new());
+        auth.watch(force.clone());
+        watchers.push(force);
+    }
+    tokio::spawn(async move {
+        loop {
+            reload.notified().await;
+            tracing::info!("reloading users, tokens and certificate files");
+            for w in &watchers {
+                w.notify_one();
+            }
+        }
+    });
     let acceptor = TlsAcceptor::from(tls::server_config(resolver));
     let state = Arc::new(State::new(
         &settings.upstream,
         limits.clone(),
         settings.trusted_proxies.clone(),
         settings.preserve_host,
+        auth,
+        forwarded_user,
     ));
     let builder = Arc::new(http_builder(&limits));
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -298,37 +299,17 @@ fn generate_self_signed(names: &[String]) -> Result<(String, String, String), Tl
     Ok((ca_pem.clone(), format!("{}{}", leaf_cert.pem(), ca_pem), leaf_key.serialize_pem()))
 }
 
-/// Re-reads `cert` and `key` whenever either changes on disk (checked every `interval`, by
-/// content, so symlink swaps by certbot or Kubernetes are seen too) and swaps the new pair in.
-/// A pair that fails to load keeps the old certificate serving and is logged once.
-pub fn watch_files(resolver: Arc<CertResolver>, cert: PathBuf, key: PathBuf, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last = fingerprint(&cert, &key);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let now = fingerprint(&cert, &key);
-            if now == last {
-                continue;
-            }
-            last = now;
-            match load_pair(&cert, &key) {
-                Ok(ck) => {
-                    resolver.set(ck);
-                    tracing::info!(cert = %cert.display(), "certificate reloaded from disk");
-                }
-                Err(e) => tracing::error!("certificate not reloaded, the previous one keeps serving: {}", error_chain(&e)),
-            }
+/// Re-reads `cert` and `key` whenever either changes on disk (or `force` fires) and swaps the
+/// new pair in. A pair that fails to load keeps the old certificate serving and is logged.
+pub fn watch_files(resolver: Arc<CertResolver>, cert: PathBuf, key: PathBuf, force: Arc<tokio::sync::Notify>) {
+    let paths = vec![cert.clone(), key.clone()];
+    crate::watch::spawn(paths, force, move || match load_pair(&cert, &key) {
+        Ok(ck) => {
+            resolver.set(ck);
+            tracing::info!(cert = %cert.display(), "certificate reloaded from disk");
         }
-    })
-}
-
-/// A cheap content hash of both files (None for an unreadable file).
-fn fingerprint(cert: &Path, key: &Path) -> (Option<[u8; 32]>, Option<[u8; 32]>) {
-    use sha2::Digest;
-    let h = |p: &Path| std::fs::read(p).ok().map(|b| sha2::Sha256::digest(&b).into());
-    (h(cert), h(key))
+        Err(e) => tracing::error!("certificate not reloaded, the previous one keeps serving: {}", error_chain(&e)),
+    });
 }
 
 /// `error: cause: cause` in one line.

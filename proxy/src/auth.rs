@@ -1,0 +1,460 @@
+//! Authentication of every forwarded request: HTTP Basic against the htpasswd users file, Bearer
+//! against the tokens file. bcrypt runs off the async threads on a small bounded pool, successful
+//! checks are cached (HMAC-keyed, with a TTL), concurrent identical checks share one
+//! computation, and an address that keeps failing is locked out for a while.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use guard_config::htpasswd::Htpasswd;
+use guard_config::serve::AuthSettings;
+use guard_config::tokens::{Lookup, TokenSet, TokensError};
+use guard_config::users::UsersError;
+use hmac::{Hmac, KeyInit, Mac};
+use http::header::{self, HeaderMap};
+use sha2::Sha256;
+use tokio::sync::{OnceCell, Semaphore};
+
+/// Longest `Authorization` header considered; longer ones are malformed, not parsed.
+const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+/// Password checks waiting for the bcrypt pool before new ones are turned away with 429.
+const MAX_WAITING_CHECKS: usize = 64;
+
+/// A credential as presented in `Authorization`.
+#[derive(PartialEq, Eq)]
+pub enum Credential {
+    /// `Basic base64(user:password)`.
+    Basic {
+        /// The user name.
+        user: String,
+        /// The password bytes (not necessarily UTF-8).
+        password: Vec<u8>,
+    },
+    /// `Bearer <token>`.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Basic { user, .. } => write!(f, "Basic({user:?}, <redacted>)"),
+            Credential::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// Why a request was not let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// A header that is not well-formed Basic or Bearer.
+    Malformed,
+    /// Unknown user or wrong password (the two are not told apart).
+    BadPassword,
+    /// A token that is not in the tokens file.
+    UnknownToken,
+    /// A token past its expiry.
+    ExpiredToken,
+    /// A revoked token.
+    RevokedToken,
+    /// The client address failed too often and must wait this many seconds.
+    LockedOut(u64),
+    /// Too many password checks are queued; try again in a second.
+    Busy,
+}
+
+impl AuthFailure {
+    /// A short label for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::BadPassword => "bad_password",
+            AuthFailure::UnknownToken => "unknown_token",
+            AuthFailure::ExpiredToken => "expired_token",
+            AuthFailure::RevokedToken => "revoked_token",
+            AuthFailure::LockedOut(_) => "locked_out",
+            AuthFailure::Busy => "busy",
+        }
+    }
+}
+
+/// Who a request was authenticated as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// User or token name.
+    pub name: String,
+}
+
+/// The users and tokens could not be loaded at start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Neither file gives anyone a way in.
+    #[error(
+        "no users or tokens configured (users file {users}, tokens file {tokens}): add a user with \
+         `guard adduser NAME` or a token with `guard token create NAME`, or pass --dangerous-no-auth"
+    )]
+    NothingConfigured {
+        /// The users file looked at.
+        users: String,
+        /// The tokens file looked at.
+        tokens: String,
+    },
+    /// The users file exists but cannot be read.
+    #[error(transparent)]
+    Users(UsersError),
+    /// The tokens file exists but cannot be read or parsed.
+    #[error(transparent)]
+    Tokens(TokensError),
+}
+
+/// Parses `Authorization`. `Ok(None)` when absent; more than one header is malformed.
+pub fn parse_authorization(headers: &HeaderMap) -> Result<Option<Credential>, AuthFailure> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() || value.len() > MAX_AUTHORIZATION_BYTES {
+        return Err(AuthFailure::Malformed);
+    }
+    parse_credential(value.as_bytes()).map(Some)
+}
+
+/// Parses one `Authorization` value (RFC 7617 Basic, RFC 6750 Bearer; schemes are
+/// case-insensitive).
+pub fn parse_credential(value: &[u8]) -> Result<Credential, AuthFailure> {
+    let value = std::str::from_utf8(value).map_err(|_| AuthFailure::Malformed)?.trim();
+    let (scheme, rest) = value.split_once(' ').ok_or(AuthFailure::Malformed)?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| AuthFailure::Malformed)?;
+        let colon = decoded.iter().position(|&b| b == b':').ok_or(AuthFailure::Malformed)?;
+        let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthFailure::Malformed)?;
+        if user.is_empty() {
+            return Err(AuthFailure::Malformed);
+        }
+        return Ok(Credential::Basic { user: user.to_owned(), password: decoded[colon + 1..].to_vec() });
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AuthFailure::Malformed);
+        }
+        return Ok(Credential::Bearer(rest.to_owned()));
+    }
+    Err(AuthFailure::Malformed)
+}
+
+/// The authentication state of a running guard: current users and tokens, the cache of
+/// verified passwords, the bcrypt pool and the lockout table.
+pub struct Authenticator {
+    settings: AuthSettings,
+    users: ArcSwap<Htpasswd>,
+    tokens: ArcSwap<TokenSet>,
+    cache: Mutex<HashMap<[u8; 32], Instant>>,
+    pending: Mutex<HashMap<[u8; 32], Arc<OnceCell<bool>>>>,
+    bcrypt_slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    cache_key: [u8; 32],
+    lockout: Mutex<HashMap<IpAddr, Strikes>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+/// Recent failures of one client address.
+#[derive(Debug)]
+struct Strikes {
+    count: u32,
+    window_start: Instant,
+    locked_until: Option<Instant>,
+}
+
+impl Authenticator {
+    /// Loads the users and tokens files. Refuses to start when neither lets anyone in.
+    pub fn load(settings: AuthSettings) -> Result<Authenticator, AuthError> {
+        let users = match guard_config::users::load(&settings.users_file) {
+            Ok((users, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                users
+            }
+            Err(UsersError::NotFound { .. }) => Htpasswd::parse("", &settings.users_file).0,
+            Err(e) => return Err(AuthError::Users(e)),
+        };
+        let tokens = match guard_config::tokens::load(&settings.tokens_file) {
+            Ok(t) => t,
+            Err(TokensError::NotFound { .. }) => TokenSet::default(),
+            Err(e) => return Err(AuthError::Tokens(e)),
+        };
+        if users.is_empty() && tokens.is_empty() {
+            return Err(AuthError::NothingConfigured {
+                users: settings.users_file.display().to_string(),
+                tokens: settings.tokens_file.display().to_string(),
+            });
+        }
+        tracing::info!(
+            users = users.len(),
+            tokens = tokens.len(),
+            "authentication: {} and {}",
+            settings.users_file.display(),
+            settings.tokens_file.display()
+        );
+        let mut cache_key = [0u8; 32];
+        getrandom::fill(&mut cache_key).expect("the OS random source works");
+        // bcrypt may use half the cores: the other half keeps serving authenticated traffic
+        // while a flood of wrong passwords is being checked.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(Authenticator {
+            settings,
+            users: ArcSwap::from_pointee(users),
+            tokens: ArcSwap::from_pointee(tokens),
+            cache: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            bcrypt_slots: Arc::new(Semaphore::new((cores / 2).max(1))),
+            waiting: AtomicUsize::new(0),
+            cache_key,
+            lockout: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The realm for `WWW-Authenticate`.
+    pub fn realm(&self) -> &str {
+        &self.settings.realm
+    }
+
+    /// The header that names the user to the upstream, if any.
+    pub fn forwarded_user_header(&self) -> Option<&str> {
+        self.settings.forwarded_user_header.as_deref()
+    }
+
+    /// Re-reads both files. A file that cannot be read or parsed keeps the last good set; every
+    /// change clears the password cache so a removed user or changed password stops working.
+    pub fn reload(&self) {
+        match guard_config::users::load(&self.settings.users_file) {
+            Ok((users, warnings)) => {
+                for w in &warnings {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!(users = users.len(), "users reloaded from {}", self.settings.users_file.display());
+                self.users.store(Arc::new(users));
+            }
+            Err(UsersError::NotFound { .. }) => {
+                tracing::warn!("users file {} is gone: no user can log in", self.settings.users_file.display());
+                self.users.store(Arc::new(Htpasswd::parse("", &self.settings.users_file).0));
+            }
+            Err(e) => tracing::error!("users not reloaded, the previous set stays: {}", crate::tls::error_chain(&e)),
+        }
+        match guard_config::tokens::load(&self.settings.tokens_file) {
+            Ok(tokens) => self.tokens.store(Arc::new(tokens)),
+            Err(TokensError::NotFound { .. }) => self.tokens.store(Arc::new(TokenSet::default())),
+            Err(e) => tracing::error!("tokens not reloaded, the previous set stays: {}", crate::tls::error_chain(&e)),
+        }
+        self.cache.lock().expect("cache lock").clear();
+    }
+
+    /// Watches both files and reloads on change or when `force` fires.
+    pub fn watch(self: &Arc<Self>, force: Arc<tokio::sync::Notify>) {
+        let me = self.clone();
+        let paths = vec![self.settings.users_file.clone(), self.settings.tokens_file.clone()];
+        crate::watch::spawn(paths, force, move || me.reload());
+    }
+
+    /// Decides whether a request may pass. The lockout is checked first so a locked-out address
+    /// learns nothing, not even from the cache.
+    pub async fn authenticate(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Principal, AuthFailure> {
+        let credential = match parse_authorization(headers) {
+            Ok(Some(c)) => c,
+            // A browser's first request carries nothing; that costs nothing and is no attack.
+            Ok(None) => return Err(AuthFailure::Missing),
+            Err(f) => {
+                self.check_lockout(peer)?;
+                return Err(self.failed(peer, f));
+            }
+        };
+        self.check_lockout(peer)?;
+        let result = match credential {
+            Credential::Basic { user, password } => {
+                if self.verify_password(&user, &password).await? {
+                    Ok(Principal { name: user })
+                } else {
+                    Err(AuthFailure::BadPassword)
+                }
+            }
+            Credential::Bearer(token) => {
+                let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                match self.tokens.load().lookup(&token, now) {
+                    Lookup::Valid { name } => Ok(Principal { name: name.to_owned() }),
+                    Lookup::Expired { .. } => Err(AuthFailure::ExpiredToken),
+                    Lookup::Revoked { .. } => Err(AuthFailure::RevokedToken),
+                    Lookup::Unknown => Err(AuthFailure::UnknownToken),
+                }
+            }
+        };
+        match result {
+            Ok(p) => {
+                self.lockout.lock().expect("lockout lock").remove(&peer);
+                Ok(p)
+            }
+            Err(f) => Err(self.failed(peer, f)),
+        }
+    }
+
+    /// Checks a password, from the cache when this exact user, password and stored hash were
+    /// verified within the TTL; otherwise on the bcrypt pool, shared with identical checks.
+    async fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, AuthFailure> {
+        let users = self.users.load_full();
+        let stored = users.get(user).map(|e| e.hash_str()).unwrap_or_else(|| users.dummy_entry().hash_str());
+        let key = self.key_for(user, password, stored);
+        if self.cached(&key) {
+            return Ok(true);
+        }
+        let cell = self.pending.lock().expect("pending lock").entry(key).or_default().clone();
+        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _queued = Decrement(&self.waiting);
+        if queued >= MAX_WAITING_CHECKS && !cell.initialized() {
+            return Err(AuthFailure::Busy);
+        }
+        let ok = *cell
+            .get_or_init(|| async {
+                let Ok(permit) = self.bcrypt_slots.clone().acquire_owned().await else { return false };
+                let (users, user, password) = (users.clone(), user.to_owned(), password.to_vec());
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    users.verify_user(&user, &password)
+                })
+                .await
+                .unwrap_or(false)
+            })
+            .await;
+        self.pending.lock().expect("pending lock").remove(&key);
+        if ok {
+            self.remember(key);
+        }
+        Ok(ok)
+    }
+
+    /// HMAC-SHA256 under a per-process key of (user, password, stored hash), each length-prefixed:
+    /// the cache never holds a password or anything an attacker could test guesses against.
+    fn key_for(&self, user: &str, password: &[u8], stored: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.cache_key).expect("HMAC takes any key length");
+        for part in [user.as_bytes(), password, stored.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> bool {
+        let cache = self.cache.lock().expect("cache lock");
+        cache.get(key).is_some_and(|expires| *expires > Instant::now())
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let now = Instant::now();
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= self.settings.cache_capacity {
+            cache.retain(|_, expires| *expires > now);
+            // Still full of live entries: drop an arbitrary half. Only successes are cached, so
+            // a flood of wrong passwords can never push good entries out.
+            if cache.len() >= self.settings.cache_capacity {
+                let drop: Vec<_> = cache.keys().take(cache.len() / 2 + 1).copied().collect();
+                for k in drop {
+                    cache.remove(&k);
+                }
+            }
+        }
+        cache.insert(key, now + self.settings.cache_ttl);
+    }
+
+    /// Refuses an address that is locked out, with the seconds left.
+    fn check_lockout(&self, peer: IpAddr) -> Result<(), AuthFailure> {
+        let now = Instant::now();
+        let table = self.lockout.lock().expect("lockout lock");
+        match table.get(&peer).and_then(|s| s.locked_until) {
+            Some(until) if until > now => Err(AuthFailure::LockedOut((until - now).as_secs().max(1))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failure against `peer`, locking it out at the threshold (logged once).
+    fn failed(&self, peer: IpAddr, failure: AuthFailure) -> AuthFailure {
+        let now = Instant::now();
+        let s = &self.settings;
+        let mut table = self.lockout.lock().expect("lockout lock");
+        if table.len() > 100_000 {
+            table.retain(|_, st| st.locked_until.is_some_and(|u| u > now) || now - st.window_start < s.lockout_window);
+        }
+        let st = table.entry(peer).or_insert(Strikes { count: 0, window_start: now, locked_until: None });
+        if now - st.window_start >= s.lockout_window || st.locked_until.is_some_and(|u| u <= now) {
+            *st = Strikes { count: 0, window_start: now, locked_until: None };
+        }
+        st.count += 1;
+        if s.lockout_failures > 0 && st.count >= s.lockout_failures && st.locked_until.is_none() {
+            st.locked_until = Some(now + s.lockout_duration);
+            tracing::warn!(
+                peer = %peer,
+                "locking out {peer} for {}s after {} failed logins in {}s",
+                s.lockout_duration.as_secs(),
+                st.count,
+                s.lockout_window.as_secs()
+            );
+        }
+        failure
+    }
+}
+
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn basic(s: &str) -> String {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s))
+    }
+
+    #[test]
+    fn authorization_headers_parse_or_are_malformed() {
+        let ok = |v: &str| parse_credential(v.as_bytes()).unwrap();
+        assert_eq!(ok(&basic("alice:pw")), Credential::Basic { user: "alice".into(), password: b"pw".to_vec() });
+        assert_eq!(ok(&basic("alice:a:b")), Credential::Basic { user: "alice".into(), password: b"a:b".to_vec() });
+        assert_eq!(ok(&basic("alice:")), Credential::Basic { user: "alice".into(), password: vec![] });
+        assert_eq!(ok(&basic("alice:pw").replace("Basic", "bAsIc")), Credential::Basic { user: "alice".into(), password: b"pw".to_vec() });
+        assert_eq!(ok("Bearer grd_abc"), Credential::Bearer("grd_abc".into()));
+        for bad in ["Basic", "Basic !!!", &basic("nocolon"), &basic(":pw"), "Bearer ", "Digest x", "", "Bearer a b"] {
+            assert_eq!(parse_credential(bad.as_bytes()), Err(AuthFailure::Malformed), "{bad:?}");
+        }
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_authorization(&h), Ok(None));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(parse_authorization(&h), Err(AuthFailure::Malformed), "two headers are ambiguous");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&"x".repeat(9000)).unwrap());
+        assert_eq!(parse_authorization(&h), Err(AuthFailure::Malformed));
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let c = Credential::Basic { user: "u".into(), password: b"hunter2".to_vec() };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!format!("{:?}", Credential::Bearer("grd_secret".into())).contains("grd_secret"));
+    }
+}
