@@ -32,6 +32,57 @@ enum Command {
     /// Manage bearer tokens (what MLFLOW_TRACKING_TOKEN sends).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write the files that deploy guard in front of MLflow: compose, systemd or supervisor.
+    Deploy(Box<DeployArgs>),
+    /// Exit 0 if the guard on this machine answers its health path (for container healthchecks).
+    Healthcheck {
+        /// guard's TLS listener; the port is what matters, the check always goes to loopback.
+        /// [default: $GUARD_LISTEN, else 0.0.0.0:8443]
+        #[arg(long, env = "GUARD_LISTEN", value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+}
+
+/// Flags of `guard deploy`.
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// What to write: compose, systemd or supervisor.
+    #[arg(value_name = "TARGET", value_parser = |s: &str| s.parse::<guard_deploy::Target>())]
+    target: guard_deploy::Target,
+    /// Public host name for the certificate from Let's Encrypt (repeatable); without one, guard
+    /// uses its self-signed certificate.
+    #[arg(long = "domain", value_name = "NAME", value_parser = guard_deploy::parse_domain)]
+    domains: Vec<String>,
+    /// Contact address for Let's Encrypt; required with --domain.
+    #[arg(long, value_name = "EMAIL", value_parser = guard_deploy::parse_email)]
+    acme_email: Option<String>,
+    /// MLflow's backend store. [default: postgres for compose, sqlite otherwise]
+    #[arg(long, value_name = "sqlite|postgres", value_parser = |s: &str| s.parse::<guard_deploy::Backend>())]
+    backend: Option<guard_deploy::Backend>,
+    /// Where artifacts go: a directory or s3://bucket/prefix. [default: the target's own storage]
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    artifacts: Option<String>,
+    /// MLflow version to run. [default: 3.17.2]
+    #[arg(long, value_name = "X.Y.Z")]
+    mlflow_version: Option<String>,
+    /// Add a Jupyter notebook service wired to MLflow (compose only).
+    #[arg(long)]
+    with_notebook: bool,
+    /// Directory to write into. [default: .]
+    #[arg(long = "out", value_name = "DIR", default_value = ".")]
+    out_dir: PathBuf,
+    /// Replace existing files (secrets in an existing .env are kept).
+    #[arg(long)]
+    force: bool,
+    /// guard's absolute path on the host (systemd, supervisor). [default: /usr/local/bin/guard]
+    #[arg(long, value_name = "PATH")]
+    guard_bin: Option<PathBuf>,
+    /// mlflow's absolute path on the host (systemd, supervisor).
+    #[arg(long, value_name = "PATH")]
+    mlflow_bin: Option<PathBuf>,
+    /// Directory for state, logs and the control socket (supervisor). [default: beside the config]
+    #[arg(long, value_name = "DIR")]
+    base_dir: Option<PathBuf>,
 }
 
 /// Where the users and tokens files are; the same defaults as `guard serve`.
@@ -297,7 +348,55 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Token(cmd) => token(cmd),
+        Command::Deploy(args) => deploy(*args),
+        Command::Healthcheck { listen } => healthcheck(listen),
     }
+}
+
+fn deploy(a: DeployArgs) -> Result<(), Failure> {
+    let opts = guard_deploy::DeployOptions {
+        target: a.target,
+        domains: a.domains,
+        acme_email: a.acme_email,
+        backend: a.backend,
+        artifacts: a.artifacts,
+        mlflow_version: a.mlflow_version,
+        with_notebook: a.with_notebook,
+        out_dir: a.out_dir,
+        force: a.force,
+        guard_bin: a.guard_bin,
+        mlflow_bin: a.mlflow_bin,
+        base_dir: a.base_dir,
+    };
+    let report = guard_deploy::run(opts).map_err(|e| {
+        let usage = e.is_usage();
+        let e = anyhow::Error::new(e);
+        if usage { Failure::Config(e) } else { Failure::Runtime(e) }
+    })?;
+    for path in &report.written {
+        println!("wrote {}", path.display());
+    }
+    println!("\nnext:");
+    for step in &report.next_steps {
+        println!("  {step}");
+    }
+    Ok(())
+}
+
+fn healthcheck(listen: Option<SocketAddr>) -> Result<(), Failure> {
+    let port = listen
+        .unwrap_or_else(|| defaults::DEFAULT_LISTEN.parse().expect("default parses"))
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    runtime
+        .block_on(guard_proxy::healthcheck::check(addr))
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    println!("guard at {addr} is healthy");
+    Ok(())
 }
 
 fn cost(args: &PasswordArgs) -> u32 {

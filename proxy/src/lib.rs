@@ -8,6 +8,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod handler;
+pub mod healthcheck;
 pub mod headers;
 pub mod server;
 pub mod tls;

@@ -1,0 +1,180 @@
+//! What MLflow needs from every target: the Host and Origin values its security middleware
+//! (MLflow 3.5+) must accept behind guard, the extra Python packages for the chosen stores, and
+//! the backend store URI.
+
+use crate::model::{Artifacts, Backend, Deployment, Tls};
+use crate::secrets::Secrets;
+
+/// The PostgreSQL role and database the rendered files create or expect.
+pub(crate) const PG_USER: &str = "mlflow";
+/// See [`PG_USER`].
+pub(crate) const PG_DATABASE: &str = "mlflow";
+
+/// pip requirements the official image and a bare `pip install mlflow` lack
+/// (mlflow/mlflow#9513): the PostgreSQL driver and the S3 client. Bounded to their current
+/// major versions so a rebuild cannot jump an incompatible release.
+pub(crate) const PSYCOPG2: &str = "psycopg2-binary>=2.9,<3";
+/// See [`PSYCOPG2`].
+pub(crate) const BOTO3: &str = "boto3>=1.28,<2";
+
+/// The packages this deployment adds to MLflow, in a fixed order.
+pub(crate) fn extra_packages(d: &Deployment) -> Vec<&'static str> {
+    let mut p = Vec::new();
+    if d.backend == Backend::Postgres {
+        p.push(PSYCOPG2);
+    }
+    if d.artifacts.is_s3() {
+        p.push(BOTO3);
+    }
+    p
+}
+
+/// `MLFLOW_SERVER_ALLOWED_HOSTS`. guard rewrites Host to the upstream authority by default, so
+/// that entry is what MLflow sees; the public names are listed too, so the check still passes
+/// if guard is set to keep the client's Host. Setting the variable replaces MLflow's defaults,
+/// hence the explicit localhost entries without a domain.
+pub(crate) fn allowed_hosts(tls: &Tls, public_port: u16, upstream_authority: &str) -> String {
+    let mut hosts: Vec<String> = match tls {
+        Tls::SelfSigned => vec![
+            format!("localhost:{public_port}"),
+            format!("127.0.0.1:{public_port}"),
+        ],
+        Tls::Acme { domains, .. } => domains.iter().map(|d| with_port(d, public_port)).collect(),
+    };
+    hosts.push(upstream_authority.to_string());
+    hosts.join(",")
+}
+
+/// `MLFLOW_SERVER_CORS_ALLOWED_ORIGINS`: the browser UI's origins. MLflow blocks state-changing
+/// API calls from any other origin, same-origin included, so the public origin must be listed.
+pub(crate) fn cors_origins(tls: &Tls, public_port: u16) -> String {
+    let names: Vec<String> = match tls {
+        Tls::SelfSigned => vec!["localhost".into(), "127.0.0.1".into()],
+        Tls::Acme { domains, .. } => domains.clone(),
+    };
+    names
+        .iter()
+        .map(|n| format!("https://{}", with_port(n, public_port)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `host` or `host:port`, leaving out HTTPS's default port as browsers do.
+fn with_port(host: &str, port: u16) -> String {
+    if port == 443 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A PostgreSQL URI without a password: libpq reads it from `PGPASSWORD`, so the secret never
+/// appears in a command line, a compose file or a unit file.
+pub(crate) fn postgres_uri(host_port: &str) -> String {
+    format!("postgresql://{PG_USER}@{host_port}/{PG_DATABASE}")
+}
+
+/// A sqlite URI for an absolute path (`sqlite:///` followed by the path's own leading slash).
+pub(crate) fn sqlite_uri(absolute_path: &str) -> String {
+    format!("sqlite:///{absolute_path}")
+}
+
+/// The backend store URI for a host target, with MLflow's own data under `mlflow_dir`; a
+/// PostgreSQL server is expected on the same host.
+pub(crate) fn host_backend_uri(d: &Deployment, mlflow_dir: &str) -> String {
+    match d.backend {
+        Backend::Postgres => postgres_uri("127.0.0.1:5432"),
+        Backend::Sqlite => sqlite_uri(&format!("{mlflow_dir}/mlflow.db")),
+    }
+}
+
+/// `--artifacts-destination` for a host target.
+pub(crate) fn host_artifacts(d: &Deployment, mlflow_dir: &str) -> String {
+    match &d.artifacts {
+        Artifacts::Managed => format!("{mlflow_dir}/artifacts"),
+        Artifacts::Local(p) => p.to_string_lossy().into_owned(),
+        Artifacts::S3 { .. } => d.artifacts.s3_uri().unwrap_or_default(),
+    }
+}
+
+/// Whether a host target writes mlflow.env: the PostgreSQL password, or a place for S3 keys.
+pub(crate) fn needs_env_file(d: &Deployment) -> bool {
+    d.backend == Backend::Postgres || d.artifacts.is_s3()
+}
+
+/// mlflow.env for the host targets (mode 0600): read by systemd's EnvironmentFile= and sourced
+/// by supervisor's mlflow command. Only plain `KEY=value` lines, which both understand.
+pub(crate) fn host_env_file(d: &Deployment, secrets: &Secrets, generator: &str) -> String {
+    let mut out =
+        format!("# mlflow's secrets, written by `{generator}` with mode 0600. Keep it that way.\n");
+    if d.backend == Backend::Postgres {
+        out.push_str(&format!(
+            "\n# Password of PostgreSQL role {PG_USER} (libpq reads PGPASSWORD). Create the role with it.\n\
+             PGPASSWORD={}\n",
+            secrets.postgres_password.expose()
+        ));
+    }
+    if let Some(uri) = d.artifacts.s3_uri() {
+        out.push_str(&format!(
+            "\n# Credentials for {uri}: uncomment and fill in, or leave them out to let boto3 find\n\
+             # others (an instance role, ~/.aws/credentials). MLFLOW_S3_ENDPOINT_URL is for S3-compatible storage.\n\
+             #AWS_ACCESS_KEY_ID=\n\
+             #AWS_SECRET_ACCESS_KEY=\n\
+             #AWS_DEFAULT_REGION=us-east-1\n\
+             #MLFLOW_S3_ENDPOINT_URL=\n"
+        ));
+    }
+    out
+}
+
+/// The shell command that installs MLflow (and this deployment's extra packages) into the venv
+/// holding `mlflow_bin`, for the host targets' next steps.
+pub(crate) fn install_hint(d: &Deployment, mlflow_bin: &std::path::Path) -> String {
+    let mut pkgs = vec![format!("\"mlflow=={}\"", d.mlflow_version)];
+    pkgs.extend(extra_packages(d).iter().map(|p| format!("\"{p}\"")));
+    let venv = mlflow_bin
+        .parent()
+        .filter(|b| b.ends_with("bin"))
+        .and_then(|b| b.parent());
+    match venv {
+        Some(v) => format!(
+            "python3 -m venv {v} && {v}/bin/pip install {}",
+            pkgs.join(" "),
+            v = v.display()
+        ),
+        None => format!(
+            "pip install {}    # so that {} runs this release",
+            pkgs.join(" "),
+            mlflow_bin.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_origins_cover_the_public_names_and_the_upstream() {
+        let acme = Tls::Acme {
+            domains: vec!["a.example.com".into(), "b.example.com".into()],
+            email: "ops@example.com".into(),
+        };
+        assert_eq!(
+            allowed_hosts(&acme, 443, "mlflow:5000"),
+            "a.example.com,b.example.com,mlflow:5000"
+        );
+        assert_eq!(
+            cors_origins(&acme, 8443),
+            "https://a.example.com:8443,https://b.example.com:8443"
+        );
+        assert_eq!(
+            allowed_hosts(&Tls::SelfSigned, 8443, "127.0.0.1:5000"),
+            "localhost:8443,127.0.0.1:8443,127.0.0.1:5000"
+        );
+        assert_eq!(
+            cors_origins(&Tls::SelfSigned, 8443),
+            "https://localhost:8443,https://127.0.0.1:8443"
+        );
+    }
+}

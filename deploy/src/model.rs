@@ -1,0 +1,560 @@
+//! The validated deployment the renderers work from: target, TLS mode, backend and artifact
+//! stores, MLflow version, and where programs live on the host. Each `parse_*` helper checks
+//! one command-line value and returns a lowercase message naming it; the caller adds the flag.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The MLflow release the rendered files pin (image tag, pip requirement).
+pub const DEFAULT_MLFLOW_VERSION: &str = "3.17.2";
+
+/// guard's shutdown grace (`guard serve --shutdown-grace`, default 30 s). Stop timeouts in the
+/// rendered files are longer, so the supervisor never kills guard while it drains uploads.
+pub const GUARD_SHUTDOWN_GRACE_SECS: u32 = 30;
+
+/// How long a supervisor waits after SIGTERM before SIGKILL: the grace plus 10 s of margin.
+pub const STOP_TIMEOUT_SECS: u32 = GUARD_SHUTDOWN_GRACE_SECS + 10;
+
+/// What `guard deploy` writes files for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// docker-compose.yml, .env and the Dockerfiles it builds.
+    Compose,
+    /// guard.service and mlflow.service.
+    Systemd,
+    /// One self-contained supervisord.conf.
+    Supervisor,
+}
+
+impl Target {
+    /// Every target, in the order help text lists them.
+    pub const ALL: [Target; 3] = [Target::Compose, Target::Systemd, Target::Supervisor];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Compose => "compose",
+            Target::Systemd => "systemd",
+            Target::Supervisor => "supervisor",
+        }
+    }
+
+    /// The backend store when `--backend` is not given: compose ships its own PostgreSQL; on a
+    /// host, sqlite needs nothing installed.
+    pub fn default_backend(self) -> Backend {
+        match self {
+            Target::Compose => Backend::Postgres,
+            Target::Systemd | Target::Supervisor => Backend::Sqlite,
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Target, String> {
+        Target::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown target {s:?}; use compose, systemd or supervisor"))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// MLflow's backend store (runs, params, metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A sqlite file in MLflow's own storage.
+    Sqlite,
+    /// A PostgreSQL database `mlflow` owned by role `mlflow`.
+    Postgres,
+}
+
+impl Backend {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            _ => Err(format!("unknown backend {s:?}; use sqlite or postgres")),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where MLflow keeps artifacts. The server always proxies them (`--serve-artifacts`), so
+/// clients never need storage credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Artifacts {
+    /// No `--artifacts`: the target's own storage (a named volume for compose, mlflow's
+    /// StateDirectory for systemd, the base directory for supervisor).
+    Managed,
+    /// A directory on the host (compose bind-mounts it; relative paths are relative to the
+    /// compose file, and only compose accepts them).
+    Local(PathBuf),
+    /// An S3 bucket and optional key prefix (no trailing slash).
+    S3 {
+        /// Bucket name (3 to 63 lowercase letters, digits, dots and hyphens).
+        bucket: String,
+        /// Key prefix inside the bucket, without leading or trailing slashes.
+        prefix: Option<String>,
+    },
+}
+
+impl Artifacts {
+    /// The `s3://bucket/prefix` URI for S3 stores.
+    pub fn s3_uri(&self) -> Option<String> {
+        match self {
+            Artifacts::S3 {
+                bucket,
+                prefix: Some(p),
+            } => Some(format!("s3://{bucket}/{p}")),
+            Artifacts::S3 {
+                bucket,
+                prefix: None,
+            } => Some(format!("s3://{bucket}")),
+            _ => None,
+        }
+    }
+
+    /// Whether MLflow needs boto3 for this store.
+    pub fn is_s3(&self) -> bool {
+        matches!(self, Artifacts::S3 { .. })
+    }
+}
+
+/// How guard gets its certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// No `--domain`: guard makes a self-signed certificate and listens on 8443.
+    SelfSigned,
+    /// Let's Encrypt for these names; guard listens on 443 and 80 (for HTTP-01 and redirects).
+    Acme {
+        /// Lowercase DNS names, at least one, no duplicates.
+        domains: Vec<String>,
+        /// The ACME account contact.
+        email: String,
+    },
+}
+
+impl Tls {
+    /// The domains guard serves (empty for a self-signed certificate).
+    pub fn domains(&self) -> &[String] {
+        match self {
+            Tls::SelfSigned => &[],
+            Tls::Acme { domains, .. } => domains,
+        }
+    }
+}
+
+/// One validated `guard deploy` invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// What to write files for.
+    pub target: Target,
+    /// Certificate source and the public names.
+    pub tls: Tls,
+    /// MLflow's backend store.
+    pub backend: Backend,
+    /// MLflow's artifact store.
+    pub artifacts: Artifacts,
+    /// The pinned MLflow release (`3.17.2`), without a leading `v`.
+    pub mlflow_version: String,
+    /// Compose only: add a Jupyter service wired to MLflow.
+    pub with_notebook: bool,
+    /// Where files are written.
+    pub out_dir: PathBuf,
+    /// Replace existing files.
+    pub force: bool,
+}
+
+/// Where the host targets (systemd, supervisor) find programs and keep state. Compose ignores
+/// it: its programs live in images. Defaults are production paths; tests point every field
+/// at a temporary directory, a built guard and a venv's mlflow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// guard's executable. Default `/usr/local/bin/guard`.
+    pub guard_bin: PathBuf,
+    /// mlflow's executable, normally a venv's `bin/mlflow`. Default `/opt/mlflow/bin/mlflow`.
+    pub mlflow_bin: PathBuf,
+    /// Supervisor only: the directory for state, logs, pid file and control socket. `None`
+    /// means the directory holding supervisord.conf (`%(here)s`). systemd keeps state in each
+    /// unit's StateDirectory= under /var/lib instead.
+    pub base_dir: Option<PathBuf>,
+    /// guard's TLS listener. `None`: guard's default (0.0.0.0:443 with a domain, 0.0.0.0:8443
+    /// without).
+    pub guard_listen: Option<SocketAddr>,
+    /// guard's plain-HTTP listener (ACME HTTP-01 and redirects), used with a domain. `None`:
+    /// guard's default (0.0.0.0:80).
+    pub guard_http_listen: Option<SocketAddr>,
+    /// The port mlflow listens on, on 127.0.0.1 only. Default 5000.
+    pub mlflow_port: u16,
+}
+
+impl Default for Layout {
+    fn default() -> Layout {
+        Layout {
+            guard_bin: PathBuf::from("/usr/local/bin/guard"),
+            mlflow_bin: PathBuf::from("/opt/mlflow/bin/mlflow"),
+            base_dir: None,
+            guard_listen: None,
+            guard_http_listen: None,
+            mlflow_port: 5000,
+        }
+    }
+}
+
+impl Layout {
+    /// The port clients reach guard on: the configured listener, else guard's default.
+    pub fn public_port(&self, tls: &Tls) -> u16 {
+        match (self.guard_listen, tls) {
+            (Some(addr), _) => addr.port(),
+            (None, Tls::SelfSigned) => 8443,
+            (None, Tls::Acme { .. }) => 443,
+        }
+    }
+}
+
+/// The longest DNS name (RFC 1035 section 2.3.4, without the root's trailing dot).
+const MAX_DOMAIN_LEN: usize = 253;
+
+/// Checks a public DNS name for `--domain` and returns it lowercased.
+///
+/// Rules: RFC 1123 labels (letters, digits, inner hyphens, 1 to 63 characters), 253 characters
+/// at most, at least two labels, and a top-level label that is not all digits (so no IPv4
+/// literal passes; IPv6 has colons). `localhost`, single-label names and wildcards are refused:
+/// Let's Encrypt cannot validate them, and without `--domain` guard already serves a
+/// self-signed certificate for local use.
+pub fn parse_domain(s: &str) -> Result<String, String> {
+    let name = s.trim().to_ascii_lowercase();
+    if name.is_empty() {
+        return Err("empty domain name".into());
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!(
+            "{s:?} is an IP address; certificates need a DNS name (omit --domain for a self-signed certificate)"
+        ));
+    }
+    if name.starts_with("*.") {
+        return Err(format!(
+            "{s:?}: wildcard names need DNS-01 validation, which guard does not do; list each name"
+        ));
+    }
+    if name.ends_with('.') {
+        return Err(format!("{s:?}: drop the trailing dot"));
+    }
+    if name.len() > MAX_DOMAIN_LEN {
+        return Err(format!("{s:?} is longer than {MAX_DOMAIN_LEN} characters"));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for label in &labels {
+        if label.is_empty() {
+            return Err(format!("{s:?} has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "{s:?}: label {label:?} is longer than 63 characters"
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!(
+                "{s:?} is not a valid domain name: {c:?} is not allowed (letters, digits, '-' and '.')"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{s:?}: label {label:?} starts or ends with '-'"));
+        }
+    }
+    if labels.len() < 2 {
+        return Err(format!(
+            "{s:?} is not a public domain name (it needs a dot, e.g. mlflow.example.com; omit --domain for local use)"
+        ));
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(format!("{s:?}: the top-level label is all digits"));
+    }
+    Ok(name)
+}
+
+/// Checks an ACME contact address for `--acme-email`: `local@domain`, where the local part uses
+/// letters, digits and `._+-` (no quoting, `%` or `$`, which would need escaping in the files),
+/// and the domain passes [`parse_domain`].
+pub fn parse_email(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let (local, domain) = t
+        .rsplit_once('@')
+        .ok_or_else(|| format!("{s:?} is not an email address (expected name@example.com)"))?;
+    if local.is_empty() || local.len() > 64 {
+        return Err(format!(
+            "{s:?}: the part before '@' must be 1 to 64 characters"
+        ));
+    }
+    if let Some(c) = local
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-')))
+    {
+        return Err(format!(
+            "{s:?}: {c:?} is not allowed before '@' (letters, digits and . _ + -)"
+        ));
+    }
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return Err(format!("{s:?}: misplaced '.' before '@'"));
+    }
+    let domain = parse_domain(domain).map_err(|e| format!("{s:?}: domain part: {e}"))?;
+    Ok(format!("{local}@{domain}"))
+}
+
+/// Checks `--artifacts`: a directory path, or `s3://bucket[/prefix]`. Any other URI scheme
+/// (`gs://`, `wasbs://`, `file://`...) is refused: the rendered images and units carry only the
+/// S3 client. Whether a relative path is allowed depends on the target (see `validate`).
+pub fn parse_artifacts(s: &str) -> Result<Artifacts, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty value; use a directory or s3://bucket/prefix".into());
+    }
+    if let Some(rest) = t.strip_prefix("s3://") {
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p.trim_matches('/')),
+            None => (rest, ""),
+        };
+        check_bucket(bucket).map_err(|e| format!("{s:?}: {e}"))?;
+        let prefix = if prefix.is_empty() {
+            None
+        } else {
+            if let Some(c) = prefix
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-')))
+            {
+                return Err(format!(
+                    "{s:?}: {c:?} is not allowed in the key prefix (letters, digits and / . _ -)"
+                ));
+            }
+            if prefix.contains("//") {
+                return Err(format!("{s:?}: empty path segment in the key prefix"));
+            }
+            Some(prefix.to_string())
+        };
+        return Ok(Artifacts::S3 {
+            bucket: bucket.to_string(),
+            prefix,
+        });
+    }
+    if let Some((scheme, _)) = t.split_once("://") {
+        return Err(format!(
+            "{s:?}: {scheme}:// artifact stores are not supported; use a directory or s3://bucket/prefix"
+        ));
+    }
+    check_path_chars(t).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(Artifacts::Local(PathBuf::from(t)))
+}
+
+/// Checks `--mlflow-version`: a release like `3.17.2` (a leading `v` is dropped), optionally
+/// with a pre-release suffix (`3.18.0rc0`). It becomes an image tag and a pip pin.
+pub fn parse_mlflow_version(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let v = t.strip_prefix('v').unwrap_or(t);
+    let mut parts = v.split('.');
+    let ok = v.len() <= 32
+        && parts.clone().count() >= 2
+        && parts
+            .next()
+            .is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        && parts.all(|p| {
+            p.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && p.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an MLflow release (expected e.g. {DEFAULT_MLFLOW_VERSION})"
+        ))
+    }
+}
+
+/// S3 bucket naming rules (the general-purpose subset): 3 to 63 characters of lowercase
+/// letters, digits, dots and hyphens, starting and ending with a letter or digit.
+fn check_bucket(b: &str) -> Result<(), String> {
+    if b.len() < 3 || b.len() > 63 {
+        return Err(format!("bucket {b:?} must be 3 to 63 characters"));
+    }
+    if let Some(c) = b
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-')))
+    {
+        return Err(format!(
+            "bucket {b:?}: {c:?} is not allowed (lowercase letters, digits, '.' and '-')"
+        ));
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !edge_ok(b.chars().next()) || !edge_ok(b.chars().last()) {
+        return Err(format!(
+            "bucket {b:?} must start and end with a letter or digit"
+        ));
+    }
+    if b.contains("..") {
+        return Err(format!("bucket {b:?} has two dots in a row"));
+    }
+    Ok(())
+}
+
+/// Paths go unescaped into compose volume strings (where `:` splits and `$` interpolates),
+/// systemd lines (`%` specifiers, spaces) and supervisor lines (`%` interpolation): allow only
+/// characters that mean nothing in any of them.
+pub(crate) fn check_path_chars(p: &str) -> Result<(), String> {
+    match p
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | '@')))
+    {
+        Some(c) => Err(format!(
+            "{c:?} is not allowed in a path here (letters, digits and / . _ - + @)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether a path has no `..` component (so a relative path cannot climb out of its base).
+pub(crate) fn has_parent_component(p: &Path) -> bool {
+    p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_follow_rfc_1123_and_need_a_dot() {
+        assert_eq!(
+            parse_domain("MLflow.Example.com").unwrap(),
+            "mlflow.example.com"
+        );
+        assert_eq!(parse_domain("a-b.c0.io").unwrap(), "a-b.c0.io");
+        for (bad, needle) in [
+            ("localhost", "needs a dot"),
+            ("mlflow", "needs a dot"),
+            ("10.0.0.1", "IP address"),
+            ("::1", "IP address"),
+            ("1.2.3.999", "all digits"),
+            ("*.example.com", "wildcard"),
+            ("example.com.", "trailing dot"),
+            ("-a.example.com", "starts or ends"),
+            ("a..example.com", "empty label"),
+            ("exa mple.com", "not allowed"),
+            ("under_score.example.com", "not allowed"),
+            ("", "empty"),
+        ] {
+            let e = parse_domain(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        let long_label = format!("{}.com", "a".repeat(64));
+        assert!(parse_domain(&long_label).unwrap_err().contains("63"));
+        let long_name = format!("{}.com", vec!["a".repeat(60); 5].join("."));
+        assert!(parse_domain(&long_name).unwrap_err().contains("253"));
+    }
+
+    #[test]
+    fn emails_need_a_simple_local_part_and_a_domain() {
+        assert_eq!(
+            parse_email("Ops+mlflow@Example.com").unwrap(),
+            "Ops+mlflow@example.com"
+        );
+        for bad in [
+            "ops",
+            "@example.com",
+            "ops@localhost",
+            "o%ps@example.com",
+            "a b@x.io",
+            "a..b@x.io",
+        ] {
+            assert!(parse_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn artifacts_are_a_path_or_s3_and_nothing_else() {
+        assert_eq!(
+            parse_artifacts("s3://my-bucket/mlflow/runs/").unwrap(),
+            Artifacts::S3 {
+                bucket: "my-bucket".into(),
+                prefix: Some("mlflow/runs".into())
+            }
+        );
+        assert_eq!(
+            parse_artifacts("s3://my.bucket").unwrap().s3_uri().unwrap(),
+            "s3://my.bucket"
+        );
+        assert_eq!(
+            parse_artifacts("/srv/mlflow").unwrap(),
+            Artifacts::Local("/srv/mlflow".into())
+        );
+        for (bad, needle) in [
+            ("gs://bucket/x", "gs:// artifact stores are not supported"),
+            ("file:///srv", "file://"),
+            ("s3://", "3 to 63"),
+            ("s3://Upper", "not allowed"),
+            ("s3://-bucket", "start and end"),
+            ("s3://bucket/a b", "key prefix"),
+            ("/srv/a:b", "not allowed in a path"),
+            ("/srv/$HOME", "not allowed in a path"),
+            ("", "empty"),
+        ] {
+            let e = parse_artifacts(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn mlflow_versions_are_release_numbers() {
+        assert_eq!(parse_mlflow_version("v3.17.2").unwrap(), "3.17.2");
+        assert_eq!(parse_mlflow_version("3.18.0rc0").unwrap(), "3.18.0rc0");
+        for bad in ["latest", "3", "3..1", "3.1;rm", "", "3.x"] {
+            assert!(parse_mlflow_version(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_and_backends_parse_their_names() {
+        for t in Target::ALL {
+            assert_eq!(t.name().parse::<Target>().unwrap(), t);
+        }
+        assert!("kubernetes"
+            .parse::<Target>()
+            .unwrap_err()
+            .contains("unknown target \"kubernetes\""));
+        assert_eq!("postgres".parse::<Backend>().unwrap(), Backend::Postgres);
+        assert!("mysql"
+            .parse::<Backend>()
+            .unwrap_err()
+            .contains("unknown backend"));
+    }
+}

@@ -1,0 +1,240 @@
+//! Shared by the deploy tests: the option combinations every test walks, fixed secrets,
+//! temporary directories that clean up, and the rule for tests that need an outside program
+//! (panic under `CI`, otherwise a note and a skip).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use guard_deploy::{
+    render, Artifacts, Backend, Deployment, Layout, RenderedFile, Secret, Secrets, Target, Tls,
+    DEFAULT_MLFLOW_VERSION,
+};
+
+/// One target and option combination, named like its golden directory.
+pub struct Case {
+    pub name: &'static str,
+    pub deployment: Deployment,
+    pub layout: Layout,
+}
+
+/// Secrets with fixed, recognisable values, so golden files are stable and tests can search
+/// rendered files for them.
+pub fn fixed_secrets() -> Secrets {
+    Secrets {
+        postgres_password: Secret::new("pgpass0123456789abcdef0123456789abcdef01234567"),
+        jupyter_token: Secret::new("jupytok0123456789abcdef0123456789abcdef0123456"),
+    }
+}
+
+fn acme() -> Tls {
+    Tls::Acme {
+        domains: vec!["mlflow.example.com".into()],
+        email: "ops@example.com".into(),
+    }
+}
+
+fn s3() -> Artifacts {
+    Artifacts::S3 {
+        bucket: "ml-artifacts".into(),
+        prefix: Some("mlflow".into()),
+    }
+}
+
+fn deployment(target: Target, tls: Tls, backend: Backend, artifacts: Artifacts) -> Deployment {
+    Deployment {
+        target,
+        tls,
+        backend,
+        artifacts,
+        mlflow_version: DEFAULT_MLFLOW_VERSION.into(),
+        with_notebook: false,
+        out_dir: PathBuf::from("/srv/guard"),
+        force: false,
+    }
+}
+
+/// Every combination with a golden directory. The first is `guard deploy compose` with its
+/// defaults: the repository's own docker-compose.yml.
+pub fn cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let c = |name, d| Case {
+        name,
+        deployment: d,
+        layout: Layout::default(),
+    };
+    use Backend::{Postgres, Sqlite};
+    use Target::{Compose, Supervisor, Systemd};
+    cases.push(c(
+        "compose-postgres-volume-selfsigned",
+        deployment(Compose, Tls::SelfSigned, Postgres, Artifacts::Managed),
+    ));
+    cases.push(c(
+        "compose-postgres-volume-domain",
+        deployment(Compose, acme(), Postgres, Artifacts::Managed),
+    ));
+    cases.push(c(
+        "compose-postgres-s3-selfsigned",
+        deployment(Compose, Tls::SelfSigned, Postgres, s3()),
+    ));
+    cases.push(c(
+        "compose-postgres-s3-domain",
+        deployment(Compose, acme(), Postgres, s3()),
+    ));
+    cases.push(c(
+        "compose-sqlite-volume-selfsigned",
+        deployment(Compose, Tls::SelfSigned, Sqlite, Artifacts::Managed),
+    ));
+    cases.push(c(
+        "compose-sqlite-volume-domain",
+        deployment(Compose, acme(), Sqlite, Artifacts::Managed),
+    ));
+    cases.push(c(
+        "compose-sqlite-s3-selfsigned",
+        deployment(Compose, Tls::SelfSigned, Sqlite, s3()),
+    ));
+    cases.push(c(
+        "compose-sqlite-s3-domain",
+        deployment(Compose, acme(), Sqlite, s3()),
+    ));
+    cases.push(c(
+        "compose-sqlite-hostdir-domain",
+        deployment(
+            Compose,
+            acme(),
+            Sqlite,
+            Artifacts::Local(PathBuf::from("data/artifacts")),
+        ),
+    ));
+    let mut notebook = deployment(Compose, Tls::SelfSigned, Postgres, Artifacts::Managed);
+    notebook.with_notebook = true;
+    cases.push(c("compose-postgres-volume-selfsigned-notebook", notebook));
+
+    cases.push(c(
+        "systemd-sqlite-state-selfsigned",
+        deployment(Systemd, Tls::SelfSigned, Sqlite, Artifacts::Managed),
+    ));
+    cases.push(c(
+        "systemd-sqlite-state-domain",
+        deployment(Systemd, acme(), Sqlite, Artifacts::Managed),
+    ));
+    cases.push(c(
+        "systemd-postgres-s3-domain",
+        deployment(Systemd, acme(), Postgres, s3()),
+    ));
+    cases.push(c(
+        "supervisor-sqlite-here-selfsigned",
+        deployment(Supervisor, Tls::SelfSigned, Sqlite, Artifacts::Managed),
+    ));
+    cases.push(c(
+        "supervisor-postgres-s3-domain",
+        deployment(Supervisor, acme(), Postgres, s3()),
+    ));
+    cases.push(c(
+        "supervisor-postgres-hostdir-selfsigned",
+        deployment(
+            Supervisor,
+            Tls::SelfSigned,
+            Postgres,
+            Artifacts::Local(PathBuf::from("/srv/mlflow-artifacts")),
+        ),
+    ));
+    cases.push(Case {
+        name: "supervisor-sqlite-basedir-custom-ports",
+        deployment: deployment(Supervisor, Tls::SelfSigned, Sqlite, Artifacts::Managed),
+        layout: Layout {
+            guard_bin: "/opt/guard/bin/guard".into(),
+            mlflow_bin: "/opt/venv/bin/mlflow".into(),
+            base_dir: Some("/var/lib/guard-stack".into()),
+            guard_listen: Some("127.0.0.1:18443".parse().unwrap()),
+            guard_http_listen: None,
+            mlflow_port: 15000,
+        },
+    });
+    cases
+}
+
+/// The cases for one target.
+pub fn cases_for(target: Target) -> Vec<Case> {
+    cases()
+        .into_iter()
+        .filter(|c| c.deployment.target == target)
+        .collect()
+}
+
+/// Renders a case with the fixed secrets.
+pub fn render_case(case: &Case) -> Vec<RenderedFile> {
+    render(&case.deployment, &case.layout, &fixed_secrets())
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p = std::env::temp_dir().join(format!(
+            "guard-deploy-{name}-{}-{nanos:x}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes rendered files into `dir` (no atomicity needed in a private temp dir).
+pub fn write_into(dir: &Path, files: &[RenderedFile]) {
+    for f in files {
+        let p = dir.join(&f.path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, &f.contents).unwrap();
+    }
+}
+
+/// Finds an outside program a test needs. Under `CI` a missing program fails the test, naming
+/// it and the package that provides it; elsewhere the test prints a note and is skipped.
+pub fn require_program(candidates: &[PathBuf], what: &str, install: &str) -> Option<PathBuf> {
+    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
+        return Some(p.clone());
+    }
+    let msg = format!(
+        "{what} not found (looked at {}); install it with: {install}",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("note: skipping: {msg}");
+    None
+}
+
+/// Runs a command, returning (success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
