@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use guard_config::acme::{self, AcmeSettings, ChallengeChoice};
 use guard_config::model::{self, Cidr, Upstream};
-use guard_config::serve::{self as defaults, AuthSettings, Limits, LogFormat, ServeSettings, TlsSource};
+use guard_config::serve::{self as defaults, AuthSettings, Limits, LogFormat, ServeSettings, SiteSettings, TlsSource};
 
 /// TLS and authentication in front of an MLflow tracking server (or any HTTP service).
 #[derive(Debug, Parser)]
@@ -276,9 +277,97 @@ struct ServeArgs {
     #[arg(long, env = "GUARD_DANGEROUS_NO_AUTH")]
     dangerous_no_auth: bool,
 
+    #[command(flatten)]
+    acme: AcmeArgs,
+
     /// Log format. [default: text]
     #[arg(long, env = "GUARD_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormatArg>,
+}
+
+/// Flags of `guard serve` for certificates from Let's Encrypt or another ACME CA.
+#[derive(Debug, Args)]
+struct AcmeArgs {
+    /// Public name to get a certificate for from Let's Encrypt (repeatable; comma-separated in
+    /// the variable). One certificate covers every name; kept and renewed in STATE_DIR/acme.
+    /// Needs --acme-email.
+    #[arg(long = "domain", env = "GUARD_DOMAIN", value_delimiter = ',', value_name = "NAME",
+          value_parser = acme::parse_domain, requires = "acme_email", conflicts_with = "tls_cert")]
+    domains: Vec<String>,
+
+    /// Contact address for the CA account (Let's Encrypt's policy and incident notices).
+    #[arg(long, env = "GUARD_ACME_EMAIL", value_name = "EMAIL", value_parser = acme::parse_email, requires = "domains")]
+    acme_email: Option<String>,
+
+    /// Use Let's Encrypt's staging CA: untrusted certificates, generous rate limits; for trying
+    /// a setup.
+    #[arg(long, env = "GUARD_ACME_STAGING", requires = "domains", conflicts_with = "acme_directory")]
+    acme_staging: bool,
+
+    /// ACME directory URL of another CA (a private step-ca, pebble). [default: Let's Encrypt]
+    #[arg(long, env = "GUARD_ACME_DIRECTORY", value_name = "URL", value_parser = acme::parse_directory_url, requires = "domains")]
+    acme_directory: Option<String>,
+
+    /// PEM file whose first certificate is trusted for the ACME server's own HTTPS (a private
+    /// CA). [default: the system's roots]
+    #[arg(long, env = "GUARD_ACME_CA_ROOT", value_name = "FILE", requires = "domains")]
+    acme_ca_root: Option<PathBuf>,
+
+    /// How the CA validates: http-01 (port 80), tls-alpn-01 (port 443), or auto: tls-alpn-01,
+    /// then http-01 if that fails. [default: auto]
+    #[arg(long, env = "GUARD_ACME_CHALLENGE", value_name = "TYPE", value_parser = ChallengeChoice::parse, requires = "domains")]
+    acme_challenge: Option<ChallengeChoice>,
+
+    /// Plain-HTTP listener: answers HTTP-01 and redirects everything else to https with a 308.
+    /// [default: 0.0.0.0:80]
+    #[arg(long, env = "GUARD_HTTP_LISTEN", value_name = "ADDR", requires = "domains")]
+    http_listen: Option<SocketAddr>,
+
+    /// The HTTPS port clients reach, for the redirect when guard listens on another port behind
+    /// a port mapping. [default: 443]
+    #[arg(long, env = "GUARD_HTTPS_PORT", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..), requires = "domains")]
+    https_port: Option<u16>,
+
+    /// Strict-Transport-Security max-age sent with the certificate from ACME; 0 tells browsers
+    /// to forget an earlier one. [default: 365d]
+    #[arg(long, env = "GUARD_HSTS_MAX_AGE", value_name = "DURATION", value_parser = model::parse_duration, requires = "domains")]
+    hsts_max_age: Option<Duration>,
+}
+
+/// The ACME settings, `None` without `--domain`; cross-flag problems are usage errors.
+fn acme_settings(a: &AcmeArgs) -> Result<Option<AcmeSettings>, Failure> {
+    if a.domains.is_empty() {
+        return Ok(None);
+    }
+    let mut domains: Vec<String> = Vec::new();
+    for d in &a.domains {
+        if !domains.contains(d) {
+            domains.push(d.clone());
+        }
+    }
+    let directory = match (&a.acme_directory, a.acme_staging) {
+        (Some(url), _) => url.clone(),
+        (None, true) => acme::LETS_ENCRYPT_STAGING.into(),
+        (None, false) => acme::LETS_ENCRYPT_PRODUCTION.into(),
+    };
+    let settings = AcmeSettings {
+        domains,
+        // clap enforces `requires`; the message stays clear should that ever change.
+        email: a
+            .acme_email
+            .clone()
+            .ok_or_else(|| Failure::Config(anyhow::anyhow!("--acme-email is required with --domain")))?,
+        directory,
+        ca_root: a.acme_ca_root.clone(),
+        challenge: a.acme_challenge.unwrap_or(ChallengeChoice::Auto),
+        http_listen: a
+            .http_listen
+            .unwrap_or_else(|| acme::DEFAULT_HTTP_LISTEN.parse().expect("default parses")),
+        https_port: a.https_port.unwrap_or(acme::DEFAULT_HTTPS_PORT),
+        hsts_max_age: a.hsts_max_age.unwrap_or(acme::DEFAULT_HSTS_MAX_AGE),
+    };
+    settings.validate().map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
+    Ok(Some(settings))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -543,17 +632,23 @@ fn settings_from(args: ServeArgs) -> ServeSettings {
         lockout_window: args.lockout_window.unwrap_or(d.lockout_window),
         lockout_duration: args.lockout_duration.unwrap_or(d.lockout_duration),
     };
-    ServeSettings {
+    let site = SiteSettings {
+        name: guard_proxy::route::FLAGS_SITE.into(),
+        hosts: Vec::new(),
+        upstream: args.upstream,
+        preserve_host: args.preserve_host,
         auth,
+        public_paths: Vec::new(),
+    };
+    ServeSettings {
+        sites: vec![site],
         listen: args
             .listen
             .unwrap_or_else(|| defaults::DEFAULT_LISTEN.parse().expect("default parses")),
-        upstream: args.upstream,
         tls,
         state_dir,
         limits,
         trusted_proxies: args.trusted_proxies,
-        preserve_host: args.preserve_host,
         log_format: match args.log_format {
             Some(LogFormatArg::Json) => LogFormat::Json,
             _ => LogFormat::Text,
@@ -580,11 +675,24 @@ fn init_logging(format: LogFormat) {
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     use anyhow::Context;
-    let settings = settings_from(args);
+    let acme = acme_settings(&args.acme)?;
+    let listen_given = args.listen.is_some();
+    let mut settings = settings_from(args);
+    // With a domain: 443, where browsers and TLS-ALPN-01 validators come.
+    let public_url = acme.as_ref().map(|a| match a.https_port {
+        443 => format!("https://{}", a.domains[0]),
+        port => format!("https://{}:{port}", a.domains[0]),
+    });
+    if let Some(acme) = acme {
+        if !listen_given {
+            settings.listen = acme::DEFAULT_ACME_LISTEN.parse().expect("default parses");
+        }
+        settings.tls = TlsSource::Acme(acme);
+    }
     init_logging(settings.log_format);
     let listen = settings.listen;
-    let upstream = settings.upstream.clone();
-    let prepared = guard_proxy::prepare(settings).map_err(|e| Failure::Config(e.into()))?;
+    let upstream = settings.sites[0].upstream.clone();
+    let mut prepared = guard_proxy::prepare(settings).map_err(|e| Failure::Config(e.into()))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -600,23 +708,31 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .local_addr()
             .context("cannot read the listening address")
             .map_err(Failure::Runtime)?;
-        print_startup(local, &upstream, &prepared);
-        let reload = std::sync::Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(forward_sighup(reload.clone()));
-        guard_proxy::serve(prepared, listener, shutdown_signal(), reload)
+        print_startup(local, &upstream, &prepared, public_url.as_deref());
+        if let Some(addr) = prepared.plain_listen() {
+            let plain = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--http-listen {addr}: cannot listen"))
+                .map_err(Failure::Runtime)?;
+            let local = plain.local_addr().context("cannot read the listening address").map_err(Failure::Runtime)?;
+            println!("guard: plain listener on {local}, answering ACME HTTP-01 and redirecting to https");
+            prepared.set_plain_listener(plain);
+        }
+        tokio::spawn(reload_on_sighup(prepared.handle()));
+        guard_proxy::serve(prepared, listener, shutdown_signal())
             .await
             .map_err(|e| Failure::Runtime(e.into()))
     })
 }
 
 /// What a user needs to point the MLflow client at guard, on stdout.
-fn print_startup(local: SocketAddr, upstream: &Upstream, prepared: &guard_proxy::Prepared) {
+fn print_startup(local: SocketAddr, upstream: &Upstream, prepared: &guard_proxy::Prepared, public_url: Option<&str>) {
     let host = if local.ip().is_unspecified() || local.ip().is_loopback() {
         "localhost".to_string()
     } else {
         local.ip().to_string()
     };
-    let url = format!("https://{host}:{}", local.port());
+    let url = public_url.map_or_else(|| format!("https://{host}:{}", local.port()), str::to_owned);
     println!("guard: listening on {local}, forwarding to {upstream}");
     println!("MLFLOW_TRACKING_URI={url}");
     if let Some(ca) = &prepared.trust_anchor {
@@ -627,13 +743,13 @@ fn print_startup(local: SocketAddr, upstream: &Upstream, prepared: &guard_proxy:
     }
 }
 
-/// Turns every SIGHUP into a reload notification.
-async fn forward_sighup(reload: std::sync::Arc<tokio::sync::Notify>) {
+/// Every SIGHUP re-reads users, tokens and certificate files.
+async fn reload_on_sighup(handle: guard_proxy::Handle) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP received");
-        reload.notify_one();
+        tracing::info!("SIGHUP received: reloading users, tokens and certificate files");
+        handle.reload_files();
     }
 }
 

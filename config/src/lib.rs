@@ -2,6 +2,7 @@
 //! operator edits by hand or through `guard` commands (htpasswd users, bearer tokens).
 //! It knows no sockets: parsing, validation and atomic file writes only.
 
+pub mod acme;
 pub mod fsutil;
 pub mod htpasswd;
 pub mod model;

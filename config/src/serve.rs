@@ -18,9 +18,7 @@ pub const HEALTH_PATH: &str = "/_guard/health";
 pub struct ServeSettings {
     /// TLS listener address.
     pub listen: SocketAddr,
-    /// Where requests go.
-    pub upstream: Upstream,
-    /// Where the certificate source comes from.
+    /// Where the certificate comes from.
     pub tls: TlsSource,
     /// Directory for guard's own state (self-signed certificate, users, tokens, ACME).
     pub state_dir: PathBuf,
@@ -28,14 +26,29 @@ pub struct ServeSettings {
     pub limits: Limits,
     /// Peers whose `X-Forwarded-*` headers are kept and extended.
     pub trusted_proxies: Vec<Cidr>,
-    /// Forward the client's `Host` instead of the upstream's authority.
-    pub preserve_host: bool,
     /// Access-log format.
     pub log_format: LogFormat,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// What is served, by host name. At least one.
+    pub sites: Vec<SiteSettings>,
+}
+
+/// One site: the host names it answers, where it forwards, and who may pass.
+#[derive(Clone, Debug)]
+pub struct SiteSettings {
+    /// Name for logs.
+    pub name: String,
+    /// Host names routed here, lowercase, without port. Empty: every host no other site claims.
+    pub hosts: Vec<String>,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Forward the client's `Host` instead of the upstream's authority.
+    pub preserve_host: bool,
     /// Who may pass.
     pub auth: AuthSettings,
+    /// Path prefixes served without authentication (e.g. a notebook's static assets).
+    pub public_paths: Vec<String>,
 }
 
 /// Authentication: where users and tokens come from and how hard guard defends them.
@@ -102,6 +115,9 @@ pub enum TlsSource {
     },
     /// A self-signed certificate kept in the state directory.
     SelfSigned,
+    /// A certificate from an ACME CA (Let's Encrypt by default), kept in the state directory
+    /// and renewed while serving.
+    Acme(crate::acme::AcmeSettings),
 }
 
 /// Access-log line format.

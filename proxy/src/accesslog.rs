@@ -28,6 +28,8 @@ pub struct AccessRecord {
     pub status: StatusCode,
     /// Who was authenticated (user or token name).
     pub user: Option<String>,
+    /// The site that served it.
+    pub site: Option<String>,
     /// Time until the upstream's response head arrived.
     pub upstream_time: Option<Duration>,
     /// Request-body progress, when the request was forwarded.
@@ -45,6 +47,7 @@ impl AccessRecord {
             version,
             status: StatusCode::OK,
             user: None,
+            site: None,
             upstream_time: None,
             request_body: None,
         }
@@ -72,6 +75,7 @@ impl AccessRecord {
             duration_ms = format_args!("{duration_ms:.1}"),
             upstream_ms = format_args!("{}", upstream_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into())),
             user = self.user.as_deref().unwrap_or("-"),
+            site = self.site.as_deref().unwrap_or("-"),
             complete,
         );
     }

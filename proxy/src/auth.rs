@@ -262,11 +262,10 @@ impl Authenticator {
         self.cache.lock().expect("cache lock").clear();
     }
 
-    /// Watches both files and reloads on change or when `force` fires.
-    pub fn watch(self: &Arc<Self>, force: Arc<tokio::sync::Notify>) {
-        let me = self.clone();
+    /// Watches both files and reloads on change or when `force` fires, until dropped.
+    pub fn watch(self: &Arc<Self>, force: crate::watch::ReloadSignal) {
         let paths = vec![self.settings.users_file.clone(), self.settings.tokens_file.clone()];
-        crate::watch::spawn(paths, force, move || me.reload());
+        crate::watch::spawn(paths, force, Arc::downgrade(self), Authenticator::reload);
     }
 
     /// Decides whether a request may pass. The lockout is checked first so a locked-out address

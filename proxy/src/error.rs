@@ -7,6 +7,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::auth::AuthFailure;
 use crate::body::{full, ProxyBody};
+use crate::route::Misroute;
 
 /// Why guard answered a request itself instead of relaying the upstream's answer.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,9 @@ pub enum ProxyError {
     /// A path under guard's reserved prefix that guard does not serve.
     #[error("no such guard endpoint")]
     NotFound,
+    /// No site serves the request's host, or its `Host` disagrees with its SNI.
+    #[error("misrouted request: {0:?}")]
+    Misrouted(Misroute),
     /// The request did not authenticate.
     #[error("authentication failed: {}", failure.reason())]
     Auth {
@@ -99,6 +103,11 @@ impl ProxyError {
                 "ENDPOINT_NOT_FOUND",
                 "no such endpoint",
             ),
+            ProxyError::Misrouted(_) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "ENDPOINT_NOT_FOUND",
+                "this server does not serve that host name",
+            ),
             // Never a 5xx: the MLflow client retries those, five times, POSTs included.
             ProxyError::Auth { failure, .. } => match failure {
                 AuthFailure::LockedOut(_) => (
@@ -139,6 +148,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::NotFound
+            | ProxyError::Misrouted(_)
             | ProxyError::Auth { .. } => tracing::debug!("{self}{chain}"),
             _ => tracing::warn!("{self}{chain}"),
         }
@@ -197,6 +207,7 @@ mod tests {
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "REQUEST_LIMIT_EXCEEDED"),
             (ProxyError::BadRequest("x"), 400, "BAD_REQUEST"),
             (ProxyError::NotFound, 404, "ENDPOINT_NOT_FOUND"),
+            (ProxyError::Misrouted(Misroute::UnknownHost), 421, "ENDPOINT_NOT_FOUND"),
             (ProxyError::Auth { failure: AuthFailure::Missing, realm: "r".into() }, 401, "UNAUTHENTICATED"),
             (ProxyError::Auth { failure: AuthFailure::BadPassword, realm: "r".into() }, 401, "UNAUTHENTICATED"),
             (ProxyError::Auth { failure: AuthFailure::RevokedToken, realm: "r".into() }, 401, "UNAUTHENTICATED"),

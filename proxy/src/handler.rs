@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use guard_config::model::{Cidr, Upstream};
+use arc_swap::ArcSwap;
+use guard_config::model::Cidr;
 use guard_config::serve::{Limits, HEALTH_PATH, RESERVED_PREFIX};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -17,55 +18,24 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::accesslog::AccessRecord;
-use crate::auth::Authenticator;
 use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
-use crate::forward::{forward, UpstreamClient};
+use crate::forward::forward;
 use crate::headers;
+use crate::route::Router;
 use crate::server::InFlight;
 
 /// What every request on every connection shares.
 #[derive(Debug)]
 pub struct State {
-    /// The upstream's authority, also the default `Host`.
-    pub upstream_authority: String,
-    upstream_host: HeaderValue,
-    /// The pooled client.
-    pub client: UpstreamClient,
+    /// The sites; swapped whole on a configuration reload.
+    pub router: ArcSwap<Router>,
     /// Timeouts and sizes.
     pub limits: Limits,
     /// Peers whose `X-Forwarded-*` are kept.
     pub trusted_proxies: Vec<Cidr>,
-    /// Forward the client's `Host`.
-    pub preserve_host: bool,
-    /// `None` only with `--dangerous-no-auth`.
-    pub auth: Option<Arc<Authenticator>>,
-    /// The header naming the user to the upstream (client copies are always removed).
-    forwarded_user: Option<header::HeaderName>,
-}
-
-impl State {
-    /// Builds the shared state for one upstream.
-    pub fn new(
-        upstream: &Upstream,
-        limits: Limits,
-        trusted_proxies: Vec<Cidr>,
-        preserve_host: bool,
-        auth: Option<Arc<Authenticator>>,
-        forwarded_user: Option<header::HeaderName>,
-    ) -> Self {
-        let authority = upstream.authority();
-        State {
-            auth,
-            forwarded_user,
-            upstream_host: HeaderValue::from_str(&authority).expect("validated authority is a header value"),
-            upstream_authority: authority,
-            client: crate::forward::client(limits.upstream_connect_timeout),
-            limits,
-            trusted_proxies,
-            preserve_host,
-        }
-    }
+    /// `Strict-Transport-Security` for every response, only with a certificate from ACME.
+    pub hsts: Option<HeaderValue>,
 }
 
 /// Per-connection facts the pipeline needs.
@@ -73,6 +43,8 @@ impl State {
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The server name the client asked for in the TLS handshake.
+    pub sni: Option<String>,
 }
 
 /// Serves one request. Never fails: every error is already a response.
@@ -83,13 +55,16 @@ pub async fn handle(
     in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut rec = AccessRecord::new(conn.peer, req.method().clone(), req.uri().path(), req.version());
-    let resp = match route(req, &conn, &state, &mut rec).await {
+    let mut resp = match route(req, &conn, &state, &mut rec).await {
         Ok(resp) => resp,
         Err(e) => {
             e.log();
             e.into_response()
         }
     };
+    if let Some(hsts) = &state.hsts {
+        resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     Ok(finish(resp, rec, in_flight))
 }
 
@@ -105,13 +80,21 @@ async fn route(
     if path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/') {
         return reserved(path);
     }
+    let router = state.router.load();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let site = router.pick(host, conn.sni.as_deref()).map_err(ProxyError::Misrouted)?;
+    rec.site = Some(site.name.clone());
     // Nothing below this line runs for a request that did not authenticate.
-    let principal = match &state.auth {
-        Some(auth) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
+    let principal = match &site.auth {
+        Some(auth) if !site.is_public(path) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
             Ok(p) => Some(p),
             Err(failure) => return Err(ProxyError::Auth { failure, realm: auth.realm().to_owned() }),
         },
-        None => None,
+        _ => None,
     };
     rec.user = principal.as_ref().map(|p| p.name.clone());
 
@@ -148,7 +131,7 @@ async fn route(
         join_cookies(&mut parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some(name) = &state.forwarded_user {
+    if let Some(name) = &site.forwarded_user {
         parts.headers.remove(name);
         if let Some(p) = &principal {
             if let Ok(v) = HeaderValue::from_str(&p.name) {
@@ -161,16 +144,16 @@ async fn route(
         parts.headers.remove(header::AUTHORIZATION);
     }
     headers::set_forwarded(&mut parts.headers, conn.peer.ip(), &state.trusted_proxies, client_host.as_ref());
-    let host = match (&client_host, state.preserve_host) {
+    let host = match (&client_host, site.preserve_host) {
         (Some(h), true) => h.clone(),
-        _ => state.upstream_host.clone(),
+        _ => site.upstream_host.clone(),
     };
     parts.headers.insert(header::HOST, host);
     if let Some(proto) = upgrade.clone() {
         headers::restore_upgrade(&mut parts.headers, proto);
     }
     let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    parts.uri = Uri::try_from(format!("http://{}{}", state.upstream_authority, pq))
+    parts.uri = Uri::try_from(format!("http://{}{}", site.upstream_authority, pq))
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     // The upstream speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
@@ -179,11 +162,11 @@ async fn route(
     rec.request_body = Some(progress);
     let started = Instant::now();
     let resp = forward(
-        &state.client,
+        &site.client,
         Request::from_parts(parts, body),
         body_sent,
         state.limits.upstream_response_timeout,
-        &state.upstream_authority,
+        &site.upstream_authority,
     )
     .await?;
     rec.upstream_time = Some(started.elapsed());
@@ -192,7 +175,7 @@ async fn route(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(client_side), Some(proto)) = (client_upgrade, upgrade) else {
             return Err(ProxyError::UpstreamFailed {
-                upstream: state.upstream_authority.clone(),
+                upstream: site.upstream_authority.clone(),
                 source: "upstream switched protocols without being asked".into(),
             });
         };

@@ -3,6 +3,7 @@
 //! the other modules are its named steps.
 
 pub mod accesslog;
+pub mod acme;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -10,8 +11,10 @@ pub mod forward;
 pub mod handler;
 pub mod healthcheck;
 pub mod headers;
+pub mod redirect;
+pub mod route;
 pub mod server;
 pub mod tls;
 pub mod watch;
 
-pub use server::{prepare, serve, Prepared, ServeError};
+pub use server::{prepare, serve, Handle, Prepared, ServeError};

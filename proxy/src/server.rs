@@ -9,16 +9,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use guard_config::serve::{Limits, ServeSettings, TlsSource};
+use arc_swap::ArcSwap;
+use guard_config::serve::{Limits, ServeSettings, SiteSettings, TlsSource};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::{AuthError, Authenticator};
 use crate::handler::{handle, ConnInfo, State};
+use crate::route::{Router, SiteError};
 use crate::tls::{self, CertResolver, TlsError};
 
 /// A reason `serve` could not start.
@@ -27,12 +27,12 @@ pub enum ServeError {
     /// The certificate or key is unusable (a configuration error).
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The users or tokens are unusable (a configuration error).
+    /// A site is unusable (a configuration error).
     #[error(transparent)]
-    Auth(#[from] AuthError),
-    /// `--forwarded-user-header` is not a valid header name.
-    #[error("--forwarded-user-header {0:?}: not a valid header name")]
-    HeaderName(String),
+    Site(#[from] SiteError),
+    /// ACME cannot be set up (a configuration error).
+    #[error(transparent)]
+    Acme(#[from] crate::acme::AcmeError),
 }
 
 /// Everything loaded before the listener opens, so configuration errors come first.
@@ -40,84 +40,114 @@ pub enum ServeError {
 pub struct Prepared {
     settings: ServeSettings,
     resolver: Arc<CertResolver>,
-    auth: Option<Arc<Authenticator>>,
-    forwarded_user: Option<http::HeaderName>,
+    state: Arc<State>,
+    reload: Arc<watch::Sender<u64>>,
+    /// The plain-HTTP listener for ACME (HTTP-01 answers and the redirect to HTTPS).
+    plain: Option<TcpListener>,
     /// The CA file clients should trust, when guard made its own certificate.
     pub trust_anchor: Option<PathBuf>,
     /// Whether that self-signed certificate was made on this start.
     pub created_certificate: bool,
 }
 
-/// Loads (or makes) the certificate and checks everything that can be checked offline.
+/// Loads (or makes) the certificate, loads every site's users and tokens, and checks everything
+/// that can be checked offline.
 pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
     let (key, trust_anchor, created) = match &settings.tls {
-        TlsSource::Files { cert, key } => (tls::load_pair(cert, key)?, None, false),
+        TlsSource::Files { cert, key } => (Some(tls::load_pair(cert, key)?), None, false),
         TlsSource::SelfSigned => {
             let ss = tls::self_signed(&settings.state_dir)?;
-            (ss.key, Some(ss.ca_path), ss.created)
+            (Some(ss.key), Some(ss.ca_path), ss.created)
         }
+        // `None` on the first start: handshakes wait for the certificate being ordered.
+        TlsSource::Acme(acme) => (crate::acme::load(acme, &settings.state_dir)?, None, false),
     };
-    let forwarded_user = match &settings.auth.forwarded_user_header {
-        Some(name) => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| ServeError::HeaderName(name.clone()))?),
-        None => None,
-    };
-    let auth = if settings.auth.disabled {
-        tracing::warn!("authentication is off (--dangerous-no-auth): anyone who reaches this port reaches the upstream");
-        None
-    } else {
-        Some(Arc::new(Authenticator::load(settings.auth.clone())?))
-    };
+    let router = Router::build(&settings.sites, &settings.limits)?;
+    let state = Arc::new(State {
+        router: ArcSwap::from_pointee(router),
+        limits: settings.limits.clone(),
+        trusted_proxies: settings.trusted_proxies.clone(),
+        hsts: crate::acme::hsts_header(&settings.tls),
+    });
     Ok(Prepared {
         settings,
-        resolver: Arc::new(CertResolver::new(key)),
-        auth,
-        forwarded_user,
+        resolver: Arc::new(key.map_or_else(CertResolver::empty, CertResolver::new)),
+        state,
+        reload: Arc::new(watch::channel(0).0),
+        plain: None,
         trust_anchor,
         created_certificate: created,
     })
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets open requests finish for up
-/// to the shutdown grace. `reload` (SIGHUP) re-reads users, tokens and certificate files at once;
-/// they are also re-read whenever they change.
-pub async fn serve(
-    prepared: Prepared,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    reload: Arc<Notify>,
-) -> Result<(), ServeError> {
-    let Prepared { settings, resolver, auth, forwarded_user, .. } = prepared;
-    let limits = settings.limits.clone();
-    // One notification per watcher: SIGHUP fans out to each.
-    let mut watchers = Vec::new();
-    if let TlsSource::Files { cert, key } = &settings.tls {
-        let force = Arc::new(Notify::new());
-        tls::watch_files(resolver.clone(), cert.clone(), key.clone(), force.clone());
-        watchers.push(force);
+impl Prepared {
+    /// A handle to reload files and replace sites while serving.
+    pub fn handle(&self) -> Handle {
+        Handle { state: self.state.clone(), reload: self.reload.clone() }
     }
-    if let Some(auth) = &auth {
-        let force = Arc::new(Notify::new());
-        auth.watch(force.clone());
-        watchers.push(force);
-    }
-    tokio::spawn(async move {
-        loop {
-            reload.notified().await;
-            tracing::info!("reloading users, tokens and certificate files");
-            for w in &watchers {
-                w.notify_one();
-            }
+
+    /// Where the plain-HTTP listener should be bound, when ACME is on.
+    pub fn plain_listen(&self) -> Option<SocketAddr> {
+        match &self.settings.tls {
+            TlsSource::Acme(acme) => Some(acme.http_listen),
+            _ => None,
         }
-    });
-    let acceptor = TlsAcceptor::from(tls::server_config(resolver));
-    let state = Arc::new(State::new(
-        &settings.upstream,
-        limits.clone(),
-        settings.trusted_proxies.clone(),
-        settings.preserve_host,
-        auth,
-        forwarded_user,
-    ));
+    }
+
+    /// Hands over the bound plain-HTTP listener; `serve` runs it with ACME.
+    pub fn set_plain_listener(&mut self, listener: TcpListener) {
+        self.plain = Some(listener);
+    }
+}
+
+/// Live control of a running server.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    state: Arc<State>,
+    reload: Arc<watch::Sender<u64>>,
+}
+
+impl Handle {
+    /// Re-reads users, tokens and certificate files now (what SIGHUP does).
+    pub fn reload_files(&self) {
+        self.reload.send_modify(|n| *n += 1);
+    }
+
+    /// Replaces every site (upstreams, hosts, auth) for new requests; requests in flight finish
+    /// on the sites they started on. Nothing changes when a site fails to build.
+    pub fn replace_sites(&self, sites: &[SiteSettings]) -> Result<(), ServeError> {
+        let router = Router::build(sites, &self.state.limits)?;
+        watch_sites(&router, &self.reload);
+        self.state.router.store(Arc::new(router));
+        Ok(())
+    }
+}
+
+/// Starts a file watcher for every site's authenticator; each ends with its site.
+fn watch_sites(router: &Router, reload: &watch::Sender<u64>) {
+    for site in router.sites() {
+        if let Some(auth) = &site.auth {
+            auth.watch(reload.subscribe());
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets open requests finish for up
+/// to the shutdown grace. Users, tokens and certificate files are re-read whenever they change,
+/// and at once on [`Handle::reload_files`].
+pub async fn serve(prepared: Prepared, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let Prepared { settings, resolver, state, reload, plain, .. } = prepared;
+    let limits = settings.limits.clone();
+    if let TlsSource::Files { cert, key } = &settings.tls {
+        tls::watch_files(resolver.clone(), cert.clone(), key.clone(), reload.subscribe());
+    }
+    watch_sites(&state.router.load(), &reload);
+    // Ordering and renewal run beside the accept loop and stop when `serve` returns.
+    let _acme = match &settings.tls {
+        TlsSource::Acme(acme) => Some(crate::acme::start(acme.clone(), &settings.state_dir, resolver.clone(), plain)),
+        _ => None,
+    };
+    let acceptor = tls::Acceptor::new(resolver);
     let builder = Arc::new(http_builder(&limits));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -193,7 +223,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct Connection {
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    acceptor: tls::Acceptor,
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<State>,
     stop: watch::Receiver<bool>,
@@ -207,19 +237,22 @@ impl Connection {
     async fn run(mut self) {
         let _ = self.tcp.set_nodelay(true);
         let limits = &self.state.limits;
-        let tls = match tokio::time::timeout(limits.tls_handshake_timeout, self.acceptor.accept(self.tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+        let tls = match self.acceptor.accept(self.tcp, limits.tls_handshake_timeout).await {
+            Ok(tls) => tls,
+            Err(e) => {
                 tracing::debug!(peer = %self.peer, "tls handshake failed: {e}");
                 return;
             }
-            Err(_) => {
-                tracing::debug!(peer = %self.peer, "tls handshake timed out");
-                return;
-            }
         };
+        if tls::is_acme_validation(&tls) {
+            // A TLS-ALPN-01 validation: the handshake itself was the answer (RFC 8737 §3).
+            tracing::debug!(peer = %self.peer, "answered a tls-alpn-01 validation");
+            tls::close(tls).await;
+            return;
+        }
         let activity = Arc::new(Activity::new());
-        let info = Arc::new(ConnInfo { peer: self.peer });
+        let sni = tls.get_ref().1.server_name().map(str::to_owned);
+        let info = Arc::new(ConnInfo { peer: self.peer, sni });
         let (state, act) = (self.state.clone(), activity.clone());
         let svc = service_fn(move |req| handle(req, info.clone(), state.clone(), act.begin()));
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);

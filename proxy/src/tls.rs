@@ -1,25 +1,35 @@
 //! TLS for the listener: one rustls `ServerConfig` built once, whose certificate lives behind an
 //! `ArcSwap` so a renewal or a replaced file reaches new handshakes at once while open
 //! connections keep theirs. Loads PEM files, makes the self-signed default, and watches files.
+//! Also the TLS side of ACME: TLS-ALPN-01 challenge certificates, and handshakes held while the
+//! first certificate is being issued.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 /// ALPN protocols offered to clients, in server preference order.
 pub const ALPN_H2: &[u8] = b"h2";
 /// HTTP/1.1 ALPN id.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// The ALPN id of ACME TLS-ALPN-01 validations (RFC 8737 §6.2).
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
+/// How long a handshake waits for the first certificate from ACME before it is dropped.
+pub const FIRST_CERTIFICATE_WAIT: Duration = Duration::from_secs(30);
 
 /// A certificate or key that could not be used, naming the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +84,15 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Hands the current certificate to every handshake; swapped in place on reload or renewal.
+/// Empty only while the first certificate from ACME is being issued.
 pub struct CertResolver {
-    current: ArcSwap<CertifiedKey>,
+    current: ArcSwapOption<CertifiedKey>,
+    /// TLS-ALPN-01 answers by lowercase server name, present while their order runs.
+    challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Whether `current` holds a certificate; handshakes waiting for the first one watch it.
+    ready: tokio::sync::watch::Sender<bool>,
+    /// Whatever feeds this resolver (a file watcher) lives as long as it does.
+    feeders: std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl fmt::Debug for CertResolver {
@@ -87,34 +104,126 @@ impl fmt::Debug for CertResolver {
 impl CertResolver {
     /// Starts with `initial`.
     pub fn new(initial: Arc<CertifiedKey>) -> Self {
-        CertResolver { current: ArcSwap::new(initial) }
+        Self::with(Some(initial))
+    }
+
+    /// Starts with no certificate: handshakes wait for [`CertResolver::set`] (ACME's first).
+    pub fn empty() -> Self {
+        Self::with(None)
+    }
+
+    fn with(initial: Option<Arc<CertifiedKey>>) -> Self {
+        CertResolver {
+            ready: tokio::sync::watch::Sender::new(initial.is_some()),
+            current: ArcSwapOption::new(initial),
+            challenges: RwLock::default(),
+            feeders: Default::default(),
+        }
+    }
+
+    /// Keeps `feeder` alive as long as this resolver.
+    pub fn keep_alive(&self, feeder: Arc<dyn std::any::Any + Send + Sync>) {
+        self.feeders.lock().expect("feeders lock").push(feeder);
     }
 
     /// Replaces the certificate for new handshakes.
     pub fn set(&self, key: Arc<CertifiedKey>) {
-        self.current.store(key);
+        self.current.store(Some(key));
+        self.ready.send_replace(true);
     }
 
-    /// The certificate new handshakes get.
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    /// The certificate new handshakes get; `None` until ACME's first arrives.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current.load_full()
+    }
+
+    /// Answers TLS-ALPN-01 validations for `name` with `cert` until removed.
+    pub fn set_challenge(&self, name: &str, cert: Arc<CertifiedKey>) {
+        self.challenges.write().expect("challenges lock").insert(name.to_ascii_lowercase(), cert);
+    }
+
+    /// Stops answering TLS-ALPN-01 validations for `name`.
+    pub fn remove_challenge(&self, name: &str) {
+        self.challenges.write().expect("challenges lock").remove(&name.to_ascii_lowercase());
+    }
+
+    /// Waits up to `limit` for a certificate; whether there is one.
+    async fn wait_ready(&self, limit: Duration) -> bool {
+        let mut rx = self.ready.subscribe();
+        let ready = tokio::time::timeout(limit, rx.wait_for(|ready| *ready)).await;
+        matches!(ready, Ok(Ok(_)))
     }
 }
 
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if offers_acme_tls(&hello) {
+            // A validator (RFC 8737 §3): only the challenge certificate, and none (a failed
+            // handshake) when no order is waiting for this name.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.challenges.read().expect("challenges lock").get(&name).cloned();
+        }
+        self.current.load_full()
     }
 }
 
+/// Whether the client offers ALPN `acme-tls/1`, which only ACME validators do.
+fn offers_acme_tls(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ALPN_ACME_TLS))
+}
+
+/// Completes TLS handshakes: reads the ClientHello, holds it while there is no certificate yet
+/// (a validator's is never held: it is what brings the first one), then finishes with the
+/// resolver's answer.
+#[derive(Clone, Debug)]
+pub struct Acceptor {
+    config: Arc<ServerConfig>,
+    resolver: Arc<CertResolver>,
+}
+
+impl Acceptor {
+    /// Handshakes with [`server_config`] over `resolver`.
+    pub fn new(resolver: Arc<CertResolver>) -> Self {
+        Acceptor { config: server_config(resolver.clone()), resolver }
+    }
+
+    /// One handshake; `timeout` bounds the client's part, and the wait for a first certificate
+    /// is bounded by [`FIRST_CERTIFICATE_WAIT`] on top.
+    pub async fn accept(&self, tcp: TcpStream, timeout: Duration) -> io::Result<TlsStream<TcpStream>> {
+        let timed_out = |_| io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out");
+        let lazy = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+        let start = tokio::time::timeout(timeout, lazy).await.map_err(timed_out)??;
+        if self.resolver.current().is_none()
+            && !offers_acme_tls(&start.client_hello())
+            && !self.resolver.wait_ready(FIRST_CERTIFICATE_WAIT).await
+        {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no certificate yet: still being issued"));
+        }
+        tokio::time::timeout(timeout, start.into_stream(self.config.clone())).await.map_err(timed_out)?
+    }
+}
+
+/// Whether the handshake was an ACME TLS-ALPN-01 validation. Such a connection has served its
+/// purpose with the handshake and must never reach HTTP.
+pub fn is_acme_validation(tls: &TlsStream<TcpStream>) -> bool {
+    tls.get_ref().1.alpn_protocol() == Some(ALPN_ACME_TLS)
+}
+
+/// Closes a connection cleanly (close_notify, then FIN).
+pub async fn close(mut tls: TlsStream<TcpStream>) {
+    let _ = tls.shutdown().await;
+}
+
 /// TLS 1.2 and 1.3 only, ALPN h2 then http/1.1, no 0-RTT (replays through a proxy are unsafe).
+/// `acme-tls/1` comes first so a validator, which offers nothing else, gets it; browsers never
+/// offer it.
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    cfg.alpn_protocols = vec![ALPN_ACME_TLS.to_vec(), ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     cfg.max_early_data_size = 0;
     Arc::new(cfg)
 }
@@ -200,71 +309,75 @@ fn self_signed_names() -> Vec<String> {
 
 /// Whether a stored leaf is still valid for a week and names every wanted host.
 fn still_fits(key: &CertifiedKey, names: &[String]) -> bool {
-    let Some(leaf) = key.cert.first() else { return false };
-    let Some(not_after) = leaf_not_after(leaf) else { return false };
+    let Some(v) = key.cert.first().and_then(validity) else { return false };
     let week = Duration::from_secs(7 * 86400);
-    if not_after < SystemTime::now() + week {
+    if v.not_after < SystemTime::now() + week {
         return false;
     }
-    // The host names appear verbatim as DER IA5Strings inside the SAN extension.
-    names
-        .iter()
-        .filter(|n| n.parse::<std::net::IpAddr>().is_err())
-        .all(|n| leaf.as_ref().windows(n.len()).any(|w| w == n.as_bytes()))
+    names.iter().all(|n| v.names.contains(n))
 }
 
-/// Reads notAfter from a certificate we made ourselves (UTCTime or GeneralizedTime).
-pub fn leaf_not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
-    x509_not_after(cert.as_ref())
+/// What guard needs to know of a certificate: its lifetime, serial and names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validity {
+    /// Start of the validity period.
+    pub not_before: SystemTime,
+    /// End of the validity period.
+    pub not_after: SystemTime,
+    /// Serial number, hex bytes separated by colons.
+    pub serial: String,
+    /// DNS names (lowercase) and IP addresses from the subjectAltName extension.
+    pub names: Vec<String>,
 }
 
-/// Finds the validity's second time in DER: the two times are consecutive UTCTime (0x17) or
-/// GeneralizedTime (0x18) elements; the first pair of such elements in a certificate is it.
-fn x509_not_after(der: &[u8]) -> Option<SystemTime> {
-    let mut i = 0;
-    let mut found = Vec::new();
-    while i + 2 < der.len() && found.len() < 2 {
-        let tag = der[i];
-        let len = der[i + 1] as usize;
-        if (tag == 0x17 && len == 13) || (tag == 0x18 && len == 15) {
-            if let Some(bytes) = der.get(i + 2..i + 2 + len) {
-                if let Some(t) = parse_asn1_time(tag, bytes) {
-                    found.push(t);
-                    i += 2 + len;
-                    continue;
+impl Validity {
+    /// When a third of the lifetime remains: time to renew. A proportion, not a fixed number of
+    /// days, so 90-, 64- and 45-day certificates and short test ones all renew in time.
+    pub fn renew_at(&self) -> SystemTime {
+        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or_default();
+        self.not_after - lifetime / 3
+    }
+}
+
+/// Parses a certificate's validity, serial and subjectAltNames; `None` if it is not X.509.
+pub fn validity(cert: &CertificateDer<'_>) -> Option<Validity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let time = |t: &x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        match u64::try_from(secs) {
+            Ok(s) => SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+            Err(_) => SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
+        }
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
                 }
+                _ => {}
             }
         }
-        i += 1;
     }
-    found.get(1).copied()
+    Some(Validity {
+        not_before: time(&x.validity().not_before),
+        not_after: time(&x.validity().not_after),
+        serial: x.raw_serial_as_string(),
+        names,
+    })
 }
 
-fn parse_asn1_time(tag: u8, b: &[u8]) -> Option<SystemTime> {
-    let s = std::str::from_utf8(b).ok()?;
-    let s = s.strip_suffix('Z')?;
-    let (year, rest) = if tag == 0x17 {
-        let yy: i64 = s.get(0..2)?.parse().ok()?;
-        (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
-    } else {
-        (s.get(0..4)?.parse().ok()?, s.get(4..)?)
-    };
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { rest.get(r)?.parse().ok() };
-    let (mo, d, h, mi, se) = (num(0..2)?, num(2..4)?, num(4..6)?, num(6..8)?, num(8..10)?);
-    let days = days_from_civil(year, mo, d);
-    let secs = days * 86400 + h * 3600 + mi * 60 + se;
-    u64::try_from(secs).ok().map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+/// A certificate's notAfter.
+pub fn leaf_not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
+    validity(cert).map(|v| v.not_after)
 }
 
 /// Makes a CA and a leaf signed by it; returns (CA PEM, leaf+CA chain PEM, leaf key PEM).
@@ -299,17 +412,29 @@ fn generate_self_signed(names: &[String]) -> Result<(String, String, String), Tl
     Ok((ca_pem.clone(), format!("{}{}", leaf_cert.pem(), ca_pem), leaf_key.serialize_pem()))
 }
 
+/// The certificate files a resolver is fed from.
+#[derive(Debug)]
+struct FileSource {
+    resolver: Arc<CertResolver>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
 /// Re-reads `cert` and `key` whenever either changes on disk (or `force` fires) and swaps the
 /// new pair in. A pair that fails to load keeps the old certificate serving and is logged.
-pub fn watch_files(resolver: Arc<CertResolver>, cert: PathBuf, key: PathBuf, force: Arc<tokio::sync::Notify>) {
+/// Runs for as long as the resolver is in use.
+pub fn watch_files(resolver: Arc<CertResolver>, cert: PathBuf, key: PathBuf, force: crate::watch::ReloadSignal) {
     let paths = vec![cert.clone(), key.clone()];
-    crate::watch::spawn(paths, force, move || match load_pair(&cert, &key) {
+    let source = Arc::new(FileSource { resolver, cert, key });
+    crate::watch::spawn(paths, force, Arc::downgrade(&source), |s: &FileSource| match load_pair(&s.cert, &s.key) {
         Ok(ck) => {
-            resolver.set(ck);
-            tracing::info!(cert = %cert.display(), "certificate reloaded from disk");
+            s.resolver.set(ck);
+            tracing::info!(cert = %s.cert.display(), "certificate reloaded from disk");
         }
         Err(e) => tracing::error!("certificate not reloaded, the previous one keeps serving: {}", error_chain(&e)),
     });
+    // The watcher holds only a weak reference; tie the source's life to the resolver's.
+    source.resolver.clone().keep_alive(source);
 }
 
 /// `error: cause: cause` in one line.
@@ -347,8 +472,17 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates_convert() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11017);
+    fn validity_reads_lifetime_and_names_and_renews_at_two_thirds() {
+        let dir = std::env::temp_dir().join(format!("guard-tls-validity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ss = self_signed(&dir).unwrap();
+        let v = validity(&ss.key.cert[0]).unwrap();
+        assert!(v.names.iter().any(|n| n == "localhost"), "{:?}", v.names);
+        assert!(v.names.iter().any(|n| n == "127.0.0.1") && v.names.iter().any(|n| n == "::1"), "{:?}", v.names);
+        let life = v.not_after.duration_since(v.not_before).unwrap();
+        assert_eq!(life.as_secs(), 398 * 86400, "one day back, 397 ahead");
+        assert_eq!(v.not_after.duration_since(v.renew_at()).unwrap(), life / 3);
+        assert!(!v.serial.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

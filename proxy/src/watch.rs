@@ -1,33 +1,43 @@
 //! Watching files that other programs replace: certbot and Kubernetes swap symlinks, editors
 //! rename over, `guard adduser` renames a temp file into place. A content fingerprint checked
-//! on a short interval sees all of these; a `Notify` (SIGHUP) forces a reload at once.
+//! on a short interval sees all of these; a reload signal (SIGHUP) forces a re-read at once.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 use sha2::Digest;
-use tokio::sync::Notify;
 
 /// How often watched files are checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Calls `on_change` whenever the content of any of `paths` changes (a file appearing or
-/// disappearing counts), and whenever `force` is notified.
-pub fn spawn(paths: Vec<PathBuf>, force: Arc<Notify>, on_change: impl Fn() + Send + 'static) -> tokio::task::JoinHandle<()> {
+/// The reload signal: every increment forces each watcher to re-read its files.
+pub type ReloadSignal = tokio::sync::watch::Receiver<u64>;
+
+/// Calls `on_change(target)` whenever the content of any of `paths` changes (a file appearing
+/// or disappearing counts) and whenever `force` is bumped. Stops once `target` is dropped, so a
+/// replaced configuration's watchers end with it.
+pub fn spawn<T: Send + Sync + 'static>(
+    paths: Vec<PathBuf>,
+    mut force: ReloadSignal,
+    target: Weak<T>,
+    on_change: fn(&T),
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = fingerprint(&paths);
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        force.mark_unchanged();
         loop {
             let forced = tokio::select! {
                 _ = ticker.tick() => false,
-                () = force.notified() => true,
+                r = force.changed() => r.is_ok(),
             };
+            let Some(target) = target.upgrade() else { return };
             let now = fingerprint(&paths);
             if forced || now != last {
                 last = now;
-                on_change();
+                on_change(&target);
             }
         }
     })

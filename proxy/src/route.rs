@@ -1,0 +1,245 @@
+//! Which site a request belongs to: by TLS SNI and by `Host` (or HTTP/2 `:authority`). A host no
+//! site claims gets 421, never a random upstream; a `Host` naming a different site than the
+//! SNI it arrived on gets 421 too, so one site's certificate cannot carry another's traffic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use guard_config::serve::{Limits, SiteSettings};
+use http::header::{HeaderName, HeaderValue};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::forward::UpstreamClient;
+
+/// A site ready to serve: its upstream client, its authenticator, its rules.
+#[derive(Debug)]
+pub struct Site {
+    /// Name for logs.
+    pub name: String,
+    /// The upstream's authority, also the default `Host`.
+    pub upstream_authority: String,
+    /// `upstream_authority` as a header value.
+    pub upstream_host: HeaderValue,
+    /// The pooled client for this upstream.
+    pub client: UpstreamClient,
+    /// Forward the client's `Host`.
+    pub preserve_host: bool,
+    /// `None` only with `--dangerous-no-auth`.
+    pub auth: Option<Arc<Authenticator>>,
+    /// The header naming the user to the upstream (client copies are always removed).
+    pub forwarded_user: Option<HeaderName>,
+    /// Path prefixes that skip authentication.
+    pub public_paths: Vec<String>,
+}
+
+/// A site could not be built from its settings.
+#[derive(Debug)]
+pub enum SiteError {
+    /// The users or tokens are unusable.
+    Auth {
+        /// The site.
+        site: String,
+        /// Why.
+        source: AuthError,
+    },
+    /// `forwarded_user_header` is not a valid header name.
+    HeaderName {
+        /// The site.
+        site: String,
+        /// The bad name.
+        name: String,
+    },
+}
+
+/// The site built from command-line flags alone; its name is not worth printing.
+pub const FLAGS_SITE: &str = "default";
+
+impl std::fmt::Display for SiteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (site, what) = match self {
+            SiteError::Auth { site, source } => (site, source.to_string()),
+            SiteError::HeaderName { site, name } => (site, format!("forwarded user header {name:?} is not a valid header name")),
+        };
+        if site == FLAGS_SITE {
+            f.write_str(&what)
+        } else {
+            write!(f, "site {site}: {what}")
+        }
+    }
+}
+
+// The cause is part of the message above, so it is not also a `source()`.
+impl std::error::Error for SiteError {}
+
+impl Site {
+    /// Builds a site, loading its users and tokens.
+    pub fn build(s: &SiteSettings, limits: &Limits) -> Result<Site, SiteError> {
+        let forwarded_user = match &s.auth.forwarded_user_header {
+            Some(name) => Some(
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| SiteError::HeaderName { site: s.name.clone(), name: name.clone() })?,
+            ),
+            None => None,
+        };
+        let auth = if s.auth.disabled {
+            tracing::warn!(site = %s.name, "authentication is off (--dangerous-no-auth): anyone who reaches this port reaches the upstream");
+            None
+        } else {
+            let a = Authenticator::load(s.auth.clone()).map_err(|source| SiteError::Auth { site: s.name.clone(), source })?;
+            Some(Arc::new(a))
+        };
+        let authority = s.upstream.authority();
+        Ok(Site {
+            name: s.name.clone(),
+            upstream_host: HeaderValue::from_str(&authority).expect("a validated authority is a header value"),
+            upstream_authority: authority,
+            client: crate::forward::client(limits.upstream_connect_timeout),
+            preserve_host: s.preserve_host,
+            auth,
+            forwarded_user,
+            public_paths: s.public_paths.clone(),
+        })
+    }
+
+    /// Whether `path` is public on this site (prefix match on whole segments). A path with dot
+    /// segments, empty segments, backslashes or percent-encoded dots and slashes is never
+    /// public: the upstream might normalise `/static/../api` into `/api`.
+    pub fn is_public(&self, path: &str) -> bool {
+        if self.public_paths.is_empty() || !is_plain_path(path) {
+            return false;
+        }
+        self.public_paths.iter().any(|p| {
+            path.strip_prefix(p.as_str())
+                .is_some_and(|rest| p.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+}
+
+/// Every site, indexed by host name.
+#[derive(Debug)]
+pub struct Router {
+    sites: Vec<Arc<Site>>,
+    by_host: HashMap<String, usize>,
+    fallback: Option<usize>,
+}
+
+/// Why a request matched no site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misroute {
+    /// No site claims the host.
+    UnknownHost,
+    /// `Host` names a different site than the TLS SNI.
+    HostDisagreesWithSni,
+}
+
+impl Router {
+    /// Builds every site; the first error stops it (nothing is swapped in).
+    pub fn build(sites: &[SiteSettings], limits: &Limits) -> Result<Router, SiteError> {
+        let mut built = Vec::new();
+        let mut by_host = HashMap::new();
+        let mut fallback = None;
+        for (i, s) in sites.iter().enumerate() {
+            built.push(Arc::new(Site::build(s, limits)?));
+            if s.hosts.is_empty() {
+                fallback.get_or_insert(i);
+            }
+            for h in &s.hosts {
+                by_host.entry(h.to_ascii_lowercase()).or_insert(i);
+            }
+        }
+        Ok(Router { sites: built, by_host, fallback })
+    }
+
+    /// Every site.
+    pub fn sites(&self) -> &[Arc<Site>] {
+        &self.sites
+    }
+
+    fn lookup(&self, host: &str) -> Option<usize> {
+        self.by_host.get(host).copied().or(self.fallback)
+    }
+
+    /// Picks the site for a request from its `Host` (or `:authority`) and the connection's SNI.
+    pub fn pick(&self, host: Option<&str>, sni: Option<&str>) -> Result<&Arc<Site>, Misroute> {
+        let host = host.map(normalize_host);
+        let sni = sni.map(|s| s.to_ascii_lowercase());
+        let by_host = host.as_deref().map(|h| self.lookup(h));
+        let by_sni = sni.as_deref().map(|s| self.lookup(s));
+        let index = match (by_host, by_sni) {
+            (Some(h), Some(s)) if h != s => return Err(Misroute::HostDisagreesWithSni),
+            (Some(h), _) => h,
+            (None, Some(s)) => s,
+            (None, None) => self.fallback,
+        };
+        index.map(|i| &self.sites[i]).ok_or(Misroute::UnknownHost)
+    }
+}
+
+/// A path with nothing an upstream could normalise into another path.
+fn is_plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !(path.contains('\\')
+        || path.contains("//")
+        || ["%2e", "%2f", "%5c", "%00"].iter().any(|enc| lower.contains(enc))
+        || path.split('/').any(|seg| seg == "." || seg == ".."))
+}
+
+/// `Host` without its port, lowercase; IPv6 literals keep their brackets off.
+fn normalize_host(h: &str) -> String {
+    let h = h.trim();
+    let bare = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        h.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map(|(n, _)| n).unwrap_or(h)
+    };
+    bare.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guard_config::model::Upstream;
+    use guard_config::serve::AuthSettings;
+
+    fn site(name: &str, hosts: &[&str]) -> SiteSettings {
+        let mut auth = AuthSettings::defaults(std::path::Path::new("/nonexistent"));
+        auth.disabled = true;
+        SiteSettings {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            upstream: Upstream::parse("127.0.0.1:1").unwrap(),
+            preserve_host: false,
+            auth,
+            public_paths: vec!["/static".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_route_by_host_and_sni_and_unknown_hosts_get_nothing() {
+        let r = Router::build(&[site("mlflow", &["mlflow.example.com"]), site("notebook", &["nb.example.com"])], &Limits::default()).unwrap();
+        assert_eq!(r.pick(Some("mlflow.example.com:443"), None).unwrap().name, "mlflow");
+        assert_eq!(r.pick(Some("NB.example.com"), Some("nb.example.com")).unwrap().name, "notebook");
+        assert_eq!(r.pick(None, Some("nb.example.com")).unwrap().name, "notebook");
+        assert_eq!(r.pick(Some("other.example.com"), None).unwrap_err(), Misroute::UnknownHost);
+        assert_eq!(r.pick(None, None).unwrap_err(), Misroute::UnknownHost);
+        assert_eq!(
+            r.pick(Some("mlflow.example.com"), Some("nb.example.com")).unwrap_err(),
+            Misroute::HostDisagreesWithSni
+        );
+        let r = Router::build(&[site("only", &[])], &Limits::default()).unwrap();
+        assert_eq!(r.pick(Some("anything"), Some("localhost")).unwrap().name, "only");
+    }
+
+    #[tokio::test]
+    async fn public_paths_match_whole_segments() {
+        let r = Router::build(&[site("s", &[])], &Limits::default()).unwrap();
+        let s = &r.sites()[0];
+        assert!(s.is_public("/static"));
+        assert!(s.is_public("/static/app.js"));
+        assert!(!s.is_public("/staticky"));
+        assert!(!s.is_public("/api/static"));
+        for sneaky in ["/static/../api/2.0/mlflow/runs/create", "/static/%2e%2e/api", "/static/..%2fapi", "/static//x", "/static/./x", "/static\\..\\api"] {
+            assert!(!s.is_public(sneaky), "{sneaky}");
+        }
+    }
+}
