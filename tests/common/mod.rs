@@ -248,6 +248,8 @@ pub fn run_guard(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     )
 }
 
+pub mod mlflow;
+
 // ---------------------------------------------------------------- bodies
 
 /// A deterministic body of `len` bytes, generated in 64 KiB chunks without holding it.

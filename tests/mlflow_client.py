@@ -1,0 +1,209 @@
+"""Drives the real MLflow Python client for guard's end-to-end tests (tests/mlflow.rs).
+
+Usage: python mlflow_client.py MODE [ARTIFACT_BYTES]
+
+  roundtrip            create an experiment and a run, log params, metrics and an artifact of
+                       ARTIFACT_BYTES random bytes (default 50 MiB), then read everything back
+                       with a fresh client and compare the downloaded artifact's sha256
+  expect-auth-failure  try to create an experiment; exit 0 only if that fails with a 401
+  count-experiments    print how many experiments the server holds (all lifecycle stages)
+
+Everything else comes from the environment, as in a user's script: MLFLOW_TRACKING_URI,
+MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_USERNAME / _PASSWORD, MLFLOW_TRACKING_TOKEN.
+Only the public client API is used. The last line on stdout is one JSON object; a failed check
+exits non-zero with the reason on stderr.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+T0 = time.monotonic()
+
+import mlflow  # noqa: E402  (import time is part of what the caller measures)
+from mlflow.entities import ViewType  # noqa: E402
+from mlflow.exceptions import MlflowException, RestException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+IMPORT_S = time.monotonic() - T0
+
+DEFAULT_ARTIFACT_BYTES = 50 * 1024 * 1024
+CHUNK = 1024 * 1024
+
+
+def fail(message):
+    print(f"mlflow_client.py: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_random(path, size):
+    """Writes `size` random bytes to `path` and returns their sha256."""
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(CHUNK, left))
+            h.update(block)
+            f.write(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def roundtrip(artifact_bytes):
+    name = f"guard-e2e-{uuid.uuid4().hex}"
+    params = {"alpha": "0.5", "layers": "3", "optimizer": "adam"}
+    losses = [1.0 / (step + 1) for step in range(10)]
+    timings = {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        blob = os.path.join(tmp, "blob.bin")
+        sha_written = write_random(blob, artifact_bytes)
+
+        t = time.monotonic()
+        writer = MlflowClient()
+        experiment_id = writer.create_experiment(name)
+        run = writer.create_run(experiment_id, run_name="guard-e2e")
+        run_id = run.info.run_id
+        for key, value in params.items():
+            writer.log_param(run_id, key, value)
+        for step, loss in enumerate(losses):
+            writer.log_metric(run_id, "loss", loss, step=step)
+        timings["log_s"] = time.monotonic() - t
+
+        t = time.monotonic()
+        writer.log_artifact(run_id, blob, artifact_path="blobs")
+        timings["upload_s"] = time.monotonic() - t
+        writer.set_terminated(run_id)
+
+        # A fresh client: nothing may come from the writer's state.
+        t = time.monotonic()
+        reader = MlflowClient()
+        experiment = reader.get_experiment_by_name(name)
+        check(experiment is not None, f"experiment {name} not found by name")
+        check(
+            experiment.experiment_id == experiment_id,
+            f"experiment id {experiment.experiment_id} != {experiment_id}",
+        )
+        got = reader.get_run(run_id)
+        check(got.info.experiment_id == experiment_id, "run is in another experiment")
+        check(got.info.status == "FINISHED", f"run status {got.info.status}")
+        check(got.data.params == params, f"params {got.data.params} != {params}")
+        history = sorted(reader.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+        check(
+            [(m.step, m.value) for m in history] == list(enumerate(losses)),
+            f"metric history {[(m.step, m.value) for m in history]}",
+        )
+        listed = {f.path: f.file_size for f in reader.list_artifacts(run_id, "blobs")}
+        check(
+            listed == {"blobs/blob.bin": artifact_bytes},
+            f"artifacts listed {listed}",
+        )
+        timings["read_s"] = time.monotonic() - t
+
+        t = time.monotonic()
+        dst = os.path.join(tmp, "download")
+        os.mkdir(dst)
+        local = reader.download_artifacts(run_id, "blobs/blob.bin", dst)
+        timings["download_s"] = time.monotonic() - t
+        size_read = os.path.getsize(local)
+        sha_read = sha256_file(local)
+
+    check(size_read == artifact_bytes, f"downloaded {size_read} bytes, uploaded {artifact_bytes}")
+    check(sha_read == sha_written, f"downloaded sha256 {sha_read} != uploaded {sha_written}")
+    return {
+        "mode": "roundtrip",
+        "experiment": name,
+        "experiment_id": experiment_id,
+        "run_id": run_id,
+        "artifact_bytes": artifact_bytes,
+        "sha256_uploaded": sha_written,
+        "sha256_downloaded": sha_read,
+        "metric_steps": len(history),
+        **{k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def http_status(error):
+    """The HTTP status behind a client exception, from the error code or the message."""
+    if isinstance(error, RestException) and error.get_http_status_code() == 401:
+        return 401
+    # A 401 without an MLflow JSON body: "API request to endpoint ... failed with error code 401
+    # != 200. Response body: ..."
+    if "failed with error code 401 " in str(error):
+        return 401
+    return None
+
+
+def expect_auth_failure():
+    name = f"guard-e2e-rejected-{uuid.uuid4().hex}"
+    t = time.monotonic()
+    try:
+        experiment_id = MlflowClient().create_experiment(name)
+    except MlflowException as e:
+        elapsed = time.monotonic() - t
+        summary = {
+            "mode": "expect-auth-failure",
+            "elapsed_s": round(elapsed, 3),
+            "exception": type(e).__name__,
+            "error_code": getattr(e, "error_code", None),
+            "message": str(e)[:300],
+        }
+        print(json.dumps(summary))
+        if http_status(e) != 401:
+            fail(f"failed, but not with a 401: {type(e).__name__}: {e}")
+        return
+    fail(f"creating experiment {name} succeeded (id {experiment_id}); expected a 401")
+
+
+def count_experiments():
+    client = MlflowClient()
+    count, token = 0, None
+    while True:
+        page = client.search_experiments(
+            view_type=ViewType.ALL, max_results=1000, page_token=token
+        )
+        count += len(page)
+        token = page.token
+        if not token:
+            break
+    print(json.dumps({"mode": "count-experiments", "experiments": count}))
+
+
+def main():
+    if len(sys.argv) < 2:
+        fail("usage: mlflow_client.py roundtrip|expect-auth-failure|count-experiments [BYTES]")
+    mode = sys.argv[1]
+    if mode == "roundtrip":
+        size = int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_ARTIFACT_BYTES
+        summary = roundtrip(size)
+        summary["mlflow_version"] = mlflow.__version__
+        summary["import_s"] = round(IMPORT_S, 3)
+        summary["elapsed_s"] = round(time.monotonic() - T0 - IMPORT_S, 3)
+        print(json.dumps(summary))
+    elif mode == "expect-auth-failure":
+        expect_auth_failure()
+    elif mode == "count-experiments":
+        count_experiments()
+    else:
+        fail(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()
