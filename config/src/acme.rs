@@ -112,7 +112,9 @@ pub fn parse_domain(s: &str) -> Result<String, String> {
         ));
     }
     if name.starts_with("*.") {
-        return Err(format!("{s:?}: wildcard names need DNS-01 validation, which guard does not do; list each name"));
+        return Err(format!(
+            "{s:?}: wildcard names need DNS-01 validation, which guard does not do; list each name"
+        ));
     }
     if name.ends_with('.') {
         return Err(format!("{s:?}: drop the trailing dot"));
@@ -126,18 +128,31 @@ pub fn parse_domain(s: &str) -> Result<String, String> {
             return Err(format!("{s:?} has an empty label"));
         }
         if label.len() > 63 {
-            return Err(format!("{s:?}: label {label:?} is longer than 63 characters"));
+            return Err(format!(
+                "{s:?}: label {label:?} is longer than 63 characters"
+            ));
         }
-        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
-            let hint = if c.is_ascii() { "" } else { " (write international names in punycode, xn--...)" };
-            return Err(format!("{s:?} is not a valid domain name: {c:?} is not allowed{hint}"));
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            let hint = if c.is_ascii() {
+                ""
+            } else {
+                " (write international names in punycode, xn--...)"
+            };
+            return Err(format!(
+                "{s:?} is not a valid domain name: {c:?} is not allowed{hint}"
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!("{s:?}: label {label:?} starts or ends with '-'"));
         }
     }
     if labels.len() > 1 && labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit())) {
-        return Err(format!("{s:?} looks like an IP address; certificates from ACME need a DNS name"));
+        return Err(format!(
+            "{s:?} looks like an IP address; certificates from ACME need a DNS name"
+        ));
     }
     Ok(name)
 }
@@ -150,20 +165,30 @@ pub fn parse_email(s: &str) -> Result<String, String> {
         return Err("empty email address".into());
     }
     let t = t.strip_prefix("mailto:").unwrap_or(t);
-    let (local, domain) =
-        t.rsplit_once('@').ok_or_else(|| format!("{s:?} is not an email address (expected name@example.com)"))?;
+    let (local, domain) = t
+        .rsplit_once('@')
+        .ok_or_else(|| format!("{s:?} is not an email address (expected name@example.com)"))?;
     if local.is_empty() || local.len() > 64 {
-        return Err(format!("{s:?}: the part before '@' must be 1 to 64 characters"));
+        return Err(format!(
+            "{s:?}: the part before '@' must be 1 to 64 characters"
+        ));
     }
-    if let Some(c) = local.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))) {
-        return Err(format!("{s:?}: {c:?} is not allowed before '@' (letters, digits and . _ + -)"));
+    if let Some(c) = local
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-')))
+    {
+        return Err(format!(
+            "{s:?}: {c:?} is not allowed before '@' (letters, digits and . _ + -)"
+        ));
     }
     if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
         return Err(format!("{s:?}: misplaced '.' before '@'"));
     }
     let domain = parse_domain(domain).map_err(|e| format!("{s:?}: domain part: {e}"))?;
     if !is_public_shape(&domain) {
-        return Err(format!("{s:?}: the domain part needs a dot, e.g. ops@example.com"));
+        return Err(format!(
+            "{s:?}: the domain part needs a dot, e.g. ops@example.com"
+        ));
     }
     Ok(format!("{local}@{domain}"))
 }
@@ -175,9 +200,15 @@ pub fn parse_directory_url(s: &str) -> Result<String, String> {
     let rest = match t.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => rest,
         Some((scheme, _)) => {
-            return Err(format!("{s:?}: the scheme must be https, not {scheme:?} (ACME runs over HTTPS only)"))
+            return Err(format!(
+                "{s:?}: the scheme must be https, not {scheme:?} (ACME runs over HTTPS only)"
+            ))
         }
-        None => return Err(format!("{s:?} is not a URL (expected https://host/directory)")),
+        None => {
+            return Err(format!(
+                "{s:?} is not a URL (expected https://host/directory)"
+            ))
+        }
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() {
@@ -187,7 +218,9 @@ pub fn parse_directory_url(s: &str) -> Result<String, String> {
         return Err(format!("{s:?}: credentials in the URL are not supported"));
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (ip, after) = v6.split_once(']').ok_or_else(|| format!("{s:?}: unclosed '[' in the host"))?;
+        let (ip, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: unclosed '[' in the host"))?;
         if ip.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(format!("{s:?}: {ip:?} is not an IPv6 address"));
         }
@@ -199,7 +232,11 @@ pub fn parse_directory_url(s: &str) -> Result<String, String> {
         }
     };
     if let Some(h) = host {
-        if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')) {
+        if h.is_empty()
+            || !h
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        {
             return Err(format!("{s:?}: {h:?} is not a host name"));
         }
     }
@@ -220,7 +257,10 @@ mod tests {
 
     #[test]
     fn domains_are_lowercased_and_bad_ones_refused_with_a_reason() {
-        assert_eq!(parse_domain(" MLflow.Example.COM ").unwrap(), "mlflow.example.com");
+        assert_eq!(
+            parse_domain(" MLflow.Example.COM ").unwrap(),
+            "mlflow.example.com"
+        );
         assert_eq!(parse_domain("localhost").unwrap(), "localhost");
         for (bad, why) in [
             ("", "empty"),
@@ -238,22 +278,43 @@ mod tests {
             let e = parse_domain(bad).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
-        assert!(parse_domain(&format!("{}.com", "a".repeat(64))).unwrap_err().contains("63"));
+        assert!(parse_domain(&format!("{}.com", "a".repeat(64)))
+            .unwrap_err()
+            .contains("63"));
     }
 
     #[test]
     fn emails_need_a_plain_local_part_and_a_dotted_domain() {
-        assert_eq!(parse_email("Ops+guard@Example.com").unwrap(), "Ops+guard@example.com");
-        assert_eq!(parse_email("mailto:ops@example.com").unwrap(), "ops@example.com");
-        for bad in ["", "ops", "@example.com", "ops@", "ops@localhost", "o ps@example.com", ".ops@example.com", "ops@1.2.3.4"]
-        {
+        assert_eq!(
+            parse_email("Ops+guard@Example.com").unwrap(),
+            "Ops+guard@example.com"
+        );
+        assert_eq!(
+            parse_email("mailto:ops@example.com").unwrap(),
+            "ops@example.com"
+        );
+        for bad in [
+            "",
+            "ops",
+            "@example.com",
+            "ops@",
+            "ops@localhost",
+            "o ps@example.com",
+            ".ops@example.com",
+            "ops@1.2.3.4",
+        ] {
             assert!(parse_email(bad).is_err(), "{bad:?} passed");
         }
     }
 
     #[test]
     fn directory_urls_must_be_https_with_a_host() {
-        for good in [LETS_ENCRYPT_PRODUCTION, "https://localhost:14000/dir", "https://[::1]:14000/dir", "https://ca.internal"] {
+        for good in [
+            LETS_ENCRYPT_PRODUCTION,
+            "https://localhost:14000/dir",
+            "https://[::1]:14000/dir",
+            "https://ca.internal",
+        ] {
             assert_eq!(parse_directory_url(good).unwrap(), good);
         }
         for (bad, why) in [
@@ -282,7 +343,10 @@ mod tests {
             https_port: DEFAULT_HTTPS_PORT,
             hsts_max_age: DEFAULT_HSTS_MAX_AGE,
         };
-        assert!(s.validate().unwrap_err().starts_with("--domain localhost: "));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("--domain localhost: "));
         s.directory = "https://localhost:14000/dir".into();
         assert!(s.validate().is_ok());
         s.domains.clear();
@@ -291,9 +355,18 @@ mod tests {
 
     #[test]
     fn challenge_names_parse() {
-        assert_eq!(ChallengeChoice::parse("HTTP-01").unwrap(), ChallengeChoice::Http01);
-        assert_eq!(ChallengeChoice::parse("tls-alpn-01").unwrap(), ChallengeChoice::TlsAlpn01);
-        assert_eq!(ChallengeChoice::parse("auto").unwrap(), ChallengeChoice::Auto);
+        assert_eq!(
+            ChallengeChoice::parse("HTTP-01").unwrap(),
+            ChallengeChoice::Http01
+        );
+        assert_eq!(
+            ChallengeChoice::parse("tls-alpn-01").unwrap(),
+            ChallengeChoice::TlsAlpn01
+        );
+        assert_eq!(
+            ChallengeChoice::parse("auto").unwrap(),
+            ChallengeChoice::Auto
+        );
         assert!(ChallengeChoice::parse("dns-01").is_err());
     }
 }

@@ -3,13 +3,25 @@
 //! It knows no sockets: parsing, validation and atomic file writes only.
 
 pub mod acme;
+pub mod credential;
+pub mod error;
 pub mod fsutil;
 pub mod htpasswd;
 pub mod model;
+pub mod overlay;
+pub mod raw;
 pub mod secret;
 pub mod serve;
+pub mod summary;
 pub mod tokens;
 pub mod users;
+pub mod validate;
+mod yaml;
+
+pub use error::{ConfigError, ConfigErrors, Position};
+pub use overlay::Overlay;
+pub use summary::summary;
+pub use validate::{finish, load_file, parse_str};
 
 #[cfg(test)]
 mod testutil;

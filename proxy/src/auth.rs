@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
+use guard_config::credential::{parse_credential, Credential};
 use guard_config::htpasswd::Htpasswd;
 use guard_config::serve::AuthSettings;
 use guard_config::tokens::{Lookup, TokenSet, TokensError};
@@ -24,29 +24,6 @@ use tokio::sync::{OnceCell, Semaphore};
 const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
 /// Password checks waiting for the bcrypt pool before new ones are turned away with 429.
 const MAX_WAITING_CHECKS: usize = 64;
-
-/// A credential as presented in `Authorization`.
-#[derive(PartialEq, Eq)]
-pub enum Credential {
-    /// `Basic base64(user:password)`.
-    Basic {
-        /// The user name.
-        user: String,
-        /// The password bytes (not necessarily UTF-8).
-        password: Vec<u8>,
-    },
-    /// `Bearer <token>`.
-    Bearer(String),
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credential::Basic { user, .. } => write!(f, "Basic({user:?}, <redacted>)"),
-            Credential::Bearer(_) => f.write_str("Bearer(<redacted>)"),
-        }
-    }
-}
 
 /// Why a request was not let through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,40 +91,15 @@ pub enum AuthError {
     Tokens(TokensError),
 }
 
-/// Parses `Authorization`. `Ok(None)` when absent; more than one header is malformed.
+/// Parses `Authorization`. `Ok(None)` when absent; more than one header, or one longer than
+/// [`MAX_AUTHORIZATION_BYTES`], is malformed.
 pub fn parse_authorization(headers: &HeaderMap) -> Result<Option<Credential>, AuthFailure> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() || value.len() > MAX_AUTHORIZATION_BYTES {
         return Err(AuthFailure::Malformed);
     }
-    parse_credential(value.as_bytes()).map(Some)
-}
-
-/// Parses one `Authorization` value (RFC 7617 Basic, RFC 6750 Bearer; schemes are
-/// case-insensitive).
-pub fn parse_credential(value: &[u8]) -> Result<Credential, AuthFailure> {
-    let value = std::str::from_utf8(value).map_err(|_| AuthFailure::Malformed)?.trim();
-    let (scheme, rest) = value.split_once(' ').ok_or(AuthFailure::Malformed)?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .map_err(|_| AuthFailure::Malformed)?;
-        let colon = decoded.iter().position(|&b| b == b':').ok_or(AuthFailure::Malformed)?;
-        let user = std::str::from_utf8(&decoded[..colon]).map_err(|_| AuthFailure::Malformed)?;
-        if user.is_empty() {
-            return Err(AuthFailure::Malformed);
-        }
-        return Ok(Credential::Basic { user: user.to_owned(), password: decoded[colon + 1..].to_vec() });
-    }
-    if scheme.eq_ignore_ascii_case("bearer") {
-        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(AuthFailure::Malformed);
-        }
-        return Ok(Credential::Bearer(rest.to_owned()));
-    }
-    Err(AuthFailure::Malformed)
+    parse_credential(value.as_bytes()).map(Some).ok_or(AuthFailure::Malformed)
 }
 
 /// The authentication state of a running guard: current users and tokens, the cache of
@@ -423,6 +375,7 @@ impl Drop for Decrement<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use http::HeaderValue;
 
     fn basic(s: &str) -> String {
@@ -438,7 +391,7 @@ mod tests {
         assert_eq!(ok(&basic("alice:pw").replace("Basic", "bAsIc")), Credential::Basic { user: "alice".into(), password: b"pw".to_vec() });
         assert_eq!(ok("Bearer grd_abc"), Credential::Bearer("grd_abc".into()));
         for bad in ["Basic", "Basic !!!", &basic("nocolon"), &basic(":pw"), "Bearer ", "Digest x", "", "Bearer a b"] {
-            assert_eq!(parse_credential(bad.as_bytes()), Err(AuthFailure::Malformed), "{bad:?}");
+            assert_eq!(parse_credential(bad.as_bytes()), None, "{bad:?}");
         }
         let mut h = HeaderMap::new();
         assert_eq!(parse_authorization(&h), Ok(None));

@@ -1,0 +1,1031 @@
+//! One step from the file to settings. [`parse_str`] and [`load_file`] read `guard.yaml` into an
+//! [`Overlay`], checking every value and the sites list; [`finish`] applies defaults to a merged
+//! overlay and checks what crosses settings (certificate sources, ACME names, files, listeners).
+//! Each reports every problem it finds at once, each with its key path and `line:column`.
+//!
+//! Problems of the file alone come from `load_file`; problems that depend on the command line
+//! too (a missing upstream the flags might give) come from `finish`, once the layers are merged.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::acme::{self, AcmeSettings, ChallengeChoice};
+use crate::error::{ConfigError, ConfigErrors};
+use crate::model::{parse_duration, parse_size, Cidr, Upstream};
+use crate::overlay::{
+    AcmeOverlay, AuthOverlay, LimitsOverlay, Origins, Overlay, SiteOverlay, TlsOverlay,
+};
+use crate::raw;
+use crate::serve::{self, AuthSettings, Limits, LogFormat, ServeSettings, SiteSettings, TlsSource};
+use crate::tokens::{self, TokensError};
+use crate::users::{self, UsersError};
+use crate::yaml;
+
+/// The name of the one site of the single-site shorthand and of a site with neither name nor
+/// hosts.
+pub const DEFAULT_SITE_NAME: &str = "default";
+
+/// Reads and checks a configuration file. Relative paths in it are resolved against the file's
+/// directory.
+pub fn load_file(path: &Path) -> Result<Overlay, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: Some(name.clone()),
+            position: None,
+            path: String::new(),
+            message: format!("cannot read the configuration: {}", io_message(&e)),
+        }])
+    })?;
+    parse_in(&text, &name, &base_dir(path))
+}
+
+/// Checks the text of a configuration file. `name` is the file's path: messages show it, and
+/// relative paths in the text are resolved against its directory.
+pub fn parse_str(text: &str, name: &str) -> Result<Overlay, ConfigErrors> {
+    parse_in(text, name, &base_dir(Path::new(name)))
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    file.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn parse_in(text: &str, name: &str, base: &Path) -> Result<Overlay, ConfigErrors> {
+    let problem = |p: yaml::Problem| ConfigError {
+        file: Some(name.to_owned()),
+        position: Some(p.pos),
+        path: p.path,
+        message: p.message,
+    };
+    let (root, problems) = yaml::parse(text).map_err(|p| ConfigErrors(vec![problem(p)]))?;
+    let (raw, more) = yaml::deserialize::<raw::Config>(&root, raw::moved_key);
+    let origins = Origins::from_index(name, yaml::index(&root));
+    let mut c = Check {
+        origins: &origins,
+        errors: problems.into_iter().chain(more).map(problem).collect(),
+        base,
+    };
+    let mut overlay = from_raw(raw.unwrap_or_default(), &mut c);
+    if let Some(sites) = &overlay.sites {
+        check_sites(sites, &overlay, &mut c);
+    }
+    let errors = c.errors;
+    overlay.origins = origins;
+    ConfigErrors::or_ok(errors, overlay)
+}
+
+/// Collects problems, placing each by the origins of the values.
+struct Check<'a> {
+    origins: &'a Origins,
+    errors: Vec<ConfigError>,
+    /// Where relative paths in the file start.
+    base: &'a Path,
+}
+
+impl Check<'_> {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(self.origins.error(path, message));
+    }
+
+    /// Parses a value, reporting a failure at its key path.
+    fn value<R, T>(
+        &mut self,
+        path: &str,
+        raw: Option<R>,
+        parse: impl FnOnce(R) -> Result<T, String>,
+    ) -> Option<T> {
+        match parse(raw?) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(path, e);
+                None
+            }
+        }
+    }
+
+    fn values<T>(
+        &mut self,
+        path: &str,
+        raw: Option<Vec<String>>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        let raw = raw?;
+        let mut out = Vec::new();
+        for (i, s) in raw.iter().enumerate() {
+            if let Some(v) = self.value(&format!("{path}[{i}]"), Some(s.as_str()), &parse) {
+                out.push(v);
+            }
+        }
+        Some(out)
+    }
+
+    fn file(&mut self, path: &str, raw: Option<String>) -> Option<PathBuf> {
+        let base = self.base;
+        self.value(path, raw, |s| {
+            if s.trim().is_empty() {
+                Err("empty path".to_owned())
+            } else {
+                Ok(base.join(s))
+            }
+        })
+    }
+}
+
+fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
+    let tls = r.tls.unwrap_or_default();
+    let limits = r.limits.unwrap_or_default();
+    let sites = r.sites.map(|sites| {
+        sites
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| site_from_raw(s, &format!("sites[{i}]"), c))
+            .collect()
+    });
+    Overlay {
+        listen: c.value("listen", r.listen.as_deref(), parse_listen),
+        http_listen: c.value("http_listen", r.http_listen.as_deref(), parse_listen),
+        https_port: c.value("https_port", r.https_port, parse_port),
+        state_dir: c.file("state_dir", r.state_dir),
+        log_format: c.value("log_format", r.log_format.as_deref(), parse_log_format),
+        shutdown_grace: c.value(
+            "shutdown_grace",
+            r.shutdown_grace.as_deref(),
+            parse_duration,
+        ),
+        trusted_proxies: c.values("trusted_proxies", r.trusted_proxies, Cidr::parse),
+        tls: TlsOverlay {
+            cert: c.file("tls.cert", tls.cert),
+            key: c.file("tls.key", tls.key),
+            acme: tls.acme.map(|a| AcmeOverlay {
+                email: c.value("tls.acme.email", a.email.as_deref(), acme::parse_email),
+                directory: c.value(
+                    "tls.acme.directory",
+                    a.directory.as_deref(),
+                    acme::parse_directory_url,
+                ),
+                staging: a.staging,
+                ca_root: c.file("tls.acme.ca_root", a.ca_root),
+                challenge: c.value(
+                    "tls.acme.challenge",
+                    a.challenge.as_deref(),
+                    ChallengeChoice::parse,
+                ),
+                domains: c.values("tls.acme.domains", a.domains, parse_acme_domain),
+            }),
+            hsts_max_age: c.value(
+                "tls.hsts_max_age",
+                tls.hsts_max_age.as_deref(),
+                parse_whole_seconds,
+            ),
+        },
+        limits: LimitsOverlay {
+            tls_handshake_timeout: c.value(
+                "limits.tls_handshake_timeout",
+                limits.tls_handshake_timeout.as_deref(),
+                parse_timeout,
+            ),
+            header_read_timeout: c.value(
+                "limits.header_timeout",
+                limits.header_timeout.as_deref(),
+                parse_timeout,
+            ),
+            upstream_connect_timeout: c.value(
+                "limits.connect_timeout",
+                limits.connect_timeout.as_deref(),
+                parse_timeout,
+            ),
+            upstream_response_timeout: c.value(
+                "limits.upstream_timeout",
+                limits.upstream_timeout.as_deref(),
+                parse_timeout,
+            ),
+            idle_timeout: c.value(
+                "limits.idle_timeout",
+                limits.idle_timeout.as_deref(),
+                parse_timeout,
+            ),
+            max_header_bytes: c.value(
+                "limits.max_header_size",
+                limits.max_header_size.as_deref(),
+                |s| {
+                    let n = parse_size(s)?;
+                    count(n, 1, u64::MAX).map_err(|e| format!("{s:?}: {e}"))?;
+                    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+                },
+            ),
+            max_headers: c.value("limits.max_headers", limits.max_headers, |n| {
+                count_usize(n, 1, u32::MAX.into())
+            }),
+            max_body_bytes: c.value(
+                "limits.max_body_size",
+                limits.max_body_size.as_deref(),
+                parse_size,
+            ),
+            max_connections: c.value("limits.max_connections", limits.max_connections, |n| {
+                count_usize(n, 1, u32::MAX.into())
+            }),
+            max_h2_streams: c.value("limits.max_h2_streams", limits.max_h2_streams, |n| {
+                count_u32(n, 1)
+            }),
+        },
+        auth: auth_from_raw(r.auth.unwrap_or_default(), "auth", c),
+        upstream: c.value("upstream", r.upstream.as_deref(), Upstream::parse),
+        preserve_host: r.preserve_host,
+        public_paths: c.values("public_paths", r.public_paths, parse_public_path),
+        sites,
+        origins: Origins::default(),
+    }
+}
+
+fn auth_from_raw(a: raw::Auth, at: &str, c: &mut Check<'_>) -> AuthOverlay {
+    let p = |key: &str| format!("{at}.{key}");
+    let lockout = a.lockout.unwrap_or_default();
+    AuthOverlay {
+        disabled: a.dangerous_no_auth,
+        users_file: c.file(&p("users"), a.users),
+        tokens_file: c.file(&p("tokens"), a.tokens),
+        realm: c.value(&p("realm"), a.realm.as_deref(), parse_realm),
+        forwarded_user_header: c.value(&p("forwarded_user_header"), a.forwarded_user_header, |h| {
+            match h {
+                raw::HeaderChoice::Off => Ok(None),
+                raw::HeaderChoice::Name(n) => parse_header_name(&n).map(Some),
+            }
+        }),
+        cache_ttl: c.value(&p("cache_ttl"), a.cache_ttl.as_deref(), parse_duration),
+        cache_capacity: c.value(&p("cache_size"), a.cache_size, |n| {
+            count_usize(n, 1, u32::MAX.into())
+        }),
+        lockout_failures: c.value(&p("lockout.failures"), lockout.failures, |n| {
+            count_u32(n, 0)
+        }),
+        lockout_window: c.value(
+            &p("lockout.window"),
+            lockout.window.as_deref(),
+            parse_duration,
+        ),
+        lockout_duration: c.value(
+            &p("lockout.duration"),
+            lockout.duration.as_deref(),
+            parse_duration,
+        ),
+    }
+}
+
+fn site_from_raw(s: raw::Site, at: &str, c: &mut Check<'_>) -> SiteOverlay {
+    let p = |key: &str| format!("{at}.{key}");
+    // A bad host stays in the list (already reported) so later hosts keep their index.
+    let hosts = s
+        .hosts
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(j, h)| {
+            c.value(&format!("{at}.hosts[{j}]"), Some(h.as_str()), parse_host)
+                .unwrap_or(h)
+        })
+        .collect();
+    SiteOverlay {
+        name: c.value(&p("name"), s.name, |n| parse_site_name(&n).map(|()| n)),
+        hosts,
+        upstream: c.value(&p("upstream"), s.upstream.as_deref(), Upstream::parse),
+        preserve_host: s.preserve_host,
+        public_paths: c.values(&p("public_paths"), s.public_paths, parse_public_path),
+        auth: auth_from_raw(s.auth.unwrap_or_default(), &p("auth"), c),
+    }
+}
+
+/// Applies the defaults to a merged overlay and checks what crosses settings: the certificate
+/// source, ACME's email and names, that referenced files exist and can be read, that every site
+/// has a way in, that sites do not share host names, and that the listeners differ.
+pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
+    let origins = o.origins.clone();
+    let mut c = Check {
+        origins: &origins,
+        errors: Vec::new(),
+        base: Path::new(""),
+    };
+    let state_dir = o.state_dir.clone().unwrap_or_else(default_state_dir);
+    let acme_on = o.tls.acme.is_some();
+    let listen = o.listen.unwrap_or_else(|| {
+        let default = if acme_on {
+            acme::DEFAULT_ACME_LISTEN
+        } else {
+            serve::DEFAULT_LISTEN
+        };
+        default.parse().expect("the default listen address parses")
+    });
+    let sites = finish_sites(&o, &state_dir, &mut c);
+    let tls = finish_tls(&o, listen, &mut c);
+    let d = Limits::default();
+    let l = &o.limits;
+    let limits = Limits {
+        tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(d.tls_handshake_timeout),
+        header_read_timeout: l.header_read_timeout.unwrap_or(d.header_read_timeout),
+        upstream_connect_timeout: l
+            .upstream_connect_timeout
+            .unwrap_or(d.upstream_connect_timeout),
+        upstream_response_timeout: l
+            .upstream_response_timeout
+            .unwrap_or(d.upstream_response_timeout),
+        idle_timeout: l.idle_timeout.unwrap_or(d.idle_timeout),
+        max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_headers: l.max_headers.unwrap_or(d.max_headers),
+        max_body_bytes: l.max_body_bytes.or(d.max_body_bytes),
+        max_connections: l.max_connections.unwrap_or(d.max_connections),
+        max_h2_streams: l.max_h2_streams.unwrap_or(d.max_h2_streams),
+    };
+    let settings = ServeSettings {
+        listen,
+        tls: tls.unwrap_or(TlsSource::SelfSigned),
+        state_dir,
+        limits,
+        trusted_proxies: o.trusted_proxies.clone().unwrap_or_default(),
+        log_format: o.log_format.unwrap_or(LogFormat::Text),
+        shutdown_grace: o.shutdown_grace.unwrap_or(serve::DEFAULT_SHUTDOWN_GRACE),
+        sites,
+    };
+    ConfigErrors::or_ok(c.errors, settings)
+}
+
+fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSettings> {
+    let mut out = Vec::new();
+    let Some(list) = &o.sites else {
+        let upstream = o.upstream.clone();
+        if upstream.is_none() {
+            c.error(
+                "upstream",
+                "missing: give an upstream (host:port) or a list of sites",
+            );
+        }
+        let auth = resolve_auth(&AuthOverlay::default(), &o.auth, state_dir);
+        check_auth_files(&auth, "auth.users", "auth.tokens", "auth", c);
+        if let Some(upstream) = upstream {
+            out.push(SiteSettings {
+                name: DEFAULT_SITE_NAME.into(),
+                hosts: Vec::new(),
+                upstream,
+                preserve_host: o.preserve_host.unwrap_or(false),
+                auth,
+                public_paths: o.public_paths.clone().unwrap_or_default(),
+            });
+        }
+        return out;
+    };
+    check_sites(list, o, c);
+    for (i, s) in list.iter().enumerate() {
+        let at = format!("sites[{i}]");
+        let auth = resolve_auth(&s.auth, &o.auth, state_dir);
+        let from = |set: bool, key: &str| {
+            if set {
+                format!("{at}.auth.{key}")
+            } else {
+                format!("auth.{key}")
+            }
+        };
+        check_auth_files(
+            &auth,
+            &from(s.auth.users_file.is_some(), "users"),
+            &from(s.auth.tokens_file.is_some(), "tokens"),
+            &format!("{at}.auth"),
+            c,
+        );
+        let Some(upstream) = s.upstream.clone() else {
+            c.error(
+                &format!("{at}.upstream"),
+                "missing: where this site's requests go, e.g. mlflow:5000",
+            );
+            continue;
+        };
+        out.push(SiteSettings {
+            name: site_name(s),
+            hosts: s.hosts.clone(),
+            upstream,
+            preserve_host: s.preserve_host.unwrap_or(false),
+            auth,
+            public_paths: s.public_paths.clone().unwrap_or_default(),
+        });
+    }
+    out
+}
+
+fn site_name(s: &SiteOverlay) -> String {
+    s.name
+        .clone()
+        .or_else(|| s.hosts.first().cloned())
+        .unwrap_or_else(|| DEFAULT_SITE_NAME.into())
+}
+
+/// The checks of a sites list that the file alone decides: the shorthand is not mixed in, and
+/// names, host names and the catch-all site are each taken once.
+fn check_sites(list: &[SiteOverlay], o: &Overlay, c: &mut Check<'_>) {
+    for (key, set) in [
+        ("upstream", o.upstream.is_some()),
+        ("preserve_host", o.preserve_host.is_some()),
+        ("public_paths", o.public_paths.is_some()),
+    ] {
+        if set {
+            c.error(
+                key,
+                format!("cannot be combined with sites; set {key} in each site"),
+            );
+        }
+    }
+    if list.is_empty() {
+        c.error("sites", "empty: give at least one site");
+    }
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut hosts: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut catch_all: Option<usize> = None;
+    for (i, s) in list.iter().enumerate() {
+        let name = site_name(s);
+        if let Some(first) = names.get(&name) {
+            c.error(
+                &format!("sites[{i}].name"),
+                format!(
+                    "{name:?} is already the name of sites[{first}]; give each site its own name"
+                ),
+            );
+        } else {
+            names.insert(name, i);
+        }
+        if s.hosts.is_empty() {
+            match catch_all {
+                Some(first) => c.error(
+                    &format!("sites[{i}].hosts"),
+                    format!("no hosts, like sites[{first}]: only one site may serve the hosts no other site claims"),
+                ),
+                None => catch_all = Some(i),
+            }
+        }
+        for (j, h) in s.hosts.iter().enumerate() {
+            match hosts.get(h.as_str()) {
+                Some(&(fi, fj)) if fi == i => {
+                    c.error(&format!("sites[{i}].hosts[{j}]"), format!("{h:?} is listed twice (hosts[{fj}])"))
+                }
+                Some(&(fi, _)) => c.error(
+                    &format!("sites[{i}].hosts[{j}]"),
+                    format!("{h:?} is already a host of sites[{fi}] ({:?}); a host name belongs to one site", site_name(&list[fi])),
+                ),
+                None => {
+                    hosts.insert(h, (i, j));
+                }
+            }
+        }
+    }
+}
+
+/// A site's auth: its own values over the top-level ones over the defaults.
+fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> AuthSettings {
+    let d = AuthSettings::defaults(state_dir);
+    AuthSettings {
+        disabled: site.disabled.or(top.disabled).unwrap_or(d.disabled),
+        users_file: site
+            .users_file
+            .clone()
+            .or_else(|| top.users_file.clone())
+            .unwrap_or(d.users_file),
+        tokens_file: site
+            .tokens_file
+            .clone()
+            .or_else(|| top.tokens_file.clone())
+            .unwrap_or(d.tokens_file),
+        realm: site
+            .realm
+            .clone()
+            .or_else(|| top.realm.clone())
+            .unwrap_or(d.realm),
+        forwarded_user_header: site
+            .forwarded_user_header
+            .clone()
+            .or_else(|| top.forwarded_user_header.clone())
+            .unwrap_or(d.forwarded_user_header),
+        cache_ttl: site.cache_ttl.or(top.cache_ttl).unwrap_or(d.cache_ttl),
+        cache_capacity: site
+            .cache_capacity
+            .or(top.cache_capacity)
+            .unwrap_or(d.cache_capacity),
+        lockout_failures: site
+            .lockout_failures
+            .or(top.lockout_failures)
+            .unwrap_or(d.lockout_failures),
+        lockout_window: site
+            .lockout_window
+            .or(top.lockout_window)
+            .unwrap_or(d.lockout_window),
+        lockout_duration: site
+            .lockout_duration
+            .or(top.lockout_duration)
+            .unwrap_or(d.lockout_duration),
+    }
+}
+
+/// The proxy's start-up rule, checked ahead: with authentication on, the users and tokens files
+/// may each be missing, but what exists must load and let at least one user or token in.
+fn check_auth_files(
+    auth: &AuthSettings,
+    users_at: &str,
+    tokens_at: &str,
+    at: &str,
+    c: &mut Check<'_>,
+) {
+    if auth.disabled {
+        return;
+    }
+    let users = match users::load(&auth.users_file) {
+        Ok((u, _)) => Some(u.len()),
+        Err(UsersError::NotFound { .. }) => Some(0),
+        Err(e) => {
+            c.error(users_at, unreadable(&auth.users_file, &e));
+            None
+        }
+    };
+    let tokens = match tokens::load(&auth.tokens_file) {
+        Ok(t) => Some(t.len()),
+        Err(TokensError::NotFound { .. }) => Some(0),
+        Err(e) => {
+            c.error(tokens_at, unreadable(&auth.tokens_file, &e));
+            None
+        }
+    };
+    if users == Some(0) && tokens == Some(0) {
+        let (u, t) = (auth.users_file.display(), auth.tokens_file.display());
+        c.error(
+            at,
+            format!(
+                "no users or tokens configured (users file {u}, tokens file {t}): add a user with \
+                 `guard adduser --users {u} NAME` or a token with `guard token create --tokens {t} NAME`, \
+                 or set dangerous_no_auth: true"
+            ),
+        );
+    }
+}
+
+/// Why an existing users or tokens file cannot be used, without repeating its path twice.
+fn unreadable(path: &Path, e: &(dyn std::error::Error + 'static)) -> String {
+    if path.is_dir() {
+        return format!(
+            "{:?}: is a directory, not a file",
+            path.display().to_string()
+        );
+    }
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&lowercase_first(&s.to_string()));
+        source = s.source();
+    }
+    message
+}
+
+/// A file guard must read at start: it exists, is a file, and opens.
+fn check_readable(path: &Path) -> Result<(), String> {
+    let shown = path.display().to_string();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("{shown:?}: no such file"))
+        }
+        Err(e) => Err(format!("{shown:?}: {}", io_message(&e))),
+        Ok(m) if m.is_dir() => Err(format!("{shown:?}: is a directory, not a file")),
+        Ok(_) => std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| format!("{shown:?}: cannot read: {}", io_message(&e))),
+    }
+}
+
+fn finish_tls(o: &Overlay, listen: SocketAddr, c: &mut Check<'_>) -> Option<TlsSource> {
+    let t = &o.tls;
+    let Some(a) = &t.acme else {
+        for (key, set) in [
+            ("http_listen", o.http_listen.is_some()),
+            ("https_port", o.https_port.is_some()),
+            ("tls.hsts_max_age", t.hsts_max_age.is_some()),
+        ] {
+            if set {
+                c.error(key, "only used with tls.acme (certificates from ACME)");
+            }
+        }
+        return match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => {
+                let mut ok = true;
+                for (at, path) in [("tls.cert", cert), ("tls.key", key)] {
+                    if let Err(e) = check_readable(path) {
+                        c.error(at, e);
+                        ok = false;
+                    }
+                }
+                ok.then(|| TlsSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            (Some(_), None) => {
+                c.error("tls.cert", "a certificate needs its key; set tls.key too");
+                None
+            }
+            (None, Some(_)) => {
+                c.error("tls.key", "a key needs its certificate; set tls.cert too");
+                None
+            }
+            (None, None) => Some(TlsSource::SelfSigned),
+        };
+    };
+    if t.cert.is_some() || t.key.is_some() {
+        c.error(
+            "tls.acme",
+            "cannot be combined with tls.cert and tls.key; choose one certificate source",
+        );
+    }
+    let email = a.email.clone();
+    if email.is_none() {
+        c.error(
+            "tls.acme.email",
+            "missing: certificates from ACME need a contact address, e.g. ops@example.com",
+        );
+    }
+    let directory = match (a.staging, &a.directory) {
+        (Some(true), Some(_)) => {
+            c.error(
+                "tls.acme.staging",
+                "cannot be combined with tls.acme.directory; staging is Let's Encrypt's",
+            );
+            None
+        }
+        (Some(true), None) => Some(acme::LETS_ENCRYPT_STAGING.to_owned()),
+        (_, Some(d)) => Some(d.clone()),
+        (_, None) => Some(acme::LETS_ENCRYPT_PRODUCTION.to_owned()),
+    };
+    let lets_encrypt = directory
+        .as_deref()
+        .is_some_and(|d| d == acme::LETS_ENCRYPT_PRODUCTION || d == acme::LETS_ENCRYPT_STAGING);
+    // The certificate covers the listed names, then every site's hosts.
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (j, d) in a.domains.iter().flatten().enumerate() {
+        names.push((format!("tls.acme.domains[{j}]"), d.clone()));
+    }
+    for (i, s) in o.sites.iter().flatten().enumerate() {
+        for (j, h) in s.hosts.iter().enumerate() {
+            names.push((format!("sites[{i}].hosts[{j}]"), h.clone()));
+        }
+    }
+    let named = !names.is_empty();
+    let mut domains: Vec<String> = Vec::new();
+    for (at, name) in names {
+        if name.parse::<IpAddr>().is_ok() {
+            c.error(
+                &at,
+                format!("{name:?} is an IP address; certificates from ACME need a DNS name"),
+            );
+        } else if lets_encrypt && !is_public_name(&name) {
+            c.error(
+                &at,
+                format!(
+                    "{name:?} is not a public name; Let's Encrypt issues certificates only for names \
+                     like mlflow.example.com (set tls.acme.directory for a private CA)"
+                ),
+            );
+        } else if !domains.contains(&name) {
+            domains.push(name);
+        }
+    }
+    if !named {
+        c.error(
+            "tls.acme.domains",
+            "no names to certify: give sites their hosts, or list names here",
+        );
+    }
+    if let Some(ca) = &a.ca_root {
+        if let Err(e) = check_readable(ca) {
+            c.error("tls.acme.ca_root", e);
+        }
+    }
+    let http_listen = o.http_listen.unwrap_or_else(|| {
+        acme::DEFAULT_HTTP_LISTEN
+            .parse()
+            .expect("the default http listen address parses")
+    });
+    if conflicts(listen, http_listen) {
+        if o.http_listen.is_some() {
+            c.error("http_listen", format!("{http_listen} conflicts with listen {listen}; the two listeners need different ports"));
+        } else {
+            c.error(
+                "listen",
+                format!("{listen} conflicts with http_listen {http_listen} (its default with tls.acme); the two listeners need different ports"),
+            );
+        }
+    }
+    Some(TlsSource::Acme(AcmeSettings {
+        domains,
+        email: email?,
+        directory: directory?,
+        ca_root: a.ca_root.clone(),
+        challenge: a.challenge.unwrap_or(ChallengeChoice::Auto),
+        http_listen,
+        https_port: o.https_port.unwrap_or(acme::DEFAULT_HTTPS_PORT),
+        hsts_max_age: t.hsts_max_age.unwrap_or(acme::DEFAULT_HSTS_MAX_AGE),
+    }))
+}
+
+/// Two listeners that cannot both bind: the same port on the same address, or on a wildcard.
+fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// A name a public CA can issue for: it has a dot and a top-level label that is not all digits.
+fn is_public_name(name: &str) -> bool {
+    name.rsplit_once('.')
+        .is_some_and(|(_, tld)| !tld.is_empty() && !tld.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// guard's state directory when none is set: system-wide as root, per user otherwise, so
+/// `guard adduser` and `guard serve` agree without flags.
+pub fn default_state_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if is_root {
+        return PathBuf::from(serve::DEFAULT_STATE_DIR);
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("guard");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/guard"),
+        None => PathBuf::from(serve::DEFAULT_STATE_DIR),
+    }
+}
+
+// Value parsers: each returns a lowercase message that names the bad value.
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(format!("{s:?}: \"0\" is not a valid port (1-65535)"));
+        }
+        return Ok(a);
+    }
+    match t.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_err() => Err(format!("{s:?}: {port:?} is not a valid port (1-65535)")),
+        Some((host, _)) if host.contains(':') && !host.starts_with('[') => {
+            Err(format!("{s:?}: write IPv6 addresses in brackets, e.g. [::]:8443"))
+        }
+        Some((host, _)) => Err(format!("{s:?}: {host:?} is not an IP address; listen on 0.0.0.0, [::] or an address of this machine")),
+        None => Err(format!("{s:?}: expected IP:PORT, e.g. 0.0.0.0:8443")),
+    }
+}
+
+fn parse_port(n: u64) -> Result<u16, String> {
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{n} is not a valid port (1-65535)"))
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s.trim() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{s:?}: expected text or json")),
+    }
+}
+
+/// A timeout of zero would fail every connection, so it is refused.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than 0"));
+    }
+    Ok(d)
+}
+
+fn parse_whole_seconds(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: must be whole seconds"));
+    }
+    Ok(d)
+}
+
+fn count(n: u64, min: u64, max: u64) -> Result<u64, String> {
+    if n < min {
+        Err(format!("must be at least {min}, not {n}"))
+    } else if n > max {
+        Err(format!("must be at most {max}, not {n}"))
+    } else {
+        Ok(n)
+    }
+}
+
+fn count_usize(n: u64, min: u64, max: u64) -> Result<usize, String> {
+    count(n, min, max).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+fn count_u32(n: u64, min: u64) -> Result<u32, String> {
+    count(n, min, u32::MAX.into()).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// A site's host name: a DNS name or an IP address, lowercase, without port.
+fn parse_host(s: &str) -> Result<String, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t.is_empty() {
+        return Err("empty host name".into());
+    }
+    let bare = t
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(&t);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    if t.starts_with("*.") {
+        return Err(format!(
+            "{s:?}: wildcards are not supported; list each host name"
+        ));
+    }
+    if t.contains(':') {
+        return Err(format!("{s:?}: give the host name without a port"));
+    }
+    acme::parse_domain(s)
+}
+
+fn parse_acme_domain(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok()
+    {
+        return Err(format!(
+            "{s:?} is an IP address; certificates from ACME need a DNS name"
+        ));
+    }
+    acme::parse_domain(t)
+}
+
+fn parse_public_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("{s:?}: must start with '/'"));
+    }
+    if s == "/" {
+        return Err("\"/\" would make the whole site public; set dangerous_no_auth instead".into());
+    }
+    let odd = s.contains("//")
+        || s.chars().any(|ch| {
+            matches!(ch, '?' | '#' | '%' | '\\') || ch.is_whitespace() || ch.is_control()
+        })
+        || s.split('/').any(|seg| seg == "." || seg == "..");
+    if odd {
+        return Err(format!("{s:?}: a public path is a plain prefix, without '?', '#', '%', '\\', '//' or dot segments"));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_realm(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("empty realm".into());
+    }
+    if s.chars()
+        .any(|ch| ch == '"' || ch == '\\' || ch.is_control())
+    {
+        return Err(format!(
+            "{s:?}: the realm cannot contain '\"', '\\' or control characters"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// Headers guard or the HTTP machinery own: naming the user in one of them would break requests
+/// (guard removes client copies of the user header).
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "forwarded",
+    "host",
+    "keep-alive",
+    "proxy-authorization",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+fn parse_header_name(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    // RFC 9110 section 5.6.2: a token.
+    let tchar = |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
+    if t.is_empty() || !t.chars().all(tchar) {
+        return Err(format!("{s:?} is not a valid header name"));
+    }
+    if RESERVED_HEADERS.contains(&t.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "{s:?} is a standard header; choose a name of its own such as X-Forwarded-User"
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+fn parse_site_name(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+    {
+        return Err(format!("{s:?}: use letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// An I/O error as the tail of a lowercase message.
+fn io_message(e: &std::io::Error) -> String {
+    lowercase_first(&e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_name_what_is_wrong() {
+        assert_eq!(parse_listen("0.0.0.0:8443").unwrap().port(), 8443);
+        assert_eq!(parse_listen("[::]:443").unwrap().port(), 443);
+        assert_eq!(
+            parse_listen("0.0.0.0:0").unwrap_err(),
+            r#""0.0.0.0:0": "0" is not a valid port (1-65535)"#
+        );
+        assert_eq!(
+            parse_listen("0.0.0.0:http").unwrap_err(),
+            r#""0.0.0.0:http": "http" is not a valid port (1-65535)"#
+        );
+        assert!(parse_listen("::1:80").unwrap_err().contains("brackets"));
+        assert!(parse_listen("localhost:80")
+            .unwrap_err()
+            .contains("not an IP address"));
+        assert!(parse_listen("8443")
+            .unwrap_err()
+            .contains("expected IP:PORT"));
+    }
+
+    #[test]
+    fn hosts_are_names_or_addresses_without_ports() {
+        assert_eq!(
+            parse_host("MLflow.Example.com").unwrap(),
+            "mlflow.example.com"
+        );
+        assert_eq!(parse_host("[::1]").unwrap(), "::1");
+        assert_eq!(parse_host("10.0.0.1").unwrap(), "10.0.0.1");
+        assert!(parse_host("a.example.com:443")
+            .unwrap_err()
+            .contains("without a port"));
+        assert!(parse_host("*.example.com")
+            .unwrap_err()
+            .contains("wildcards"));
+    }
+
+    #[test]
+    fn public_paths_are_plain_prefixes() {
+        assert!(parse_public_path("/static/").is_ok());
+        for bad in ["static/", "/", "/a/../b", "/a%2f", "/a?b", "//a"] {
+            assert!(parse_public_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_headers_are_tokens_and_not_standard_ones() {
+        assert_eq!(parse_header_name("X-Remote-User").unwrap(), "X-Remote-User");
+        assert!(parse_header_name("X User").is_err());
+        assert!(parse_header_name("Cookie")
+            .unwrap_err()
+            .contains("standard header"));
+    }
+
+    #[test]
+    fn listeners_conflict_on_a_shared_port() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(conflicts(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(conflicts(a("10.0.0.1:80"), a("10.0.0.1:80")));
+        assert!(!conflicts(a("10.0.0.1:80"), a("10.0.0.2:80")));
+        assert!(!conflicts(a("0.0.0.0:443"), a("0.0.0.0:80")));
+    }
+}

@@ -1,0 +1,243 @@
+//! What guard is doing, in the Prometheus text format on a separate listener: requests by site,
+//! method class and status, authentication failures by reason, lockouts, upstream latency and
+//! errors, open connections, bytes each way, password-cache hits and misses, and certificate
+//! expiry. User and token names are label values only when the operator turns that on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::body::{full, ProxyBody};
+
+/// Method classes: few label values, and the split operators care about.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum MethodClass {
+    /// GET, HEAD, OPTIONS.
+    Read,
+    /// POST, PUT, PATCH, DELETE.
+    Write,
+    /// Anything else.
+    Other,
+}
+
+impl MethodClass {
+    /// The class of `m`.
+    pub fn of(m: &Method) -> Self {
+        match *m {
+            Method::GET | Method::HEAD | Method::OPTIONS => MethodClass::Read,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => MethodClass::Write,
+            _ => MethodClass::Other,
+        }
+    }
+}
+
+/// Labels of `guard_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Site name, or `-` before routing.
+    pub site: String,
+    /// Method class.
+    pub method: MethodClass,
+    /// Status code.
+    pub status: u16,
+}
+
+/// One label: the site.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabel {
+    /// Site name.
+    pub site: String,
+}
+
+/// One label: a reason or kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Labels of `guard_upstream_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Site name.
+    pub site: String,
+    /// `unreachable`, `connect_timeout`, `timeout` or `failed`.
+    pub kind: &'static str,
+}
+
+/// One label: a user or token name (only with `--metrics-user-labels`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLabel {
+    /// User or token name.
+    pub user: String,
+}
+
+/// One label: a certificate's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabel {
+    /// The certificate's first name.
+    pub name: String,
+}
+
+type HistogramFamily = Family<SiteLabel, Histogram, fn() -> Histogram>;
+
+/// Every metric guard keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Requests by user (only with user labels on).
+    pub requests_by_user: Option<Family<UserLabel, Counter>>,
+    /// Authentication failures by reason.
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    /// Addresses locked out.
+    pub lockouts: Counter,
+    /// Time to the upstream's response head.
+    pub upstream_latency: HistogramFamily,
+    /// Upstream failures by kind.
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// Open client connections.
+    pub open_connections: Gauge,
+    /// Request body bytes received from clients.
+    pub bytes_in: Family<SiteLabel, Counter>,
+    /// Response body bytes sent to clients.
+    pub bytes_out: Family<SiteLabel, Counter>,
+    /// Password checks answered from the cache.
+    pub cache_hits: Counter,
+    /// Password checks that ran bcrypt.
+    pub cache_misses: Counter,
+    /// Expiry of each served certificate, Unix seconds.
+    pub cert_expiry: Family<CertLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl Metrics {
+    /// Registers every metric. `user_labels` adds `guard_requests_by_user_total`.
+    pub fn new(user_labels: bool) -> Self {
+        let mut registry = Registry::with_prefix("guard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered, by site, method class and status", requests.clone());
+        let requests_by_user = user_labels.then(|| {
+            let f = Family::<UserLabel, Counter>::default();
+            registry.register("requests_by_user", "Authenticated requests by user or token name", f.clone());
+            f
+        });
+        let auth_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register("auth_failures", "Authentication failures by reason", auth_failures.clone());
+        let lockouts = Counter::default();
+        registry.register("lockouts", "Client addresses locked out after repeated failures", lockouts.clone());
+        let upstream_latency: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 18)));
+        registry.register(
+            "upstream_response_seconds",
+            "Time from sending a request upstream to its response head",
+            upstream_latency.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
+        let open_connections = Gauge::default();
+        registry.register("open_connections", "Open client connections", open_connections.clone());
+        let bytes_in = Family::<SiteLabel, Counter>::default();
+        registry.register("request_bytes", "Request body bytes received from clients", bytes_in.clone());
+        let bytes_out = Family::<SiteLabel, Counter>::default();
+        registry.register("response_bytes", "Response body bytes sent to clients", bytes_out.clone());
+        let cache_hits = Counter::default();
+        registry.register("auth_cache_hits", "Password checks answered from the cache", cache_hits.clone());
+        let cache_misses = Counter::default();
+        registry.register("auth_cache_misses", "Password checks that ran the hash", cache_misses.clone());
+        let cert_expiry = Family::<CertLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each served certificate expires, in Unix seconds",
+            cert_expiry.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            requests_by_user,
+            auth_failures,
+            lockouts,
+            upstream_latency,
+            upstream_errors,
+            open_connections,
+            bytes_in,
+            bytes_out,
+            cache_hits,
+            cache_misses,
+            cert_expiry,
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` (plain HTTP; bind it to loopback) until the process ends.
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&req, &metrics)) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+fn answer(req: &Request<Incoming>, metrics: &Metrics) -> Response<ProxyBody> {
+    if req.uri().path() != "/metrics" {
+        let mut r = Response::new(full(Bytes::from_static(b"not found\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    let mut r = Response::new(full(metrics.encode()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// The address metrics are served on, for the startup line.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}/metrics")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_in_the_exposition_with_their_labels() {
+        let m = Metrics::new(false);
+        m.requests.get_or_create(&RequestLabels { site: "mlflow".into(), method: MethodClass::Write, status: 200 }).inc();
+        m.auth_failures.get_or_create(&ReasonLabel { reason: "bad_password" }).inc();
+        let text = m.encode();
+        assert!(text.contains("guard_requests_total{site=\"mlflow\",method=\"Write\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("guard_auth_failures_total{reason=\"bad_password\"} 1"), "{text}");
+        assert!(!text.contains("requests_by_user"), "user labels are off by default");
+    }
+}
