@@ -292,7 +292,7 @@ struct AcmeArgs {
     /// the variable). One certificate covers every name; kept and renewed in STATE_DIR/acme.
     /// Needs --acme-email.
     #[arg(long = "domain", env = "GUARD_DOMAIN", value_delimiter = ',', value_name = "NAME",
-          value_parser = acme::parse_domain, requires = "acme_email", conflicts_with = "tls_cert")]
+          value_parser = acme::parse_domain, conflicts_with = "tls_cert")]
     domains: Vec<String>,
 
     /// Contact address for the CA account (Let's Encrypt's policy and incident notices).
@@ -352,11 +352,14 @@ fn acme_settings(a: &AcmeArgs) -> Result<Option<AcmeSettings>, Failure> {
     };
     let settings = AcmeSettings {
         domains,
-        // clap enforces `requires`; the message stays clear should that ever change.
         email: a
             .acme_email
             .clone()
-            .ok_or_else(|| Failure::Config(anyhow::anyhow!("--acme-email is required with --domain")))?,
+            .ok_or_else(|| {
+                Failure::Config(anyhow::anyhow!(
+                    "--acme-email is required with --domain: the CA's contact for this account"
+                ))
+            })?,
         directory,
         ca_root: a.acme_ca_root.clone(),
         challenge: a.acme_challenge.unwrap_or(ChallengeChoice::Auto),

@@ -14,8 +14,8 @@ use guard_config::acme::{AcmeSettings, ChallengeChoice};
 use guard_config::serve::TlsSource;
 use http::HeaderValue;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, Order,
-    OrderStatus, Problem, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, Order, OrderStatus, Problem, RetryPolicy,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -85,7 +85,10 @@ impl Http01Answers {
     }
 
     pub(crate) fn insert(&self, token: String, key_authorization: String) {
-        self.map.write().expect("answers lock").insert(token, key_authorization);
+        self.map
+            .write()
+            .expect("answers lock")
+            .insert(token, key_authorization);
     }
 
     fn remove(&self, token: &str) {
@@ -97,21 +100,29 @@ impl Http01Answers {
 /// ACME: a self-signed or hand-managed certificate must never pin browsers to HTTPS.
 pub fn hsts_header(tls: &TlsSource) -> Option<HeaderValue> {
     match tls {
-        TlsSource::Acme(a) => HeaderValue::from_str(&format!("max-age={}", a.hsts_max_age.as_secs())).ok(),
+        TlsSource::Acme(a) => {
+            HeaderValue::from_str(&format!("max-age={}", a.hsts_max_age.as_secs())).ok()
+        }
         _ => None,
     }
 }
 
 /// Checks what can be checked offline and loads the stored certificate if it is still worth
 /// serving: not expired, and covering every `--domain`. Called before any listener opens.
-pub fn load(settings: &AcmeSettings, state_dir: &Path) -> Result<Option<Arc<CertifiedKey>>, AcmeError> {
+pub fn load(
+    settings: &AcmeSettings,
+    state_dir: &Path,
+) -> Result<Option<Arc<CertifiedKey>>, AcmeError> {
     if let Some(path) = &settings.ca_root {
         check_ca_root(path)?;
     }
     let store = Store::new(state_dir, &settings.directory);
     guard_config::fsutil::write_atomic(&store.dir.join(".probe"), b"", 0o600)
         .and_then(|()| std::fs::remove_file(store.dir.join(".probe")))
-        .map_err(|source| AcmeError::StateDir { path: store.dir.clone(), source })?;
+        .map_err(|source| AcmeError::StateDir {
+            path: store.dir.clone(),
+            source,
+        })?;
     let names = settings.domains.join(", ");
     match store.load_certificate(&settings.domains) {
         Ok(Some((key, v))) => {
@@ -136,14 +147,21 @@ pub fn load(settings: &AcmeSettings, state_dir: &Path) -> Result<Option<Arc<Cert
 }
 
 fn check_ca_root(path: &Path) -> Result<(), AcmeError> {
-    let err = |reason: String| AcmeError::CaRoot { path: path.to_owned(), reason };
+    let err = |reason: String| AcmeError::CaRoot {
+        path: path.to_owned(),
+        reason,
+    };
     let pem = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
     let first = CertificateDer::pem_slice_iter(&pem)
         .next()
-        .ok_or_else(|| err("no PEM certificate found (expected -----BEGIN CERTIFICATE-----)".into()))?
+        .ok_or_else(|| {
+            err("no PEM certificate found (expected -----BEGIN CERTIFICATE-----)".into())
+        })?
         .map_err(|e| err(format!("not a PEM certificate: {e}")))?;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(first).map_err(|e| err(format!("not a usable CA certificate: {e}")))
+    roots
+        .add(first)
+        .map_err(|e| err(format!("not a usable CA certificate: {e}")))
 }
 
 /// The plain listener and the certificate task; both stop when this is dropped.
@@ -172,7 +190,11 @@ pub fn start(
     let mut tasks = Vec::new();
     match plain {
         Some(listener) => {
-            let r = Redirect::new(answers.clone(), settings.domains.clone(), settings.https_port);
+            let r = Redirect::new(
+                answers.clone(),
+                settings.domains.clone(),
+                settings.https_port,
+            );
             tasks.push(tokio::spawn(redirect::serve(listener, Arc::new(r))));
         }
         None => tracing::warn!("no plain-HTTP listener: HTTP-01 validation cannot succeed"),
@@ -210,7 +232,9 @@ struct StoreError {
 
 impl Store {
     fn new(state_dir: &Path, directory: &str) -> Store {
-        Store { dir: state_dir.join("acme").join(directory_key(directory)) }
+        Store {
+            dir: state_dir.join("acme").join(directory_key(directory)),
+        }
     }
 
     fn account_path(&self) -> PathBuf {
@@ -239,13 +263,21 @@ impl Store {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError { path, action: "read", source }),
+            Err(source) => {
+                return Err(StoreError {
+                    path,
+                    action: "read",
+                    source,
+                })
+            }
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError {
-            path,
-            action: "parse the account credentials",
-            source: io::Error::new(io::ErrorKind::InvalidData, e),
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError {
+                path,
+                action: "parse the account credentials",
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            })
     }
 
     fn save_account(&self, creds: &AccountCredentials) -> Result<(), StoreError> {
@@ -259,14 +291,18 @@ impl Store {
 
     /// The stored certificate if it covers `domains` and has not expired; `Ok(None)` when there
     /// is none, `Err` with the reason when there is one that cannot be used.
-    fn load_certificate(&self, domains: &[String]) -> Result<Option<(Arc<CertifiedKey>, Validity)>, String> {
+    fn load_certificate(
+        &self,
+        domains: &[String],
+    ) -> Result<Option<(Arc<CertifiedKey>, Validity)>, String> {
         let (cert, key) = (self.cert_path(), self.key_path());
         if !cert.exists() && !key.exists() {
             return Ok(None);
         }
         let ck = tls::load_pair(&cert, &key).map_err(|e| tls::error_chain(&e))?;
         let leaf = ck.cert.first().ok_or("the chain is empty")?;
-        let v = tls::validity(leaf).ok_or_else(|| format!("{}: the leaf certificate cannot be parsed", cert.display()))?;
+        let v = tls::validity(leaf)
+            .ok_or_else(|| format!("{}: the leaf certificate cannot be parsed", cert.display()))?;
         if v.not_after <= SystemTime::now() {
             return Err(format!("it expired {}", when(v.not_after)));
         }
@@ -290,7 +326,13 @@ fn directory_key(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let key: String = rest
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     let key = key.trim_matches(['_', '.']).to_owned();
     if key.is_empty() {
@@ -348,7 +390,7 @@ struct AttemptError {
 #[derive(Debug)]
 enum Cause {
     /// The CA answered with a problem document.
-    Problem(Problem),
+    Problem(Box<Problem>),
     /// The CA could not be reached or answered something that is not ACME.
     Transport(String),
     /// Our side: a state file, a key, a certificate that does not parse.
@@ -358,18 +400,28 @@ enum Cause {
 impl AttemptError {
     fn new(step: &'static str, challenge: Option<Challenge>, e: instant_acme::Error) -> Self {
         let cause = match e {
-            instant_acme::Error::Api(p) => Cause::Problem(p),
+            instant_acme::Error::Api(p) => Cause::Problem(Box::new(p)),
             instant_acme::Error::Timeout(_) => Cause::Transport(format!(
                 "the CA did not finish within {}s",
                 POLL_TIMEOUT.as_secs()
             )),
             other => Cause::Transport(tls::error_chain(&other)),
         };
-        AttemptError { step, domain: None, challenge, cause }
+        AttemptError {
+            step,
+            domain: None,
+            challenge,
+            cause,
+        }
     }
 
     fn local(step: &'static str, why: impl fmt::Display) -> Self {
-        AttemptError { step, domain: None, challenge: None, cause: Cause::Local(why.to_string()) }
+        AttemptError {
+            step,
+            domain: None,
+            challenge: None,
+            cause: Cause::Local(why.to_string()),
+        }
     }
 
     fn for_domain(mut self, domain: impl Into<String>) -> Self {
@@ -385,7 +437,7 @@ impl AttemptError {
     }
 
     /// The CA answered, so retrying at once would only spend its rate limits.
-    fn from_ca(&self) -> bool {
+    fn ca_refused(&self) -> bool {
         matches!(self.cause, Cause::Problem(_))
     }
 
@@ -459,13 +511,22 @@ impl Drop for Published<'_> {
 /// The TLS-ALPN-01 answer (RFC 8737 §3): a self-signed certificate for `domain` carrying the
 /// SHA-256 of the key authorization in a critical acmeIdentifier extension.
 fn challenge_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let private = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let ck = CertifiedKey::from_der(vec![cert.der().clone()], private, &tls::provider()).map_err(|e| e.to_string())?;
-    Ok(Arc::new(ck))
+    // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension. The key was made for this certificate.
+    let signer = tls::provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
 
 // ---------------------------------------------------------------- the task
@@ -490,7 +551,10 @@ impl Manager {
         let mut backoff = Backoff::default();
         let mut warned: Option<SystemTime> = None;
         loop {
-            let current = self.resolver.current().and_then(|ck| ck.cert.first().and_then(tls::validity));
+            let current = self
+                .resolver
+                .current()
+                .and_then(|ck| ck.cert.first().and_then(tls::validity));
             if let Some(v) = &current {
                 let now = SystemTime::now();
                 if now < v.renew_at() {
@@ -513,7 +577,7 @@ impl Manager {
                     warned = None;
                 }
                 Err(e) => {
-                    let delay = backoff.next(e.from_ca());
+                    let delay = backoff.next(e.ca_refused());
                     tracing::warn!(
                         domains = %self.names(),
                         challenge = e.challenge.map_or("-", Challenge::name),
@@ -534,7 +598,8 @@ impl Manager {
     fn warn_if_expiring(&self, v: &Validity, warned: &mut Option<SystemTime>) {
         let now = SystemTime::now();
         let left = v.not_after.duration_since(now).unwrap_or_default();
-        let due = warned.is_none_or(|w| now.duration_since(w).unwrap_or_default() >= WARNING_INTERVAL);
+        let due =
+            warned.is_none_or(|w| now.duration_since(w).unwrap_or_default() >= WARNING_INTERVAL);
         if left < EXPIRY_WARNING && due {
             *warned = Some(now);
             if left.is_zero() {
@@ -610,11 +675,9 @@ impl Manager {
         let Some(creds) = creds else {
             return self.create_account().await;
         };
-        let account = self
-            .builder()?
-            .from_credentials(creds)
-            .await
-            .map_err(|e| self.unreachable(AttemptError::new("loading the ACME account", None, e)))?;
+        let account = self.builder()?.from_credentials(creds).await.map_err(|e| {
+            self.unreachable(AttemptError::new("loading the ACME account", None, e))
+        })?;
         tracing::info!(account = account.id(), "using the stored ACME account");
         self.account = Some(account.clone());
         Ok(account)
@@ -622,12 +685,18 @@ impl Manager {
 
     async fn create_account(&mut self) -> Result<Account, AttemptError> {
         let contact = format!("mailto:{}", self.settings.email);
-        let new = NewAccount { contact: &[&contact], terms_of_service_agreed: true, only_return_existing: false };
+        let new = NewAccount {
+            contact: &[&contact],
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        };
         let (account, creds) = self
             .builder()?
             .create(&new, self.settings.directory.clone(), None)
             .await
-            .map_err(|e| self.unreachable(AttemptError::new("creating the ACME account", None, e)))?;
+            .map_err(|e| {
+                self.unreachable(AttemptError::new("creating the ACME account", None, e))
+            })?;
         self.store
             .save_account(&creds)
             .map_err(|e| AttemptError::local("storing the ACME account", tls::error_chain(&e)))?;
@@ -649,14 +718,23 @@ impl Manager {
 
     /// One order for every domain, validated by `challenge`.
     async fn order(&self, account: &Account, challenge: Challenge) -> Result<Issued, AttemptError> {
-        let ids: Vec<Identifier> = self.settings.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+        let ids: Vec<Identifier> = self
+            .settings
+            .domains
+            .iter()
+            .map(|d| Identifier::Dns(d.clone()))
+            .collect();
         tracing::info!(domains = %self.names(), challenge = challenge.name(), "ordering a certificate");
         let mut order = account
             .new_order(&NewOrder::new(&ids))
             .await
             .map_err(|e| AttemptError::new("certificate order", Some(challenge), e))?;
-        let mut published =
-            Published { answers: &self.answers, resolver: &self.resolver, tokens: Vec::new(), names: Vec::new() };
+        let mut published = Published {
+            answers: &self.answers,
+            resolver: &self.resolver,
+            tokens: Vec::new(),
+            names: Vec::new(),
+        };
         self.publish(&mut order, challenge, &mut published).await?;
 
         let retry = RetryPolicy::new().timeout(POLL_TIMEOUT);
@@ -666,10 +744,18 @@ impl Manager {
             // and the challenge's problem document says why.
             if let Some((domain, problem)) = failed_authorization(&mut order, challenge).await {
                 let e = match problem {
-                    Some(p) => AttemptError::new("validation", Some(challenge), instant_acme::Error::Api(p)),
+                    Some(p) => AttemptError::new(
+                        "validation",
+                        Some(challenge),
+                        instant_acme::Error::Api(p),
+                    ),
                     None => AttemptError::local("validation", "the authorization is invalid"),
                 };
-                return Err(AttemptError { challenge: Some(challenge), ..e }.for_domain(domain));
+                return Err(AttemptError {
+                    challenge: Some(challenge),
+                    ..e
+                }
+                .for_domain(domain));
             }
             return Err(match status {
                 Err(e) => AttemptError::new("validation", Some(challenge), e),
@@ -700,7 +786,8 @@ impl Manager {
     ) -> Result<(), AttemptError> {
         let mut authorizations = order.authorizations();
         while let Some(next) = authorizations.next().await {
-            let mut authz = next.map_err(|e| AttemptError::new("fetching the authorization", Some(challenge), e))?;
+            let mut authz = next
+                .map_err(|e| AttemptError::new("fetching the authorization", Some(challenge), e))?;
             let domain = authz.identifier().to_string();
             match authz.status {
                 // Validated recently for this account: nothing to prove.
@@ -709,7 +796,10 @@ impl Manager {
                 other => {
                     return Err(AttemptError {
                         challenge: Some(challenge),
-                        ..AttemptError::local("validation", format!("the authorization is {other:?}"))
+                        ..AttemptError::local(
+                            "validation",
+                            format!("the authorization is {other:?}"),
+                        )
                     }
                     .for_domain(domain))
                 }
@@ -724,20 +814,23 @@ impl Manager {
             let ka = handle.key_authorization();
             match challenge {
                 Challenge::Http01 => {
-                    self.answers.insert(handle.token.clone(), ka.as_str().to_owned());
+                    self.answers
+                        .insert(handle.token.clone(), ka.as_str().to_owned());
                     published.tokens.push(handle.token.clone());
                 }
                 Challenge::TlsAlpn01 => {
-                    let cert = challenge_certificate(&domain, ka.digest().as_ref())
-                        .map_err(|e| AttemptError::local("making the tls-alpn-01 certificate", e).for_domain(&domain))?;
+                    let cert =
+                        challenge_certificate(&domain, ka.digest().as_ref()).map_err(|e| {
+                            AttemptError::local("making the tls-alpn-01 certificate", e)
+                                .for_domain(&domain)
+                        })?;
                     self.resolver.set_challenge(&domain, cert);
                     published.names.push(domain.clone());
                 }
             }
-            handle
-                .set_ready()
-                .await
-                .map_err(|e| AttemptError::new("validation", Some(challenge), e).for_domain(&domain))?;
+            handle.set_ready().await.map_err(|e| {
+                AttemptError::new("validation", Some(challenge), e).for_domain(&domain)
+            })?;
         }
         Ok(())
     }
@@ -746,13 +839,21 @@ impl Manager {
     /// theirs) and stores it.
     fn install(&self, issued: Issued) -> Result<(), AttemptError> {
         let (cert_path, key_path) = (self.store.cert_path(), self.store.key_path());
-        let ck = tls::certified_key(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes(), &cert_path, &key_path)
-            .map_err(|e| AttemptError::local("checking the issued certificate", tls::error_chain(&e)))?;
-        let v = ck
-            .cert
-            .first()
-            .and_then(tls::validity)
-            .ok_or_else(|| AttemptError::local("checking the issued certificate", "the leaf cannot be parsed"))?;
+        let ck = tls::certified_key(
+            issued.chain_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+            &cert_path,
+            &key_path,
+        )
+        .map_err(|e| {
+            AttemptError::local("checking the issued certificate", tls::error_chain(&e))
+        })?;
+        let v = ck.cert.first().and_then(tls::validity).ok_or_else(|| {
+            AttemptError::local(
+                "checking the issued certificate",
+                "the leaf cannot be parsed",
+            )
+        })?;
         self.resolver.set(ck);
         tracing::info!(
             domains = %self.names(),
@@ -763,7 +864,10 @@ impl Manager {
         );
         // Serving comes first; a state directory that cannot be written costs a new order on the
         // next start, which the log says.
-        if let Err(e) = self.store.save_certificate(&issued.chain_pem, &issued.key_pem) {
+        if let Err(e) = self
+            .store
+            .save_certificate(&issued.chain_pem, &issued.key_pem)
+        {
             tracing::error!(domains = %self.names(), "{}; the next start orders a new certificate", tls::error_chain(&e));
         }
         Ok(())
@@ -771,10 +875,15 @@ impl Manager {
 }
 
 /// The first invalid authorization after a failed validation, with its challenge's problem.
-async fn failed_authorization(order: &mut Order, challenge: Challenge) -> Option<(String, Option<Problem>)> {
+async fn failed_authorization(
+    order: &mut Order,
+    challenge: Challenge,
+) -> Option<(String, Option<Problem>)> {
     let mut authorizations = order.authorizations();
     while let Some(Ok(mut authz)) = authorizations.next().await {
-        let Ok(state) = authz.refresh().await else { continue };
+        let Ok(state) = authz.refresh().await else {
+            continue;
+        };
         if state.status == AuthorizationStatus::Invalid {
             let problem = state
                 .challenges
@@ -795,9 +904,11 @@ struct Backoff {
 
 impl Backoff {
     /// The next wait; at least a minute once the CA itself refused.
-    fn next(&mut self, from_ca: bool) -> Duration {
-        let mut d = self.last.map_or(BACKOFF_INITIAL, |l| (l * 2).min(BACKOFF_MAX));
-        if from_ca {
+    fn next(&mut self, ca_refused: bool) -> Duration {
+        let mut d = self
+            .last
+            .map_or(BACKOFF_INITIAL, |l| (l * 2).min(BACKOFF_MAX));
+        if ca_refused {
             d = d.max(BACKOFF_AFTER_PROBLEM);
         }
         self.last = Some(d);
@@ -807,7 +918,9 @@ impl Backoff {
 
 /// A time for logs: RFC 3339 in UTC.
 fn when(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
+    let dt = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| t.into());
     dt.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| format!("{dt}"))
 }
@@ -839,7 +952,10 @@ mod tests {
             directory_key(guard_config::acme::LETS_ENCRYPT_STAGING),
             "acme-staging-v02.api.letsencrypt.org_directory"
         );
-        assert_eq!(directory_key("https://localhost:14000/dir"), "localhost_14000_dir");
+        assert_eq!(
+            directory_key("https://localhost:14000/dir"),
+            "localhost_14000_dir"
+        );
         assert_eq!(directory_key("https://../.."), "ca");
     }
 
@@ -850,13 +966,18 @@ mod tests {
                 "subproblems":[{"type":"urn:ietf:params:acme:error:dns","detail":"no such host"}]}"#,
         )
         .unwrap();
-        let e = AttemptError::new("validation", Some(Challenge::Http01), instant_acme::Error::Api(p)).for_domain("a.example.com");
+        let e = AttemptError::new(
+            "validation",
+            Some(Challenge::Http01),
+            instant_acme::Error::Api(p),
+        )
+        .for_domain("a.example.com");
         assert_eq!(
             e.to_string(),
             "validation of a.example.com by http-01 failed: CA problem urn:ietf:params:acme:error:connection: refused; \
              urn:ietf:params:acme:error:dns: no such host"
         );
-        assert!(e.from_ca() && e.validation_failed());
+        assert!(e.ca_refused() && e.validation_failed());
     }
 
     #[test]
@@ -870,7 +991,11 @@ mod tests {
             .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
             .expect("acmeIdentifier extension");
         assert!(ext.critical);
-        assert_eq!(&ext.value[2..], &[7u8; 32], "an OCTET STRING holding the digest");
+        assert_eq!(
+            &ext.value[2..],
+            &[7u8; 32],
+            "an OCTET STRING holding the digest"
+        );
         let v = tls::validity(&ck.cert[0]).unwrap();
         assert_eq!(v.names, ["guard.example.com"]);
     }

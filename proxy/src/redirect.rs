@@ -45,11 +45,20 @@ impl Redirect {
     /// 443). A `Host` that is not one of `domains` is redirected to the first domain, so the
     /// listener cannot be used to bounce clients to arbitrary sites.
     pub fn new(answers: Arc<Http01Answers>, domains: Vec<String>, https_port: u16) -> Self {
-        Redirect { answers, domains, https_port }
+        Redirect {
+            answers,
+            domains,
+            https_port,
+        }
     }
 
     /// The response to one plain request.
-    pub fn respond(&self, method: &Method, uri: &http::Uri, host: Option<&str>) -> Response<Full<Bytes>> {
+    pub fn respond(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        host: Option<&str>,
+    ) -> Response<Full<Bytes>> {
         let path = uri.path();
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
             // Matched on the path alone: validators send `Host: name:port`.
@@ -65,7 +74,10 @@ impl Redirect {
             };
         }
         let location = self.location(uri, host);
-        let mut resp = plain(StatusCode::PERMANENT_REDIRECT, format!("moved to {location}\n"));
+        let mut resp = plain(
+            StatusCode::PERMANENT_REDIRECT,
+            format!("moved to {location}\n"),
+        );
         match HeaderValue::from_str(&location) {
             Ok(v) => {
                 resp.headers_mut().insert(header::LOCATION, v);
@@ -83,9 +95,17 @@ impl Redirect {
             .map(str::to_ascii_lowercase);
         let host = match asked {
             Some(h) if self.domains.contains(&h) => h,
-            _ => self.domains.first().cloned().unwrap_or_else(|| "localhost".into()),
+            _ => self
+                .domains
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "localhost".into()),
         };
-        let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
+        let port = if self.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.https_port)
+        };
         let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let pq = if pq.starts_with('/') { pq } else { "/" };
         format!("https://{host}{port}{pq}")
@@ -103,8 +123,10 @@ fn strip_port(host: &str) -> &str {
 fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -112,7 +134,11 @@ fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let (tcp, peer) = match listener.accept().await {
             Ok(pair) => pair,
             Err(e) => {
@@ -125,7 +151,9 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(req, redirect.clone()));
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(tcp), svc);
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
                 tracing::debug!(%peer, "plain connection ended: {e}");
@@ -135,11 +163,20 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>) {
     }
 }
 
-async fn answer(req: Request<Incoming>, redirect: Arc<Redirect>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+async fn answer(
+    req: Request<Incoming>,
+    redirect: Arc<Redirect>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let resp = redirect.respond(req.method(), req.uri(), host.as_deref());
     if resp.status() == StatusCode::PERMANENT_REDIRECT {
-        let _ = Limited::new(req.into_body(), DISCARD_BODY_BYTES).collect().await;
+        let _ = Limited::new(req.into_body(), DISCARD_BODY_BYTES)
+            .collect()
+            .await;
     }
     Ok(resp)
 }
@@ -150,12 +187,24 @@ mod tests {
 
     fn redirect(port: u16) -> Redirect {
         let answers = Arc::new(Http01Answers::default());
-        Redirect::new(answers, vec!["mlflow.example.com".into(), "b.example.com".into()], port)
+        Redirect::new(
+            answers,
+            vec!["mlflow.example.com".into(), "b.example.com".into()],
+            port,
+        )
     }
 
-    fn location(r: &Redirect, method: Method, target: &str, host: Option<&str>) -> (u16, Option<String>) {
+    fn location(
+        r: &Redirect,
+        method: Method,
+        target: &str,
+        host: Option<&str>,
+    ) -> (u16, Option<String>) {
         let resp = r.respond(&method, &target.parse().unwrap(), host);
-        let loc = resp.headers().get(header::LOCATION).map(|v| v.to_str().unwrap().to_owned());
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_owned());
         (resp.status().as_u16(), loc)
     }
 
@@ -163,8 +212,16 @@ mod tests {
     fn redirect_keeps_path_and_query_and_targets_the_public_port() {
         let r = redirect(443);
         assert_eq!(
-            location(&r, Method::POST, "/api/2.0/mlflow/runs/create?x=1&y=2", Some("b.example.com")),
-            (308, Some("https://b.example.com/api/2.0/mlflow/runs/create?x=1&y=2".into()))
+            location(
+                &r,
+                Method::POST,
+                "/api/2.0/mlflow/runs/create?x=1&y=2",
+                Some("b.example.com")
+            ),
+            (
+                308,
+                Some("https://b.example.com/api/2.0/mlflow/runs/create?x=1&y=2".into())
+            )
         );
         let r = redirect(8443);
         assert_eq!(
@@ -180,17 +237,33 @@ mod tests {
             location(&r, Method::GET, "/x", Some("evil.example.net")),
             (308, Some("https://mlflow.example.com/x".into()))
         );
-        assert_eq!(location(&r, Method::GET, "/x", None), (308, Some("https://mlflow.example.com/x".into())));
-        assert_eq!(location(&r, Method::GET, "/x", Some("[::1]:80")), (308, Some("https://mlflow.example.com/x".into())));
+        assert_eq!(
+            location(&r, Method::GET, "/x", None),
+            (308, Some("https://mlflow.example.com/x".into()))
+        );
+        assert_eq!(
+            location(&r, Method::GET, "/x", Some("[::1]:80")),
+            (308, Some("https://mlflow.example.com/x".into()))
+        );
     }
 
     #[test]
     fn challenge_tokens_are_answered_by_path_whatever_the_host() {
         let r = redirect(443);
         r.answers.insert("tok".into(), "tok.thumb".into());
-        let resp = r.respond(&Method::GET, &"/.well-known/acme-challenge/tok".parse().unwrap(), Some("x:5002"));
+        let resp = r.respond(
+            &Method::GET,
+            &"/.well-known/acme-challenge/tok".parse().unwrap(),
+            Some("x:5002"),
+        );
         assert_eq!(resp.status(), 200);
-        assert_eq!(location(&r, Method::GET, "/.well-known/acme-challenge/nope", None).0, 404);
-        assert_eq!(location(&r, Method::POST, "/.well-known/acme-challenge/tok", None).0, 404);
+        assert_eq!(
+            location(&r, Method::GET, "/.well-known/acme-challenge/nope", None).0,
+            404
+        );
+        assert_eq!(
+            location(&r, Method::POST, "/.well-known/acme-challenge/tok", None).0,
+            404
+        );
     }
 }

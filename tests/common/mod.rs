@@ -249,6 +249,7 @@ pub fn run_guard(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 }
 
 pub mod mlflow;
+pub mod pebble;
 
 // ---------------------------------------------------------------- bodies
 
