@@ -2,13 +2,14 @@
 //! glue that starts each subcommand. Defaults live in `guard_config::serve`, not here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use guard_config::acme::{self, AcmeSettings, ChallengeChoice};
+use guard_config::acme::{self, ChallengeChoice};
 use guard_config::model::{self, Cidr, Upstream};
-use guard_config::serve::{self as defaults, AuthSettings, Limits, LogFormat, ServeSettings, SiteSettings, TlsSource};
+use guard_config::serve::{self as defaults, LogFormat, ServeSettings, TlsSource};
+use guard_config::Overlay;
 
 /// TLS and authentication in front of an MLflow tracking server (or any HTTP service).
 #[derive(Debug, Parser)]
@@ -35,6 +36,12 @@ enum Command {
     Token(TokenCommand),
     /// Write the files that deploy guard in front of MLflow: compose, systemd or supervisor.
     Deploy(Box<DeployArgs>),
+    /// Validate a configuration without binding a port or contacting a CA; print what would run.
+    Check {
+        /// The configuration file.
+        #[arg(long, env = "GUARD_CONFIG", value_name = "FILE", default_value = "guard.yaml")]
+        config: PathBuf,
+    },
     /// Exit 0 if the guard on this machine answers its health path (for container healthchecks).
     Healthcheck {
         /// guard's TLS listener; the port is what matters, the check always goes to loopback.
@@ -161,9 +168,14 @@ enum TokenCommand {
 /// Flags of `guard serve`. Every flag also reads a `GUARD_*` environment variable.
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Upstream HTTP server: `host:port` or `http://host:port`.
-    #[arg(long, env = "GUARD_UPSTREAM", value_name = "HOST:PORT", value_parser = Upstream::parse)]
-    upstream: Upstream,
+    /// Configuration file (guard.yaml). Flags and GUARD_* variables override its values.
+    #[arg(long, env = "GUARD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Upstream HTTP server: `host:port` or `http://host:port`. Required without --config.
+    #[arg(long, env = "GUARD_UPSTREAM", value_name = "HOST:PORT", value_parser = Upstream::parse,
+          required_unless_present = "config")]
+    upstream: Option<Upstream>,
 
     /// TLS listen address. [default: 0.0.0.0:8443]
     #[arg(long, env = "GUARD_LISTEN", value_name = "ADDR")]
@@ -223,6 +235,10 @@ struct ServeArgs {
     /// Most request headers (431 above it). [default: 100]
     #[arg(long, env = "GUARD_MAX_HEADERS", value_name = "N")]
     max_headers: Option<usize>,
+
+    /// Longest request target, path and query (414 above it). [default: 16K]
+    #[arg(long, env = "GUARD_MAX_URI_SIZE", value_name = "SIZE", value_parser = model::parse_size)]
+    max_uri_size: Option<u64>,
 
     /// Most open client connections; more wait to be accepted. [default: 16384]
     #[arg(long, env = "GUARD_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -334,45 +350,6 @@ struct AcmeArgs {
     hsts_max_age: Option<Duration>,
 }
 
-/// The ACME settings, `None` without `--domain`; cross-flag problems are usage errors.
-fn acme_settings(a: &AcmeArgs) -> Result<Option<AcmeSettings>, Failure> {
-    if a.domains.is_empty() {
-        return Ok(None);
-    }
-    let mut domains: Vec<String> = Vec::new();
-    for d in &a.domains {
-        if !domains.contains(d) {
-            domains.push(d.clone());
-        }
-    }
-    let directory = match (&a.acme_directory, a.acme_staging) {
-        (Some(url), _) => url.clone(),
-        (None, true) => acme::LETS_ENCRYPT_STAGING.into(),
-        (None, false) => acme::LETS_ENCRYPT_PRODUCTION.into(),
-    };
-    let settings = AcmeSettings {
-        domains,
-        email: a
-            .acme_email
-            .clone()
-            .ok_or_else(|| {
-                Failure::Config(anyhow::anyhow!(
-                    "--acme-email is required with --domain: the CA's contact for this account"
-                ))
-            })?,
-        directory,
-        ca_root: a.acme_ca_root.clone(),
-        challenge: a.acme_challenge.unwrap_or(ChallengeChoice::Auto),
-        http_listen: a
-            .http_listen
-            .unwrap_or_else(|| acme::DEFAULT_HTTP_LISTEN.parse().expect("default parses")),
-        https_port: a.https_port.unwrap_or(acme::DEFAULT_HTTPS_PORT),
-        hsts_max_age: a.hsts_max_age.unwrap_or(acme::DEFAULT_HSTS_MAX_AGE),
-    };
-    settings.validate().map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
-    Ok(Some(settings))
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormatArg {
     Text,
@@ -441,6 +418,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Token(cmd) => token(cmd),
         Command::Deploy(args) => deploy(*args),
+        Command::Check { config } => {
+            let settings = resolve(&Overlay::default(), Some(&config)).map_err(config_failure)?;
+            println!("{}: ok", config.display());
+            print!("{}", guard_config::summary(&settings));
+            Ok(())
+        }
         Command::Healthcheck { listen } => healthcheck(listen),
     }
 }
@@ -596,68 +579,141 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
-fn settings_from(args: ServeArgs) -> ServeSettings {
-    let d = Limits::default();
-    let limits = Limits {
-        tls_handshake_timeout: args.tls_handshake_timeout.unwrap_or(d.tls_handshake_timeout),
-        header_read_timeout: args.header_timeout.unwrap_or(d.header_read_timeout),
-        upstream_connect_timeout: args.connect_timeout.unwrap_or(d.upstream_connect_timeout),
-        upstream_response_timeout: args.upstream_timeout.unwrap_or(d.upstream_response_timeout),
-        idle_timeout: args.idle_timeout.unwrap_or(d.idle_timeout),
-        max_header_bytes: args
-            .max_header_size
-            .map(|s| usize::try_from(s).unwrap_or(usize::MAX))
-            .unwrap_or(d.max_header_bytes),
-        max_headers: args.max_headers.unwrap_or(d.max_headers),
-        max_body_bytes: args.max_body_size,
-        max_connections: args.max_connections.map(|n| n as usize).unwrap_or(d.max_connections),
-        max_h2_streams: args.max_h2_streams.unwrap_or(d.max_h2_streams),
-    };
-    let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => TlsSource::Files { cert, key },
-        _ => TlsSource::SelfSigned,
-    };
-    let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
-    let d = AuthSettings::defaults(&state_dir);
-    let auth = AuthSettings {
-        disabled: args.dangerous_no_auth,
-        users_file: args.users.unwrap_or(d.users_file),
-        tokens_file: args.tokens.unwrap_or(d.tokens_file),
-        realm: args.realm.unwrap_or(d.realm),
-        forwarded_user_header: match args.forwarded_user_header.as_deref() {
-            Some("off") | Some("") => None,
-            Some(name) => Some(name.to_owned()),
-            None => d.forwarded_user_header,
+/// The command line as the top layer of the configuration: only what was given is set, so the
+/// file (and then the defaults) fill in the rest.
+fn overlay_from(args: &ServeArgs) -> Overlay {
+    use guard_config::overlay::{AcmeOverlay, AuthOverlay, LimitsOverlay, TlsOverlay};
+    let a = &args.acme;
+    let acme_given = !a.domains.is_empty()
+        || a.acme_email.is_some()
+        || a.acme_directory.is_some()
+        || a.acme_staging
+        || a.acme_ca_root.is_some()
+        || a.acme_challenge.is_some();
+    Overlay {
+        listen: args.listen,
+        http_listen: a.http_listen,
+        https_port: a.https_port,
+        state_dir: args.state_dir.clone(),
+        log_format: args.log_format.map(|f| match f {
+            LogFormatArg::Json => LogFormat::Json,
+            LogFormatArg::Text => LogFormat::Text,
+        }),
+        shutdown_grace: args.shutdown_grace,
+        trusted_proxies: (!args.trusted_proxies.is_empty()).then(|| args.trusted_proxies.clone()),
+        tls: TlsOverlay {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            acme: acme_given.then(|| AcmeOverlay {
+                email: a.acme_email.clone(),
+                directory: a.acme_directory.clone(),
+                staging: a.acme_staging.then_some(true),
+                ca_root: a.acme_ca_root.clone(),
+                challenge: a.acme_challenge,
+                domains: (!a.domains.is_empty()).then(|| a.domains.clone()),
+            }),
+            hsts_max_age: a.hsts_max_age,
         },
-        cache_ttl: args.auth_cache_ttl.unwrap_or(d.cache_ttl),
-        cache_capacity: args.auth_cache_size.map(|n| n as usize).unwrap_or(d.cache_capacity),
-        lockout_failures: args.lockout_failures.unwrap_or(d.lockout_failures),
-        lockout_window: args.lockout_window.unwrap_or(d.lockout_window),
-        lockout_duration: args.lockout_duration.unwrap_or(d.lockout_duration),
-    };
-    let site = SiteSettings {
-        name: guard_proxy::route::FLAGS_SITE.into(),
-        hosts: Vec::new(),
-        upstream: args.upstream,
-        preserve_host: args.preserve_host,
-        auth,
-        public_paths: Vec::new(),
-    };
-    ServeSettings {
-        sites: vec![site],
-        listen: args
-            .listen
-            .unwrap_or_else(|| defaults::DEFAULT_LISTEN.parse().expect("default parses")),
-        tls,
-        state_dir,
-        limits,
-        trusted_proxies: args.trusted_proxies,
-        log_format: match args.log_format {
-            Some(LogFormatArg::Json) => LogFormat::Json,
-            _ => LogFormat::Text,
+        limits: LimitsOverlay {
+            tls_handshake_timeout: args.tls_handshake_timeout,
+            header_read_timeout: args.header_timeout,
+            upstream_connect_timeout: args.connect_timeout,
+            upstream_response_timeout: args.upstream_timeout,
+            idle_timeout: args.idle_timeout,
+            max_header_bytes: args.max_header_size.map(|s| usize::try_from(s).unwrap_or(usize::MAX)),
+            max_headers: args.max_headers,
+            max_uri_bytes: args.max_uri_size.map(|s| usize::try_from(s).unwrap_or(usize::MAX)),
+            max_body_bytes: args.max_body_size,
+            max_connections: args.max_connections.map(|n| n as usize),
+            max_h2_streams: args.max_h2_streams,
         },
-        shutdown_grace: args.shutdown_grace.unwrap_or(defaults::DEFAULT_SHUTDOWN_GRACE),
+        auth: AuthOverlay {
+            disabled: args.dangerous_no_auth.then_some(true),
+            users_file: args.users.clone(),
+            tokens_file: args.tokens.clone(),
+            realm: args.realm.clone(),
+            forwarded_user_header: args.forwarded_user_header.as_deref().map(|h| match h {
+                "off" | "" => None,
+                name => Some(name.to_owned()),
+            }),
+            cache_ttl: args.auth_cache_ttl,
+            cache_capacity: args.auth_cache_size.map(|n| n as usize),
+            lockout_failures: args.lockout_failures,
+            lockout_window: args.lockout_window,
+            lockout_duration: args.lockout_duration,
+        },
+        upstream: args.upstream.clone(),
+        preserve_host: args.preserve_host.then_some(true),
+        ..Overlay::default()
     }
+}
+
+/// The flag that set a configuration key, for errors about values that came from flags.
+fn flag_for(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "listen" => "--listen",
+        "http_listen" => "--http-listen",
+        "https_port" => "--https-port",
+        "state_dir" => "--state-dir",
+        "log_format" => "--log-format",
+        "shutdown_grace" => "--shutdown-grace",
+        "trusted_proxies" => "--trusted-proxy",
+        "tls.cert" => "--tls-cert",
+        "tls.key" => "--tls-key",
+        "tls.hsts_max_age" => "--hsts-max-age",
+        "tls.acme" | "tls.acme.domains" => "--domain",
+        "tls.acme.email" => "--acme-email",
+        "tls.acme.directory" => "--acme-directory",
+        "tls.acme.staging" => "--acme-staging",
+        "tls.acme.ca_root" => "--acme-ca-root",
+        "tls.acme.challenge" => "--acme-challenge",
+        "limits.tls_handshake_timeout" => "--tls-handshake-timeout",
+        "limits.header_timeout" => "--header-timeout",
+        "limits.connect_timeout" => "--connect-timeout",
+        "limits.upstream_timeout" => "--upstream-timeout",
+        "limits.idle_timeout" => "--idle-timeout",
+        "limits.max_header_size" => "--max-header-size",
+        "limits.max_headers" => "--max-headers",
+        "limits.max_uri_size" => "--max-uri-size",
+        "limits.max_body_size" => "--max-body-size",
+        "limits.max_connections" => "--max-connections",
+        "limits.max_h2_streams" => "--max-h2-streams",
+        "auth.users" => "--users",
+        "auth.tokens" => "--tokens",
+        "auth.realm" => "--realm",
+        "auth.forwarded_user_header" => "--forwarded-user-header",
+        "auth.cache_ttl" => "--auth-cache-ttl",
+        "auth.cache_size" => "--auth-cache-size",
+        "auth.lockout.failures" => "--lockout-failures",
+        "auth.lockout.window" => "--lockout-window",
+        "auth.lockout.duration" => "--lockout-duration",
+        "upstream" => "--upstream",
+        "preserve_host" => "--preserve-host",
+        _ => return None,
+    })
+}
+
+/// Every configuration error as a usage failure; those about flag values name the flag.
+fn config_failure(errors: guard_config::ConfigErrors) -> Failure {
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|e| match (&e.file, flag_for(e.path.split('[').next().unwrap_or(&e.path))) {
+            (None, Some(flag)) => format!("{flag}: {}", e.message),
+            // The flags' one site: its section name means nothing on a command line.
+            (None, None) if e.path == "auth" => e.message.clone(),
+            _ => e.to_string(),
+        })
+        .collect();
+    Failure::Config(anyhow::anyhow!(lines.join("\n")))
+}
+
+/// Flags over the file over the defaults, validated.
+fn resolve(flags: &Overlay, config: Option<&Path>) -> Result<ServeSettings, guard_config::ConfigErrors> {
+    let file = match config {
+        Some(path) => guard_config::load_file(path)?,
+        None => Overlay::default(),
+    };
+    guard_config::finish(Overlay::merge(flags.clone(), file))
 }
 
 /// Logs go to stderr; `GUARD_LOG` (or `RUST_LOG`) filters them, `info` by default.
@@ -678,23 +734,17 @@ fn init_logging(format: LogFormat) {
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     use anyhow::Context;
-    let acme = acme_settings(&args.acme)?;
-    let listen_given = args.listen.is_some();
-    let mut settings = settings_from(args);
-    // With a domain: 443, where browsers and TLS-ALPN-01 validators come.
-    let public_url = acme.as_ref().map(|a| match a.https_port {
-        443 => format!("https://{}", a.domains[0]),
-        port => format!("https://{}:{port}", a.domains[0]),
-    });
-    if let Some(acme) = acme {
-        if !listen_given {
-            settings.listen = acme::DEFAULT_ACME_LISTEN.parse().expect("default parses");
-        }
-        settings.tls = TlsSource::Acme(acme);
-    }
+    let flags = overlay_from(&args);
+    let settings = resolve(&flags, args.config.as_deref()).map_err(config_failure)?;
+    let public_url = match &settings.tls {
+        TlsSource::Acme(a) if a.https_port == 443 => Some(format!("https://{}", a.domains[0])),
+        TlsSource::Acme(a) => Some(format!("https://{}:{}", a.domains[0], a.https_port)),
+        _ => None,
+    };
     init_logging(settings.log_format);
     let listen = settings.listen;
     let upstream = settings.sites[0].upstream.clone();
+    let reloader = Reloader { config: args.config.clone(), flags, running: settings.clone() };
     let mut prepared = guard_proxy::prepare(settings).map_err(|e| Failure::Config(e.into()))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -703,8 +753,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .context("cannot start the async runtime")
         .map_err(Failure::Runtime)?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = guard_proxy::server::bind(listen)
             .with_context(|| format!("--listen {listen}: cannot listen"))
             .map_err(Failure::Runtime)?;
         let local = listener
@@ -713,15 +762,14 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map_err(Failure::Runtime)?;
         print_startup(local, &upstream, &prepared, public_url.as_deref());
         if let Some(addr) = prepared.plain_listen() {
-            let plain = tokio::net::TcpListener::bind(addr)
-                .await
+            let plain = guard_proxy::server::bind(addr)
                 .with_context(|| format!("--http-listen {addr}: cannot listen"))
                 .map_err(Failure::Runtime)?;
             let local = plain.local_addr().context("cannot read the listening address").map_err(Failure::Runtime)?;
             println!("guard: plain listener on {local}, answering ACME HTTP-01 and redirecting to https");
             prepared.set_plain_listener(plain);
         }
-        tokio::spawn(reload_on_sighup(prepared.handle()));
+        tokio::spawn(reloader.run(prepared.handle()));
         guard_proxy::serve(prepared, listener, shutdown_signal())
             .await
             .map_err(|e| Failure::Runtime(e.into()))
@@ -746,13 +794,60 @@ fn print_startup(local: SocketAddr, upstream: &Upstream, prepared: &guard_proxy:
     }
 }
 
-/// Every SIGHUP re-reads users, tokens and certificate files.
-async fn reload_on_sighup(handle: guard_proxy::Handle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP received: reloading users, tokens and certificate files");
-        handle.reload_files();
+/// What SIGHUP re-reads: the configuration file (sites, upstreams, users and tokens files
+/// apply live; everything else is reported as needing a restart), then users, tokens and
+/// certificate files.
+struct Reloader {
+    config: Option<PathBuf>,
+    flags: Overlay,
+    running: ServeSettings,
+}
+
+impl Reloader {
+    async fn run(mut self, handle: guard_proxy::Handle) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading");
+            if let Some(path) = self.config.clone() {
+                self.reload_config(&path, &handle);
+            }
+            handle.reload_files();
+        }
+    }
+
+    fn reload_config(&mut self, path: &Path, handle: &guard_proxy::Handle) {
+        let new = match resolve(&self.flags, Some(path)) {
+            Ok(new) => new,
+            Err(errors) => {
+                for e in errors.iter() {
+                    tracing::error!("{e}");
+                }
+                tracing::error!("{}: not reloaded; the running configuration stays", path.display());
+                return;
+            }
+        };
+        let old = &self.running;
+        for (what, changed) in [
+            ("listen", old.listen != new.listen),
+            ("tls", format!("{:?}", old.tls) != format!("{:?}", new.tls)),
+            ("state_dir", old.state_dir != new.state_dir),
+            ("limits", format!("{:?}", old.limits) != format!("{:?}", new.limits)),
+            ("trusted_proxies", old.trusted_proxies != new.trusted_proxies),
+            ("log_format", old.log_format != new.log_format),
+            ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
+        ] {
+            if changed {
+                tracing::warn!("{}: {what} changed; it takes effect at the next restart", path.display());
+            }
+        }
+        match handle.replace_sites(&new.sites) {
+            Ok(()) => {
+                tracing::info!("{}: reloaded, {} site(s)", path.display(), new.sites.len());
+                self.running.sites = new.sites;
+            }
+            Err(e) => tracing::error!("{}: not reloaded, the running sites stay: {e}", path.display()),
+        }
     }
 }
 

@@ -103,6 +103,8 @@ pub struct LimitsOverlay {
     pub max_header_bytes: Option<usize>,
     /// `max_headers`.
     pub max_headers: Option<usize>,
+    /// `max_uri_size`.
+    pub max_uri_bytes: Option<usize>,
     /// `max_body_size`, in bytes.
     pub max_body_bytes: Option<u64>,
     /// `max_connections`.
@@ -387,6 +389,7 @@ fn merge_limits(h: LimitsOverlay, l: LimitsOverlay, o: &mut Origins) -> LimitsOv
             o,
         ),
         max_headers: pick(h.max_headers, l.max_headers, "limits.max_headers", o),
+        max_uri_bytes: pick(h.max_uri_bytes, l.max_uri_bytes, "limits.max_uri_size", o),
         max_body_bytes: pick(
             h.max_body_bytes,
             l.max_body_bytes,

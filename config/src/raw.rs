@@ -110,6 +110,8 @@ pub struct Limits {
     pub max_header_size: Option<String>,
     /// Most request headers, a count (431 above it). Default: 100.
     pub max_headers: Option<u64>,
+    /// Longest request target (path and query), a size (414 above it). Default: `16K`.
+    pub max_uri_size: Option<String>,
     /// Largest request body, a size (413 above it). Default: unlimited.
     pub max_body_size: Option<String>,
     /// Most open client connections, a count; more wait to be accepted. Default: 16384.

@@ -147,6 +147,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most request headers.
     pub max_headers: usize,
+    /// Longest request target (path and query), in bytes; 414 above it.
+    pub max_uri_bytes: usize,
     /// Largest request body; `None` means unlimited.
     pub max_body_bytes: Option<u64>,
     /// Most simultaneous client connections; further ones wait in the accept queue.
@@ -165,6 +167,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
+            max_uri_bytes: 16 * 1024,
             max_body_bytes: None,
             max_connections: 16384,
             max_h2_streams: 128,

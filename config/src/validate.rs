@@ -219,6 +219,11 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
             max_headers: c.value("limits.max_headers", limits.max_headers, |n| {
                 count_usize(n, 1, u32::MAX.into())
             }),
+            max_uri_bytes: c.value("limits.max_uri_size", limits.max_uri_size.as_deref(), |s| {
+                let n = parse_size(s)?;
+                count(n, 1, u64::MAX).map_err(|e| format!("{s:?}: {e}"))?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }),
             max_body_bytes: c.value(
                 "limits.max_body_size",
                 limits.max_body_size.as_deref(),
@@ -333,6 +338,7 @@ pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
         idle_timeout: l.idle_timeout.unwrap_or(d.idle_timeout),
         max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes),
         max_headers: l.max_headers.unwrap_or(d.max_headers),
+        max_uri_bytes: l.max_uri_bytes.unwrap_or(d.max_uri_bytes),
         max_body_bytes: l.max_body_bytes.or(d.max_body_bytes),
         max_connections: l.max_connections.unwrap_or(d.max_connections),
         max_h2_streams: l.max_h2_streams.unwrap_or(d.max_h2_streams),
@@ -557,7 +563,7 @@ fn check_auth_files(
             format!(
                 "no users or tokens configured (users file {u}, tokens file {t}): add a user with \
                  `guard adduser --users {u} NAME` or a token with `guard token create --tokens {t} NAME`, \
-                 or set dangerous_no_auth: true"
+                 or turn authentication off with --dangerous-no-auth (auth.dangerous_no_auth: true)"
             ),
         );
     }

@@ -340,7 +340,7 @@ fn an_empty_file_is_a_configuration_with_every_default() {
         "guard.yaml:1:1: upstream: missing: give an upstream (host:port) or a list of sites\n\
          guard.yaml:1:1: auth: no users or tokens configured (users file /nonexistent/users.htpasswd, tokens file /nonexistent/tokens.json): \
          add a user with `guard adduser --users /nonexistent/users.htpasswd NAME` or a token with \
-         `guard token create --tokens /nonexistent/tokens.json NAME`, or set dangerous_no_auth: true"
+         `guard token create --tokens /nonexistent/tokens.json NAME`, or turn authentication off with --dangerous-no-auth (auth.dangerous_no_auth: true)"
     );
 }
 
@@ -395,7 +395,7 @@ fn missing_and_unreadable_files_are_named_with_their_resolved_path() {
             format!(
                 "{d}/guard.yaml:12:5: sites[1].auth: no users or tokens configured (users file {d}/nobody.htpasswd, tokens file {d}/none.json): \
                  add a user with `guard adduser --users {d}/nobody.htpasswd NAME` or a token with \
-                 `guard token create --tokens {d}/none.json NAME`, or set dangerous_no_auth: true"
+                 `guard token create --tokens {d}/none.json NAME`, or turn authentication off with --dangerous-no-auth (auth.dangerous_no_auth: true)"
             ),
         ]
         .join("\n")

@@ -27,6 +27,12 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 #[error("request body exceeds {0} bytes")]
 pub struct BodyLimitExceeded(pub u64);
 
+/// Reading the client's request body failed: malformed chunked framing, or the client went
+/// away mid-body. The client's fault, never the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body from the client failed")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
 /// Shared view of a request body's progress, read by the forwarder and the access log.
 #[derive(Debug, Default)]
 pub struct BodyProgress {
@@ -79,7 +85,7 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into()))))),
             Poll::Ready(None) => {
                 this.done.send_replace(true);
                 Poll::Ready(None)

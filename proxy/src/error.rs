@@ -53,6 +53,12 @@ pub enum ProxyError {
     /// The request could not be turned into an upstream request.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// More request headers than `--max-headers` (HTTP/2; hyper enforces it for HTTP/1.1).
+    #[error("more than {0} request headers")]
+    TooManyHeaders(usize),
+    /// A request target longer than `--max-uri-size`.
+    #[error("request target longer than {0} bytes")]
+    UriTooLong(usize),
     /// A path under guard's reserved prefix that guard does not serve.
     #[error("no such guard endpoint")]
     NotFound,
@@ -98,6 +104,12 @@ impl ProxyError {
                 "BAD_REQUEST",
                 "the request could not be forwarded",
             ),
+            ProxyError::TooManyHeaders(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "BAD_REQUEST",
+                "too many request headers",
+            ),
+            ProxyError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "BAD_REQUEST", "the request target is too long"),
             ProxyError::NotFound => (
                 StatusCode::NOT_FOUND,
                 "ENDPOINT_NOT_FOUND",
@@ -148,6 +160,8 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::NotFound
+            | ProxyError::TooManyHeaders(_)
+            | ProxyError::UriTooLong(_)
             | ProxyError::Misrouted(_)
             | ProxyError::Auth { .. } => tracing::debug!("{self}{chain}"),
             _ => tracing::warn!("{self}{chain}"),
@@ -207,6 +221,8 @@ mod tests {
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "REQUEST_LIMIT_EXCEEDED"),
             (ProxyError::BadRequest("x"), 400, "BAD_REQUEST"),
             (ProxyError::NotFound, 404, "ENDPOINT_NOT_FOUND"),
+            (ProxyError::TooManyHeaders(100), 431, "BAD_REQUEST"),
+            (ProxyError::UriTooLong(16384), 414, "BAD_REQUEST"),
             (ProxyError::Misrouted(Misroute::UnknownHost), 421, "ENDPOINT_NOT_FOUND"),
             (ProxyError::Auth { failure: AuthFailure::Missing, realm: "r".into() }, 401, "UNAUTHENTICATED"),
             (ProxyError::Auth { failure: AuthFailure::BadPassword, realm: "r".into() }, 401, "UNAUTHENTICATED"),

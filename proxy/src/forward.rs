@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 
-use crate::body::{BodyLimitExceeded, BoxError, RequestBody};
+use crate::body::{BodyLimitExceeded, BoxError, ClientBodyError, RequestBody};
 use crate::error::ProxyError;
 
 /// The request body type sent upstream.
@@ -62,6 +62,9 @@ fn classify(e: hyper_util::client::legacy::Error, upstream: &str) -> ProxyError 
     while let Some(s) = src {
         if let Some(limit) = s.downcast_ref::<BodyLimitExceeded>() {
             return ProxyError::BodyTooLarge { limit: limit.0 };
+        }
+        if s.downcast_ref::<ClientBodyError>().is_some() {
+            return ProxyError::BadRequest("malformed or truncated request body");
         }
         src = s.source();
     }

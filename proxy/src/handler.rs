@@ -74,7 +74,16 @@ async fn route(
     state: &State,
     rec: &mut AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // guard's own paths come first so health checks need no credentials, and are never
+    // Size limits first: they hold for every request, authenticated or not. hyper enforces the
+    // header count for HTTP/1.1 only, and has no target length limit below its buffer size.
+    if req.headers().len() > state.limits.max_headers {
+        return Err(ProxyError::TooManyHeaders(state.limits.max_headers));
+    }
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > state.limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong(state.limits.max_uri_bytes));
+    }
+    // guard's own paths come next so health checks need no credentials, and are never
     // forwarded whatever follows the prefix.
     let path = req.uri().path();
     if path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/') {
@@ -131,6 +140,7 @@ async fn route(
         join_cookies(&mut parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers);
+    headers::drop_underscored(&mut parts.headers);
     if let Some(name) = &site.forwarded_user {
         parts.headers.remove(name);
         if let Some(p) = &principal {

@@ -202,6 +202,18 @@ pub async fn serve(prepared: Prepared, listener: TcpListener, shutdown: impl Fut
     Ok(())
 }
 
+/// Opens a listening socket with a deep accept queue: the default of 128 drops connection
+/// attempts in a burst, and each dropped one costs the client a 1 s SYN retry.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accept queue length requested from the kernel (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// hyper's server settings from the limits. Timers are required for the timeouts to work.
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
