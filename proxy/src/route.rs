@@ -164,11 +164,13 @@ impl Router {
         let host = host.map(normalize_host);
         let sni = sni.map(|s| s.to_ascii_lowercase());
         let by_host = host.as_deref().map(|h| self.lookup(h));
-        let by_sni = sni.as_deref().map(|s| self.lookup(s));
+        // An SNI that names no site (an IP, `localhost` for a tunnel) has no say; one that names
+        // a site must agree with the Host.
+        let by_sni = sni.as_deref().and_then(|s| self.lookup(s));
         let index = match (by_host, by_sni) {
-            (Some(h), Some(s)) if h != s => return Err(Misroute::HostDisagreesWithSni),
+            (Some(Some(h)), Some(s)) if h != s => return Err(Misroute::HostDisagreesWithSni),
             (Some(h), _) => h,
-            (None, Some(s)) => s,
+            (None, Some(s)) => Some(s),
             (None, None) => self.fallback,
         };
         index.map(|i| &self.sites[i]).ok_or(Misroute::UnknownHost)
@@ -222,6 +224,7 @@ mod tests {
         assert_eq!(r.pick(None, Some("nb.example.com")).unwrap().name, "notebook");
         assert_eq!(r.pick(Some("other.example.com"), None).unwrap_err(), Misroute::UnknownHost);
         assert_eq!(r.pick(None, None).unwrap_err(), Misroute::UnknownHost);
+        assert_eq!(r.pick(Some("mlflow.example.com"), Some("localhost")).unwrap().name, "mlflow", "an SNI naming no site has no say");
         assert_eq!(
             r.pick(Some("mlflow.example.com"), Some("nb.example.com")).unwrap_err(),
             Misroute::HostDisagreesWithSni
