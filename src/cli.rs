@@ -296,6 +296,15 @@ struct ServeArgs {
     #[command(flatten)]
     acme: AcmeArgs,
 
+    /// Serve Prometheus metrics on this address (plain HTTP, GET /metrics); keep it on loopback.
+    /// [default: off]
+    #[arg(long, env = "GUARD_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Count requests per user or token name in the metrics (one series per name).
+    #[arg(long, env = "GUARD_METRICS_USER_LABELS")]
+    metrics_user_labels: bool,
+
     /// Log format. [default: text]
     #[arg(long, env = "GUARD_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormatArg>,
@@ -600,6 +609,8 @@ fn overlay_from(args: &ServeArgs) -> Overlay {
             LogFormatArg::Text => LogFormat::Text,
         }),
         shutdown_grace: args.shutdown_grace,
+        metrics_listen: args.metrics_listen,
+        metrics_user_labels: args.metrics_user_labels.then_some(true),
         trusted_proxies: (!args.trusted_proxies.is_empty()).then(|| args.trusted_proxies.clone()),
         tls: TlsOverlay {
             cert: args.tls_cert.clone(),
@@ -657,6 +668,7 @@ fn flag_for(key: &str) -> Option<&'static str> {
         "state_dir" => "--state-dir",
         "log_format" => "--log-format",
         "shutdown_grace" => "--shutdown-grace",
+        "metrics_listen" => "--metrics-listen",
         "trusted_proxies" => "--trusted-proxy",
         "tls.cert" => "--tls-cert",
         "tls.key" => "--tls-key",
@@ -769,6 +781,17 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             println!("guard: plain listener on {local}, answering ACME HTTP-01 and redirecting to https");
             prepared.set_plain_listener(plain);
         }
+        if let Some(addr) = prepared.metrics_listen() {
+            let m = guard_proxy::server::bind(addr)
+                .with_context(|| format!("--metrics-listen {addr}: cannot listen"))
+                .map_err(Failure::Runtime)?;
+            let local = m.local_addr().context("cannot read the listening address").map_err(Failure::Runtime)?;
+            if !local.ip().is_loopback() {
+                tracing::warn!("metrics on {local} are reachable from outside this machine; prefer a loopback address");
+            }
+            println!("guard: metrics on {}", guard_proxy::metrics::describe(local));
+            prepared.set_metrics_listener(m);
+        }
         tokio::spawn(reloader.run(prepared.handle()));
         guard_proxy::serve(prepared, listener, shutdown_signal())
             .await
@@ -836,6 +859,7 @@ impl Reloader {
             ("trusted_proxies", old.trusted_proxies != new.trusted_proxies),
             ("log_format", old.log_format != new.log_format),
             ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
+            ("metrics", old.metrics != new.metrics),
         ] {
             if changed {
                 tracing::warn!("{}: {what} changed; it takes effect at the next restart", path.display());

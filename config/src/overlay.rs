@@ -34,6 +34,10 @@ pub struct Overlay {
     pub log_format: Option<LogFormat>,
     /// `shutdown_grace`, `--shutdown-grace`.
     pub shutdown_grace: Option<Duration>,
+    /// `metrics_listen`, `--metrics-listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `metrics_user_labels`, `--metrics-user-labels`.
+    pub metrics_user_labels: Option<bool>,
     /// `trusted_proxies`, `--trusted-proxy`.
     pub trusted_proxies: Option<Vec<Cidr>>,
     /// `tls`.
@@ -263,6 +267,9 @@ impl Overlay {
             "shutdown_grace",
             &mut o,
         );
+        let metrics_listen = pick(high.metrics_listen, low.metrics_listen, "metrics_listen", &mut o);
+        let metrics_user_labels =
+            pick(high.metrics_user_labels, low.metrics_user_labels, "metrics_user_labels", &mut o);
         let trusted_proxies = pick(
             high.trusted_proxies,
             low.trusted_proxies,
@@ -299,6 +306,8 @@ impl Overlay {
             state_dir,
             log_format,
             shutdown_grace,
+            metrics_listen,
+            metrics_user_labels,
             trusted_proxies,
             tls,
             limits,

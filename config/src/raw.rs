@@ -33,6 +33,11 @@ pub struct Config {
     pub log_format: Option<String>,
     /// Duration in-flight requests may run after SIGTERM or SIGINT. Default: `30s`.
     pub shutdown_grace: Option<String>,
+    /// Prometheus metrics listener, `IP:PORT` (plain HTTP, `GET /metrics`; keep it on loopback).
+    /// Default: off.
+    pub metrics_listen: Option<String>,
+    /// Count requests per user or token name too (one series each). Default: false.
+    pub metrics_user_labels: Option<bool>,
     /// Peers (IP addresses or CIDR ranges) whose `X-Forwarded-*` headers are kept and extended.
     /// Default: none.
     pub trusted_proxies: Option<Vec<String>>,

@@ -32,6 +32,17 @@ pub struct ServeSettings {
     pub shutdown_grace: Duration,
     /// What is served, by host name. At least one.
     pub sites: Vec<SiteSettings>,
+    /// The Prometheus metrics listener; `None`: off.
+    pub metrics: Option<MetricsSettings>,
+}
+
+/// Where metrics are served and how detailed they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Plain-HTTP listener for `GET /metrics`.
+    pub listen: SocketAddr,
+    /// Count requests per user or token name (one series per name: cardinality).
+    pub user_labels: bool,
 }
 
 /// One site: the host names it answers, where it forwards, and who may pass.

@@ -155,6 +155,8 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
             r.shutdown_grace.as_deref(),
             parse_duration,
         ),
+        metrics_listen: c.value("metrics_listen", r.metrics_listen.as_deref(), parse_listen),
+        metrics_user_labels: r.metrics_user_labels,
         trusted_proxies: c.values("trusted_proxies", r.trusted_proxies, Cidr::parse),
         tls: TlsOverlay {
             cert: c.file("tls.cert", tls.cert),
@@ -351,6 +353,10 @@ pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
         trusted_proxies: o.trusted_proxies.clone().unwrap_or_default(),
         log_format: o.log_format.unwrap_or(LogFormat::Text),
         shutdown_grace: o.shutdown_grace.unwrap_or(serve::DEFAULT_SHUTDOWN_GRACE),
+        metrics: o.metrics_listen.map(|listen| serve::MetricsSettings {
+            listen,
+            user_labels: o.metrics_user_labels.unwrap_or(false),
+        }),
         sites,
     };
     ConfigErrors::or_ok(c.errors, settings)

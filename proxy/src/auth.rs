@@ -20,6 +20,8 @@ use http::header::{self, HeaderMap};
 use sha2::Sha256;
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::metrics::Metrics;
+
 /// Longest `Authorization` header considered; longer ones are malformed, not parsed.
 const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
 /// Password checks waiting for the bcrypt pool before new ones are turned away with 429.
@@ -114,6 +116,7 @@ pub struct Authenticator {
     waiting: AtomicUsize,
     cache_key: [u8; 32],
     lockout: Mutex<HashMap<IpAddr, Strikes>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -132,7 +135,7 @@ struct Strikes {
 
 impl Authenticator {
     /// Loads the users and tokens files. Refuses to start when neither lets anyone in.
-    pub fn load(settings: AuthSettings) -> Result<Authenticator, AuthError> {
+    pub fn load(settings: AuthSettings, metrics: Arc<Metrics>) -> Result<Authenticator, AuthError> {
         let users = match guard_config::users::load(&settings.users_file) {
             Ok((users, warnings)) => {
                 for w in warnings {
@@ -176,6 +179,7 @@ impl Authenticator {
             waiting: AtomicUsize::new(0),
             cache_key,
             lockout: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -267,8 +271,10 @@ impl Authenticator {
         let stored = users.get(user).map(|e| e.hash_str()).unwrap_or_else(|| users.dummy_entry().hash_str());
         let key = self.key_for(user, password, stored);
         if self.cached(&key) {
+            self.metrics.cache_hits.inc();
             return Ok(true);
         }
+        self.metrics.cache_misses.inc();
         let cell = self.pending.lock().expect("pending lock").entry(key).or_default().clone();
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _queued = Decrement(&self.waiting);
@@ -352,6 +358,7 @@ impl Authenticator {
         st.count += 1;
         if s.lockout_failures > 0 && st.count >= s.lockout_failures && st.locked_until.is_none() {
             st.locked_until = Some(now + s.lockout_duration);
+            self.metrics.lockouts.inc();
             tracing::warn!(
                 peer = %peer,
                 "locking out {peer} for {}s after {} failed logins in {}s",

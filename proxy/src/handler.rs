@@ -22,6 +22,7 @@ use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers;
+use crate::metrics::{MethodClass, Metrics, ReasonLabel, RequestLabels, SiteLabel, UpstreamErrorLabels, UserLabel};
 use crate::route::Router;
 use crate::server::InFlight;
 
@@ -36,6 +37,8 @@ pub struct State {
     pub trusted_proxies: Vec<Cidr>,
     /// `Strict-Transport-Security` for every response, only with a certificate from ACME.
     pub hsts: Option<HeaderValue>,
+    /// What guard counts.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Per-connection facts the pipeline needs.
@@ -65,7 +68,7 @@ pub async fn handle(
     if let Some(hsts) = &state.hsts {
         resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    Ok(finish(resp, rec, in_flight))
+    Ok(finish(resp, rec, in_flight, state.metrics.clone()))
 }
 
 async fn route(
@@ -101,7 +104,10 @@ async fn route(
     let principal = match &site.auth {
         Some(auth) if !site.is_public(path) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
             Ok(p) => Some(p),
-            Err(failure) => return Err(ProxyError::Auth { failure, realm: auth.realm().to_owned() }),
+            Err(failure) => {
+                state.metrics.auth_failures.get_or_create(&ReasonLabel { reason: failure.reason() }).inc();
+                return Err(ProxyError::Auth { failure, realm: auth.realm().to_owned() });
+            }
         },
         _ => None,
     };
@@ -178,8 +184,24 @@ async fn route(
         state.limits.upstream_response_timeout,
         &site.upstream_authority,
     )
-    .await?;
-    rec.upstream_time = Some(started.elapsed());
+    .await
+    .inspect_err(|e| {
+        let kind = match e {
+            ProxyError::UpstreamUnreachable { .. } => "unreachable",
+            ProxyError::UpstreamConnectTimeout { .. } => "connect_timeout",
+            ProxyError::UpstreamTimeout { .. } => "timeout",
+            ProxyError::UpstreamFailed { .. } => "failed",
+            _ => return,
+        };
+        state.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { site: site.name.clone(), kind }).inc();
+    })?;
+    let upstream_time = started.elapsed();
+    rec.upstream_time = Some(upstream_time);
+    state
+        .metrics
+        .upstream_latency
+        .get_or_create(&SiteLabel { site: site.name.clone() })
+        .observe(upstream_time.as_secs_f64());
 
     let mut resp = resp;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -271,13 +293,27 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 
 /// Wraps the response body so the access log line is written, and the connection's in-flight
 /// count dropped, when the body has been sent or the client has gone.
-fn finish(resp: Response<ProxyBody>, mut rec: AccessRecord, in_flight: InFlight) -> Response<ProxyBody> {
+fn finish(resp: Response<ProxyBody>, mut rec: AccessRecord, in_flight: InFlight, metrics: Arc<Metrics>) -> Response<ProxyBody> {
     rec.status = resp.status();
     resp.map(|body| {
         ResponseBody::new(body, move |bytes_out, complete| {
+            count(&metrics, &rec, bytes_out);
             rec.emit(bytes_out, complete);
             drop(in_flight);
         })
         .boxed()
     })
+}
+
+/// Adds one finished request to the metrics.
+fn count(metrics: &Metrics, rec: &AccessRecord, bytes_out: u64) {
+    let site = rec.site.clone().unwrap_or_else(|| "-".into());
+    let method = MethodClass::of(&rec.method);
+    metrics.requests.get_or_create(&RequestLabels { site: site.clone(), method, status: rec.status.as_u16() }).inc();
+    let bytes_in = rec.request_body.as_ref().map_or(0, |p| p.bytes.load(std::sync::atomic::Ordering::Relaxed));
+    metrics.bytes_in.get_or_create(&SiteLabel { site: site.clone() }).inc_by(bytes_in);
+    metrics.bytes_out.get_or_create(&SiteLabel { site }).inc_by(bytes_out);
+    if let (Some(by_user), Some(user)) = (&metrics.requests_by_user, &rec.user) {
+        by_user.get_or_create(&UserLabel { user: user.clone() }).inc();
+    }
 }

@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::auth::{AuthError, Authenticator};
 use crate::forward::UpstreamClient;
+use crate::metrics::Metrics;
 
 /// A site ready to serve: its upstream client, its authenticator, its rules.
 #[derive(Debug)]
@@ -73,7 +74,7 @@ impl std::error::Error for SiteError {}
 
 impl Site {
     /// Builds a site, loading its users and tokens.
-    pub fn build(s: &SiteSettings, limits: &Limits) -> Result<Site, SiteError> {
+    pub fn build(s: &SiteSettings, limits: &Limits, metrics: &Arc<Metrics>) -> Result<Site, SiteError> {
         let forwarded_user = match &s.auth.forwarded_user_header {
             Some(name) => Some(
                 HeaderName::from_bytes(name.as_bytes())
@@ -85,7 +86,7 @@ impl Site {
             tracing::warn!(site = %s.name, "authentication is off (--dangerous-no-auth): anyone who reaches this port reaches the upstream");
             None
         } else {
-            let a = Authenticator::load(s.auth.clone()).map_err(|source| SiteError::Auth { site: s.name.clone(), source })?;
+            let a = Authenticator::load(s.auth.clone(), metrics.clone()).map_err(|source| SiteError::Auth { site: s.name.clone(), source })?;
             Some(Arc::new(a))
         };
         let authority = s.upstream.authority();
@@ -134,12 +135,12 @@ pub enum Misroute {
 
 impl Router {
     /// Builds every site; the first error stops it (nothing is swapped in).
-    pub fn build(sites: &[SiteSettings], limits: &Limits) -> Result<Router, SiteError> {
+    pub fn build(sites: &[SiteSettings], limits: &Limits, metrics: &Arc<Metrics>) -> Result<Router, SiteError> {
         let mut built = Vec::new();
         let mut by_host = HashMap::new();
         let mut fallback = None;
         for (i, s) in sites.iter().enumerate() {
-            built.push(Arc::new(Site::build(s, limits)?));
+            built.push(Arc::new(Site::build(s, limits, metrics)?));
             if s.hosts.is_empty() {
                 fallback.get_or_insert(i);
             }
@@ -218,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_route_by_host_and_sni_and_unknown_hosts_get_nothing() {
-        let r = Router::build(&[site("mlflow", &["mlflow.example.com"]), site("notebook", &["nb.example.com"])], &Limits::default()).unwrap();
+        let r = Router::build(&[site("mlflow", &["mlflow.example.com"]), site("notebook", &["nb.example.com"])], &Limits::default(), &Arc::new(Metrics::new(false))).unwrap();
         assert_eq!(r.pick(Some("mlflow.example.com:443"), None).unwrap().name, "mlflow");
         assert_eq!(r.pick(Some("NB.example.com"), Some("nb.example.com")).unwrap().name, "notebook");
         assert_eq!(r.pick(None, Some("nb.example.com")).unwrap().name, "notebook");
@@ -229,13 +230,13 @@ mod tests {
             r.pick(Some("mlflow.example.com"), Some("nb.example.com")).unwrap_err(),
             Misroute::HostDisagreesWithSni
         );
-        let r = Router::build(&[site("only", &[])], &Limits::default()).unwrap();
+        let r = Router::build(&[site("only", &[])], &Limits::default(), &Arc::new(Metrics::new(false))).unwrap();
         assert_eq!(r.pick(Some("anything"), Some("localhost")).unwrap().name, "only");
     }
 
     #[tokio::test]
     async fn public_paths_match_whole_segments() {
-        let r = Router::build(&[site("s", &[])], &Limits::default()).unwrap();
+        let r = Router::build(&[site("s", &[])], &Limits::default(), &Arc::new(Metrics::new(false))).unwrap();
         let s = &r.sites()[0];
         assert!(s.is_public("/static"));
         assert!(s.is_public("/static/app.js"));

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::handler::{handle, ConnInfo, State};
+use crate::metrics::Metrics;
 use crate::route::{Router, SiteError};
 use crate::tls::{self, CertResolver, TlsError};
 
@@ -44,6 +45,8 @@ pub struct Prepared {
     reload: Arc<watch::Sender<u64>>,
     /// The plain-HTTP listener for ACME (HTTP-01 answers and the redirect to HTTPS).
     plain: Option<TcpListener>,
+    /// The metrics listener, when metrics are on.
+    metrics_listener: Option<TcpListener>,
     /// The CA file clients should trust, when guard made its own certificate.
     pub trust_anchor: Option<PathBuf>,
     /// Whether that self-signed certificate was made on this start.
@@ -62,8 +65,10 @@ pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
         // `None` on the first start: handshakes wait for the certificate being ordered.
         TlsSource::Acme(acme) => (crate::acme::load(acme, &settings.state_dir)?, None, false),
     };
-    let router = Router::build(&settings.sites, &settings.limits)?;
+    let metrics = Arc::new(Metrics::new(settings.metrics.as_ref().is_some_and(|m| m.user_labels)));
+    let router = Router::build(&settings.sites, &settings.limits, &metrics)?;
     let state = Arc::new(State {
+        metrics,
         router: ArcSwap::from_pointee(router),
         limits: settings.limits.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
@@ -75,6 +80,7 @@ pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
         state,
         reload: Arc::new(watch::channel(0).0),
         plain: None,
+        metrics_listener: None,
         trust_anchor,
         created_certificate: created,
     })
@@ -92,6 +98,16 @@ impl Prepared {
             TlsSource::Acme(acme) => Some(acme.http_listen),
             _ => None,
         }
+    }
+
+    /// Where the metrics listener should be bound, when metrics are on.
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.settings.metrics.as_ref().map(|m| m.listen)
+    }
+
+    /// Hands over the bound metrics listener; `serve` answers `GET /metrics` on it.
+    pub fn set_metrics_listener(&mut self, listener: TcpListener) {
+        self.metrics_listener = Some(listener);
     }
 
     /// Hands over the bound plain-HTTP listener; `serve` runs it with ACME.
@@ -116,7 +132,7 @@ impl Handle {
     /// Replaces every site (upstreams, hosts, auth) for new requests; requests in flight finish
     /// on the sites they started on. Nothing changes when a site fails to build.
     pub fn replace_sites(&self, sites: &[SiteSettings]) -> Result<(), ServeError> {
-        let router = Router::build(sites, &self.state.limits)?;
+        let router = Router::build(sites, &self.state.limits, &self.state.metrics)?;
         watch_sites(&router, &self.reload);
         self.state.router.store(Arc::new(router));
         Ok(())
@@ -136,7 +152,11 @@ fn watch_sites(router: &Router, reload: &watch::Sender<u64>) {
 /// to the shutdown grace. Users, tokens and certificate files are re-read whenever they change,
 /// and at once on [`Handle::reload_files`].
 pub async fn serve(prepared: Prepared, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let Prepared { settings, resolver, state, reload, plain, .. } = prepared;
+    let Prepared { settings, resolver, state, reload, plain, metrics_listener, .. } = prepared;
+    if let Some(listener) = metrics_listener {
+        crate::metrics::serve(listener, state.metrics.clone());
+    }
+    spawn_expiry_gauge(resolver.clone(), state.metrics.clone());
     let limits = settings.limits.clone();
     if let TlsSource::Files { cert, key } = &settings.tls {
         tls::watch_files(resolver.clone(), cert.clone(), key.clone(), reload.subscribe());
@@ -202,6 +222,26 @@ pub async fn serve(prepared: Prepared, listener: TcpListener, shutdown: impl Fut
     Ok(())
 }
 
+/// Keeps `guard_certificate_expiry_timestamp_seconds` current for whatever certificate is
+/// being served (renewals and file reloads included).
+fn spawn_expiry_gauge(resolver: Arc<CertResolver>, metrics: Arc<crate::metrics::Metrics>) {
+    tokio::spawn(async move {
+        let mut last: Option<String> = None;
+        loop {
+            if let Some(v) = resolver.current().and_then(|ck| ck.cert.first().and_then(tls::validity)) {
+                let name = v.names.first().cloned().unwrap_or_else(|| "-".into());
+                let secs = v.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                if last.as_ref().is_some_and(|l| *l != name) {
+                    metrics.cert_expiry.remove(&crate::metrics::CertLabel { name: last.clone().unwrap_or_default() });
+                }
+                metrics.cert_expiry.get_or_create(&crate::metrics::CertLabel { name: name.clone() }).set(secs);
+                last = Some(name);
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
+}
+
 /// Opens a listening socket with a deep accept queue: the default of 128 drops connection
 /// attempts in a burst, and each dropped one costs the client a 1 s SYN retry.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -247,6 +287,7 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self) {
+        let _open = OpenConnection::count(&self.state.metrics);
         let _ = self.tcp.set_nodelay(true);
         let limits = &self.state.limits;
         let tls = match self.acceptor.accept(self.tcp, limits.tls_handshake_timeout).await {
@@ -289,6 +330,22 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// Counts one open client connection in the metrics until dropped.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn count(metrics: &Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        OpenConnection(metrics.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
     }
 }
 

@@ -1,0 +1,154 @@
+//! `/metrics` on its own listener, scraped after known traffic: every counter agrees with what
+//! the test sent, and no user name is a label value unless turned on.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use http::Request;
+
+fn basic(user: &str, pw: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+}
+
+/// GETs `/metrics` over plain HTTP and returns the exposition.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the sample `name{labels}` (exact label text), or 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_was_sent() {
+    let dir = TempDir::new("metrics");
+    let users = dir.path().join("users");
+    let tokens = dir.path().join("tokens.json");
+    let (code, ..) = run_guard(
+        &["adduser", "alice", "--users", users.to_str().unwrap(), "--password-stdin", "--cost", "4"],
+        Some("pw\n"),
+    );
+    assert_eq!(code, 0);
+    let up = Echo::start().await;
+    let g = Guard::start(&[
+        "--upstream", &up.authority(),
+        "--users", users.to_str().unwrap(),
+        "--tokens", tokens.to_str().unwrap(),
+        "--metrics-listen", "127.0.0.1:0",
+        "--lockout-failures", "0",
+    ]);
+    let stdout = g.stdout.text();
+    let addr = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("guard: metrics on http://"))
+        .map(|l| l.trim_end_matches("/metrics").to_string())
+        .expect("metrics address printed");
+    assert!(addr.starts_with("127.0.0.1:"));
+
+    let c = g.client();
+    let send = |auth: Option<String>, method: &str, body: &'static [u8]| {
+        let mut r = Request::builder().method(method).uri("/api/x").header("host", "localhost");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.body(common::body(body)).unwrap()
+    };
+    let mut sent_out = 0u64;
+    for _ in 0..3 {
+        let resp = c.send(send(Some(basic("alice", "pw")), "GET", b"")).await;
+        assert_eq!(resp.status(), 200);
+        sent_out += text(resp.into_body()).await.len() as u64;
+    }
+    let resp = c.send(send(Some(basic("alice", "pw")), "POST", b"0123456789")).await;
+    assert_eq!(resp.status(), 200);
+    sent_out += text(resp.into_body()).await.len() as u64;
+    // Refusals count too: their JSON bodies are bytes sent.
+    let refused = [
+        send(Some(basic("alice", "nope")), "GET", b""),
+        send(Some(basic("alice", "nope")), "GET", b""),
+        send(None, "GET", b""),
+        send(Some("Bearer grd_unknown".into()), "DELETE", b""),
+    ];
+    for r in refused {
+        let resp = c.send(r).await;
+        assert_eq!(resp.status(), 401);
+        sent_out += text(resp.into_body()).await.len() as u64;
+    }
+
+    // Counters are updated when each response body ends; give the last one a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let t = scrape(&addr).await;
+        if sample(&t, "guard_requests_total{site=\"default\",method=\"Read\",status=\"401\"}") >= 3.0 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "counters never caught up:\n{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let eq = |series: &str, want: f64| assert_eq!(sample(&text, series), want, "{series}\n{text}");
+    eq("guard_requests_total{site=\"default\",method=\"Read\",status=\"200\"}", 3.0);
+    eq("guard_requests_total{site=\"default\",method=\"Write\",status=\"200\"}", 1.0);
+    eq("guard_requests_total{site=\"default\",method=\"Read\",status=\"401\"}", 3.0);
+    eq("guard_requests_total{site=\"default\",method=\"Write\",status=\"401\"}", 1.0);
+    eq("guard_auth_failures_total{reason=\"bad_password\"}", 2.0);
+    eq("guard_auth_failures_total{reason=\"missing\"}", 1.0);
+    eq("guard_auth_failures_total{reason=\"unknown_token\"}", 1.0);
+    eq("guard_lockouts_total", 0.0);
+    // One bcrypt run for alice's right password, two for the wrong ones; the rest from cache.
+    eq("guard_auth_cache_misses_total", 3.0);
+    eq("guard_auth_cache_hits_total", 3.0);
+    eq("guard_request_bytes_total{site=\"default\"}", 10.0);
+    eq("guard_response_bytes_total{site=\"default\"}", sent_out as f64);
+    eq("guard_upstream_response_seconds_count{site=\"default\"}", 4.0);
+    assert_eq!(up.count(), 4, "only authenticated requests were forwarded");
+    let expiry = sample(&text, "guard_certificate_expiry_timestamp_seconds{name=\"localhost\"}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(expiry > now + 300.0 * 86400.0, "the self-signed leaf's expiry: {expiry}");
+    assert!(sample(&text, "guard_open_connections") >= 0.0);
+    assert!(!text.contains("alice"), "a user name became a label value:\n{text}");
+    assert!(text.ends_with("# EOF\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_labels_are_opt_in() {
+    let up = Echo::start().await;
+    let dir = TempDir::new("metrics-users");
+    let users = dir.path().join("users");
+    let (code, ..) = run_guard(
+        &["adduser", "bob", "--users", users.to_str().unwrap(), "--password-stdin", "--cost", "4"],
+        Some("pw\n"),
+    );
+    assert_eq!(code, 0);
+    let g = Guard::start(&[
+        "--upstream", &up.authority(),
+        "--users", users.to_str().unwrap(),
+        "--metrics-listen", "127.0.0.1:0",
+        "--metrics-user-labels",
+    ]);
+    let addr = g.stdout.text().lines().find_map(|l| l.strip_prefix("guard: metrics on http://")).unwrap().trim_end_matches("/metrics").to_string();
+    let req = Request::get("/").header("host", "localhost").header("authorization", basic("bob", "pw")).body(empty()).unwrap();
+    let resp = g.client().send(req).await;
+    let _ = text(resp.into_body()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let t = scrape(&addr).await;
+        if sample(&t, "guard_requests_by_user_total{user=\"bob\"}") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no per-user series:\n{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
