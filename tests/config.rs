@@ -90,19 +90,9 @@ async fn flags_beat_the_environment_which_beats_the_file() {
     let dir = TempDir::new("precedence");
     let up = Echo::start().await;
     let cfg = dir.path().join("guard.yaml");
-    std::fs::write(&cfg, format!("upstream: {}\nauth:\n  dangerous_no_auth: true\n  realm: FromFile\n", up.authority())).unwrap();
-    let realm_of = |g: &Guard| {
-        let c = g.client();
-        async move {
-            // The realm only shows in a challenge: the health path proves the site is up, and a
-            // request with a malformed header on an auth-enabled guard would be needed to see it;
-            // so check the effective value through the forwarded-user header name instead.
-            c.get("/_guard/health").await.0
-        }
-    };
+    std::fs::write(&cfg, format!("upstream: {}\nauth:\n  dangerous_no_auth: true\n", up.authority())).unwrap();
     // The file alone: its upstream serves.
     let g = Guard::start(&["--config", cfg.to_str().unwrap()]);
-    assert_eq!(realm_of(&g).await, 200);
     assert_eq!(g.client().get("/x").await.0, 200);
     drop(g);
     // Upstream from the environment beats the file's; the flag beats both.
@@ -232,4 +222,29 @@ async fn sighup_applies_a_new_upstream_and_site_without_a_failed_request_and_kee
     assert_eq!(failed.load(Ordering::Relaxed), 0, "a request failed across the reloads");
     let line = format!("{}:2:1: not valid YAML", cfg.display());
     assert!(g.stderr.text().contains(&line), "the error names the file and line: {line}");
+}
+
+include!("../config/tests/data/broken_cases.rs");
+
+#[test]
+fn guard_check_exits_2_with_the_exact_message_for_every_broken_file() {
+    let cases = broken_cases();
+    assert!(cases.len() >= 25, "{}", cases.len());
+    let mut failures = Vec::new();
+    for (what, yaml, expected) in &cases {
+        let dir = TempDir::new("broken");
+        std::fs::write(dir.path().join("guard.yaml"), yaml).unwrap();
+        // Run from the file's directory so messages name it `guard.yaml`, as the table does.
+        let out = std::process::Command::new(guard_bin())
+            .args(["check", "--config", "guard.yaml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = format!("guard: error: {expected}\n");
+        if out.status.code() != Some(2) || stderr != want {
+            failures.push(format!("{what}: exit {:?}\n  expected: {want}       got: {stderr}", out.status.code()));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
