@@ -112,10 +112,14 @@ impl FileArgs {
         self.state_dir.clone().unwrap_or_else(default_state_dir)
     }
     fn users(&self) -> PathBuf {
-        self.users.clone().unwrap_or_else(|| self.state_dir().join(defaults::USERS_FILE_NAME))
+        self.users
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join(defaults::USERS_FILE_NAME))
     }
     fn tokens(&self) -> PathBuf {
-        self.tokens.clone().unwrap_or_else(|| self.state_dir().join(defaults::TOKENS_FILE_NAME))
+        self.tokens
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join(defaults::TOKENS_FILE_NAME))
     }
 }
 
@@ -326,7 +330,12 @@ struct AcmeArgs {
 
     /// Use Let's Encrypt's staging CA: untrusted certificates, generous rate limits; for trying
     /// a setup.
-    #[arg(long, env = "GUARD_ACME_STAGING", requires = "domains", conflicts_with = "acme_directory")]
+    #[arg(
+        long,
+        env = "GUARD_ACME_STAGING",
+        requires = "domains",
+        conflicts_with = "acme_directory"
+    )]
     acme_staging: bool,
 
     /// ACME directory URL of another CA (a private step-ca, pebble). [default: Let's Encrypt]
@@ -455,7 +464,11 @@ fn deploy(a: DeployArgs) -> Result<(), Failure> {
     let report = guard_deploy::run(opts).map_err(|e| {
         let usage = e.is_usage();
         let e = anyhow::Error::new(e);
-        if usage { Failure::Config(e) } else { Failure::Runtime(e) }
+        if usage {
+            Failure::Config(e)
+        } else {
+            Failure::Runtime(e)
+        }
     })?;
     for path in &report.written {
         println!("wrote {}", path.display());
@@ -504,17 +517,22 @@ fn read_password(args: &PasswordArgs) -> Result<guard_config::secret::Secret, Fa
             )));
         }
         let ask = |prompt: &str| {
-            rpassword::prompt_password(prompt).map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot read the password: {e}")))
+            rpassword::prompt_password(prompt)
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot read the password: {e}")))
         };
         let first = ask(&format!("Password for {}: ", args.user.name))?;
         let again = ask("Again: ")?;
         if first != again {
-            return Err(Failure::Config(anyhow::anyhow!("the two passwords differ; nothing changed")));
+            return Err(Failure::Config(anyhow::anyhow!(
+                "the two passwords differ; nothing changed"
+            )));
         }
         first
     };
     if password.is_empty() {
-        return Err(Failure::Config(anyhow::anyhow!("empty password refused; nothing changed")));
+        return Err(Failure::Config(anyhow::anyhow!(
+            "empty password refused; nothing changed"
+        )));
     }
     Ok(guard_config::secret::Secret::new(password))
 }
@@ -522,20 +540,39 @@ fn read_password(args: &PasswordArgs) -> Result<guard_config::secret::Secret, Fa
 /// Refusals (bad name, existing user, unusable password) are usage errors; I/O is a runtime one.
 fn users_failure(e: guard_config::users::UsersError) -> Failure {
     use guard_config::users::UsersError as E;
-    let usage = matches!(e, E::Exists { .. } | E::UnknownUser { .. } | E::InvalidName(_) | E::Password { .. } | E::NotFound { .. } | E::NotUtf8 { .. });
+    let usage = matches!(
+        e,
+        E::Exists { .. }
+            | E::UnknownUser { .. }
+            | E::InvalidName(_)
+            | E::Password { .. }
+            | E::NotFound { .. }
+            | E::NotUtf8 { .. }
+    );
     let e = anyhow::Error::new(e);
-    if usage { Failure::Config(e) } else { Failure::Runtime(e) }
+    if usage {
+        Failure::Config(e)
+    } else {
+        Failure::Runtime(e)
+    }
 }
 
 fn tokens_failure(e: guard_config::tokens::TokensError) -> Failure {
     use guard_config::tokens::TokensError as E;
     let runtime = matches!(e, E::Read { .. } | E::Write { .. } | E::Lock { .. } | E::Random { .. });
     let e = anyhow::Error::new(e);
-    if runtime { Failure::Runtime(e) } else { Failure::Config(e) }
+    if runtime {
+        Failure::Runtime(e)
+    } else {
+        Failure::Config(e)
+    }
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn token(cmd: TokenCommand) -> Result<(), Failure> {
@@ -544,14 +581,20 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
         TokenCommand::Create { name, expires, files } => {
             let path = files.tokens();
             let token = tokens::create_token(&path, &name, expires, unix_now()).map_err(tokens_failure)?;
-            eprintln!("guard: created token {name:?} in {}; it is shown once, store it now:", path.display());
+            eprintln!(
+                "guard: created token {name:?} in {}; it is shown once, store it now:",
+                path.display()
+            );
             println!("{}", token.expose());
             Ok(())
         }
         TokenCommand::List { files } => {
             let now = unix_now();
             for t in tokens::list_tokens(&files.tokens()).map_err(tokens_failure)? {
-                let expires = t.expires.map(tokens::format_unix_time).unwrap_or_else(|| "never".into());
+                let expires = t
+                    .expires
+                    .map(tokens::format_unix_time)
+                    .unwrap_or_else(|| "never".into());
                 println!(
                     "{}\t{:?}\tcreated {}\texpires {}",
                     t.name,
@@ -709,12 +752,14 @@ fn flag_for(key: &str) -> Option<&'static str> {
 fn config_failure(errors: guard_config::ConfigErrors) -> Failure {
     let lines: Vec<String> = errors
         .iter()
-        .map(|e| match (&e.file, flag_for(e.path.split('[').next().unwrap_or(&e.path))) {
-            (None, Some(flag)) => format!("{flag}: {}", e.message),
-            // The flags' one site: its section name means nothing on a command line.
-            (None, None) if e.path == "auth" => e.message.clone(),
-            _ => e.to_string(),
-        })
+        .map(
+            |e| match (&e.file, flag_for(e.path.split('[').next().unwrap_or(&e.path))) {
+                (None, Some(flag)) => format!("{flag}: {}", e.message),
+                // The flags' one site: its section name means nothing on a command line.
+                (None, None) if e.path == "auth" => e.message.clone(),
+                _ => e.to_string(),
+            },
+        )
         .collect();
     Failure::Config(anyhow::anyhow!(lines.join("\n")))
 }
@@ -756,7 +801,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     init_logging(settings.log_format);
     let listen = settings.listen;
     let upstream = settings.sites[0].upstream.clone();
-    let reloader = Reloader { config: args.config.clone(), flags, running: settings.clone() };
+    let reloader = Reloader {
+        config: args.config.clone(),
+        flags,
+        running: settings.clone(),
+    };
     let mut prepared = guard_proxy::prepare(settings).map_err(|e| Failure::Config(e.into()))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -777,7 +826,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             let plain = guard_proxy::server::bind(addr)
                 .with_context(|| format!("--http-listen {addr}: cannot listen"))
                 .map_err(Failure::Runtime)?;
-            let local = plain.local_addr().context("cannot read the listening address").map_err(Failure::Runtime)?;
+            let local = plain
+                .local_addr()
+                .context("cannot read the listening address")
+                .map_err(Failure::Runtime)?;
             println!("guard: plain listener on {local}, answering ACME HTTP-01 and redirecting to https");
             prepared.set_plain_listener(plain);
         }
@@ -785,7 +837,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             let m = guard_proxy::server::bind(addr)
                 .with_context(|| format!("--metrics-listen {addr}: cannot listen"))
                 .map_err(Failure::Runtime)?;
-            let local = m.local_addr().context("cannot read the listening address").map_err(Failure::Runtime)?;
+            let local = m
+                .local_addr()
+                .context("cannot read the listening address")
+                .map_err(Failure::Runtime)?;
             if !local.ip().is_loopback() {
                 tracing::warn!("metrics on {local} are reachable from outside this machine; prefer a loopback address");
             }
@@ -829,7 +884,9 @@ struct Reloader {
 impl Reloader {
     async fn run(mut self, handle: guard_proxy::Handle) {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading");
             if let Some(path) = self.config.clone() {
@@ -862,7 +919,10 @@ impl Reloader {
             ("metrics", old.metrics != new.metrics),
         ] {
             if changed {
-                tracing::warn!("{}: {what} changed; it takes effect at the next restart", path.display());
+                tracing::warn!(
+                    "{}: {what} changed; it takes effect at the next restart",
+                    path.display()
+                );
             }
         }
         match handle.replace_sites(&new.sites) {

@@ -14,11 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `--upstream`, no auth, and the given extra flags, then pebble's flags.
 fn acme_args(up: &Echo, setup: &PebbleSetup, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "--upstream".into(),
-        up.authority(),
-        "--dangerous-no-auth".into(),
-    ];
+    let mut args: Vec<String> = vec!["--upstream".into(), up.authority(), "--dangerous-no-auth".into()];
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(setup.guard_args());
     args
@@ -36,9 +32,7 @@ async fn serial(c: &Client) -> String {
 
 /// Where guard keeps this pebble's account and certificate.
 fn store_dir(state: &Path, setup: &PebbleSetup) -> PathBuf {
-    state
-        .join("acme")
-        .join(format!("localhost_{}_dir", setup.listen))
+    state.join("acme").join(format!("localhost_{}_dir", setup.listen))
 }
 
 fn mode(path: &Path) -> u32 {
@@ -49,11 +43,7 @@ fn mode(path: &Path) -> u32 {
 async fn wait_for_file(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -67,27 +57,16 @@ async fn http01_from_empty_state_gives_a_trusted_certificate_and_requests_are_pr
     let up = Echo::start().await;
     let setup = PebbleSetup::new();
     let state = TempDir::new("acme-http01");
-    let (g, plain) = start_guard(
-        &acme_args(&up, &setup, &["--acme-challenge", "http-01"]),
-        state.path(),
-    );
+    let (g, plain) = start_guard(&acme_args(&up, &setup, &["--acme-challenge", "http-01"]), state.path());
     // guard first: pebble must be told the ports guard bound.
     let ca = setup.start(plain.port(), pebble::free_port(), 3600);
     let root = ca.root(setup.dir.path()).await;
 
     let c = Client::new(g.addr, &root, "localhost");
-    let resp = c
-        .send(get("/api/2.0/mlflow/experiments/search?max_results=1"))
-        .await;
+    let resp = c.send(get("/api/2.0/mlflow/experiments/search?max_results=1")).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()["strict-transport-security"],
-        "max-age=31536000"
-    );
-    assert_eq!(
-        up.last().uri,
-        "/api/2.0/mlflow/experiments/search?max_results=1"
-    );
+    assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000");
+    assert_eq!(up.last().uri, "/api/2.0/mlflow/experiments/search?max_results=1");
     let log = g.stderr.text();
     assert!(
         log.contains("ordering a certificate") && log.contains("http-01"),
@@ -101,8 +80,7 @@ async fn http01_from_empty_state_gives_a_trusted_certificate_and_requests_are_pr
     for f in ["account.json", "cert.pem", "key.pem"] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
-    let account: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("account.json")).unwrap()).unwrap();
+    let account: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("account.json")).unwrap()).unwrap();
     assert_eq!(account["directory"], setup.directory());
 }
 
@@ -137,10 +115,7 @@ async fn tls_alpn01_from_empty_state_is_answered_on_the_tls_listener() {
     let refused = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(name, tcp)
         .await;
-    assert!(
-        refused.is_err(),
-        "an acme-tls/1 handshake outside an order must fail"
-    );
+    assert!(refused.is_err(), "an acme-tls/1 handshake outside an order must fail");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,9 +137,7 @@ async fn by_default_a_failed_tls_alpn01_falls_back_to_http01_and_the_failure_is_
     let log = g.stderr.text();
     // The failure names the domain, the challenge and the CA's problem document.
     assert!(
-        log.contains(
-            "validation of localhost by tls-alpn-01 failed: CA problem urn:ietf:params:acme:error:"
-        ),
+        log.contains("validation of localhost by tls-alpn-01 failed: CA problem urn:ietf:params:acme:error:"),
         "{log}"
     );
     assert!(log.contains("trying http-01 next"), "{log}");
@@ -192,19 +165,11 @@ async fn restarts_reuse_the_stored_certificate_and_account_and_replace_an_accoun
 
     // Later guards bind the same ports: pebble was told them at its start.
     let mut again = args.clone();
-    again.extend([
-        "--listen".into(),
-        tls_addr,
-        "--http-listen".into(),
-        plain.to_string(),
-    ]);
+    again.extend(["--listen".into(), tls_addr, "--http-listen".into(), plain.to_string()]);
 
     // 1. A valid certificate on disk: no order, the same certificate.
     let (g, _) = start_guard(&again, state.path());
-    assert_eq!(
-        serial(&Client::new(g.addr, &root, "localhost")).await,
-        first
-    );
+    assert_eq!(serial(&Client::new(g.addr, &root, "localhost")).await, first);
     let log = g.stderr.text();
     assert!(log.contains("using the stored certificate"), "{log}");
     assert!(!log.contains("ordering a certificate"), "{log}");
@@ -215,20 +180,14 @@ async fn restarts_reuse_the_stored_certificate_and_account_and_replace_an_accoun
     std::fs::remove_file(dir.join("cert.pem")).unwrap();
     std::fs::remove_file(dir.join("key.pem")).unwrap();
     let (g, _) = start_guard(&again, state.path());
-    assert_ne!(
-        serial(&Client::new(g.addr, &root, "localhost")).await,
-        first
-    );
+    assert_ne!(serial(&Client::new(g.addr, &root, "localhost")).await, first);
     let log = g.stderr.text();
     assert!(
         log.contains("using the stored ACME account") && !log.contains("created an ACME account"),
         "{log}"
     );
     assert_eq!(ca.orders(), 2);
-    assert!(
-        !ca.output().contains("There are now 2 accounts"),
-        "no second account"
-    );
+    assert!(!ca.output().contains("There are now 2 accounts"), "no second account");
     wait_for_file(&dir.join("cert.pem")).await;
     drop(g);
 
@@ -243,8 +202,7 @@ async fn restarts_reuse_the_stored_certificate_and_account_and_replace_an_accoun
     assert_eq!(status, 200);
     let log = g.stderr.text();
     assert!(
-        log.contains("no longer knows the stored account")
-            && log.contains("created an ACME account"),
+        log.contains("no longer knows the stored account") && log.contains("created an ACME account"),
         "{log}"
     );
 }
@@ -258,10 +216,7 @@ async fn short_lived_certificates_are_renewed_and_swapped_while_requests_keep_su
     let up = Echo::start().await;
     let setup = PebbleSetup::new();
     let state = TempDir::new("acme-renew");
-    let (g, plain) = start_guard(
-        &acme_args(&up, &setup, &["--acme-challenge", "http-01"]),
-        state.path(),
-    );
+    let (g, plain) = start_guard(&acme_args(&up, &setup, &["--acme-challenge", "http-01"]), state.path());
     // 60 s certificates: renewal is due 40 s after issuance.
     let ca = setup.start(plain.port(), pebble::free_port(), 60);
     let root = ca.root(setup.dir.path()).await;
@@ -290,20 +245,12 @@ async fn short_lived_certificates_are_renewed_and_swapped_while_requests_keep_su
             .send_request(get("/fresh"))
             .await
             .expect("a response on a fresh connection");
-        assert_eq!(
-            resp.status(),
-            200,
-            "request {requests} on a fresh connection"
-        );
+        assert_eq!(resp.status(), 200, "request {requests} on a fresh connection");
         let resp = kept
             .send_request(get("/kept"))
             .await
             .expect("the kept connection still answers");
-        assert_eq!(
-            resp.status(),
-            200,
-            "request {requests} on the kept connection"
-        );
+        assert_eq!(resp.status(), 200, "request {requests} on the kept connection");
         let _ = text(resp.into_body()).await;
         requests += 1;
         if now_serial != first && renewed_at.is_none() {
@@ -345,17 +292,8 @@ async fn a_ca_down_at_start_is_retried_with_backoff_until_the_certificate_comes(
     let up = Echo::start().await;
     let setup = PebbleSetup::new();
     let state = TempDir::new("acme-down");
-    let (g, plain) = start_guard(
-        &acme_args(&up, &setup, &["--acme-challenge", "http-01"]),
-        state.path(),
-    );
-    wait_for_log(
-        &g,
-        "cannot reach the ACME directory",
-        2,
-        Duration::from_secs(15),
-    )
-    .await;
+    let (g, plain) = start_guard(&acme_args(&up, &setup, &["--acme-challenge", "http-01"]), state.path());
+    wait_for_log(&g, "cannot reach the ACME directory", 2, Duration::from_secs(15)).await;
     let log = g.stderr.text();
     assert!(
         log.contains(&format!(
@@ -388,14 +326,10 @@ async fn the_self_signed_default_sends_no_hsts() {
 }
 
 /// One raw HTTP/1.1 exchange on the plain listener; returns the response head.
-async fn plain_request(
-    addr: std::net::SocketAddr,
-    method: &str,
-    target: &str,
-    host: &str,
-) -> String {
+async fn plain_request(addr: std::net::SocketAddr, method: &str, target: &str, host: &str) -> String {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+    let req =
+        format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.unwrap();
@@ -439,10 +373,7 @@ async fn plain_listener_redirects_with_308_keeping_method_path_and_query() {
             "localhost:80",
         )
         .await;
-        assert!(
-            head.starts_with("HTTP/1.1 308 Permanent Redirect"),
-            "{method}: {head}"
-        );
+        assert!(head.starts_with("HTTP/1.1 308 Permanent Redirect"), "{method}: {head}");
         assert_eq!(
             location(&head),
             "https://localhost:8443/api/2.0/mlflow/runs/search?max_results=5&q=a%20b",
@@ -453,19 +384,9 @@ async fn plain_listener_redirects_with_308_keeping_method_path_and_query() {
     let head = plain_request(plain, "GET", "/x", "evil.example.net").await;
     assert_eq!(location(&head), "https://localhost:8443/x");
     // An unknown challenge token is a 404, not a redirect.
-    let head = plain_request(
-        plain,
-        "GET",
-        "/.well-known/acme-challenge/nope",
-        "localhost",
-    )
-    .await;
+    let head = plain_request(plain, "GET", "/.well-known/acme-challenge/nope", "localhost").await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
-    assert_eq!(
-        up.count(),
-        0,
-        "nothing reaches the upstream over plain HTTP"
-    );
+    assert_eq!(up.count(), 0, "nothing reaches the upstream over plain HTTP");
     drop(g);
 }
 
@@ -473,21 +394,10 @@ async fn plain_listener_redirects_with_308_keeping_method_path_and_query() {
 fn bad_acme_input_exits_2_with_one_line_naming_the_flag() {
     let base = ["serve", "--upstream", "127.0.0.1:9", "--dangerous-no-auth"];
     let cases: &[(&[&str], &str)] = &[
+        (&["--domain", "10.0.0.1", "--acme-email", "ops@example.com"], "--domain"),
+        (&["--domain", "[::1]", "--acme-email", "ops@example.com"], "--domain"),
         (
-            &["--domain", "10.0.0.1", "--acme-email", "ops@example.com"],
-            "--domain",
-        ),
-        (
-            &["--domain", "[::1]", "--acme-email", "ops@example.com"],
-            "--domain",
-        ),
-        (
-            &[
-                "--domain",
-                "bad_name.example.com",
-                "--acme-email",
-                "ops@example.com",
-            ],
+            &["--domain", "bad_name.example.com", "--acme-email", "ops@example.com"],
             "--domain",
         ),
         (
@@ -495,12 +405,7 @@ fn bad_acme_input_exits_2_with_one_line_naming_the_flag() {
             "--acme-email: missing: certificates from ACME need a contact address",
         ),
         (
-            &[
-                "--domain",
-                "mlflow.example.com",
-                "--acme-email",
-                "not-an-email",
-            ],
+            &["--domain", "mlflow.example.com", "--acme-email", "not-an-email"],
             "--acme-email",
         ),
         (
@@ -557,9 +462,6 @@ fn bad_acme_input_exits_2_with_one_line_naming_the_flag() {
         let (code, _, stderr) = run_guard(&args, None);
         assert_eq!(code, 2, "{extra:?}: {stderr}");
         let first = stderr.lines().next().unwrap_or("");
-        assert!(
-            first.contains(flag),
-            "{extra:?}: the first line names {flag}: {stderr}"
-        );
+        assert!(first.contains(flag), "{extra:?}: the first line names {flag}: {stderr}");
     }
 }

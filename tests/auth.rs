@@ -14,17 +14,32 @@ use common::*;
 use http::Request;
 
 fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+    )
 }
 
 fn with_auth(path: &str, auth: &str) -> Request<TestBody> {
-    Request::get(path).header("host", "localhost").header("authorization", auth).body(empty()).unwrap()
+    Request::get(path)
+        .header("host", "localhost")
+        .header("authorization", auth)
+        .body(empty())
+        .unwrap()
 }
 
 /// `guard adduser` with a password on stdin; cost 4 keeps tests fast.
 fn adduser(users: &Path, name: &str, pw: &str) {
     let (code, out, err) = run_guard(
-        &["adduser", name, "--users", users.to_str().unwrap(), "--password-stdin", "--cost", "4"],
+        &[
+            "adduser",
+            name,
+            "--users",
+            users.to_str().unwrap(),
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
         Some(&format!("{pw}\n")),
     );
     assert_eq!(code, 0, "adduser {name}: {out}{err}");
@@ -36,7 +51,11 @@ fn token_create(tokens: &Path, name: &str, extra: &[&str]) -> String {
     args.extend(extra);
     let (code, out, err) = run_guard(&args, None);
     assert_eq!(code, 0, "{out}{err}");
-    let token = out.lines().find(|l| l.starts_with("grd_")).expect("token printed").to_string();
+    let token = out
+        .lines()
+        .find(|l| l.starts_with("grd_"))
+        .expect("token printed")
+        .to_string();
     assert!(token.len() >= 4 + 43, "at least 256 bits: {token}");
     assert!(!err.contains(&token), "token also on stderr");
     token
@@ -57,14 +76,23 @@ async fn setup(extra: &[&str]) -> Setup {
     adduser(&users, "alice", "correct horse");
     let up = Echo::start().await;
     let mut args = vec![
-        "--upstream".to_string(), up.authority(),
-        "--users".into(), users.display().to_string(),
-        "--tokens".into(), tokens.display().to_string(),
+        "--upstream".to_string(),
+        up.authority(),
+        "--users".into(),
+        users.display().to_string(),
+        "--tokens".into(),
+        tokens.display().to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let g = Guard::start(&refs);
-    Setup { _dir: dir, users, tokens, up, g }
+    Setup {
+        _dir: dir,
+        users,
+        tokens,
+        up,
+        g,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,7 +113,11 @@ async fn basic_credentials_are_checked_and_nothing_unauthenticated_reaches_upstr
         }
         let resp = c.send(req.body(empty()).unwrap()).await;
         assert_eq!(resp.status(), 401, "{why}");
-        assert_eq!(resp.headers()["www-authenticate"], "Basic realm=\"MLflow\", charset=\"UTF-8\"", "{why}");
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            "Basic realm=\"MLflow\", charset=\"UTF-8\"",
+            "{why}"
+        );
         let v = echo_json(&text(resp.into_body()).await);
         assert_eq!(v["error_code"], "UNAUTHENTICATED", "{why}");
     }
@@ -101,7 +133,11 @@ async fn basic_credentials_are_checked_and_nothing_unauthenticated_reaches_upstr
     assert_eq!(resp.status(), 200);
     let seen = s.up.last();
     assert_eq!(seen.header("authorization"), None, "the credential was forwarded");
-    assert_eq!(seen.all("x-forwarded-user"), vec!["alice"], "client copy dropped, guard's set");
+    assert_eq!(
+        seen.all("x-forwarded-user"),
+        vec!["alice"],
+        "client copy dropped, guard's set"
+    );
     // The access line is written when the response body ends, just after the client has it.
     let deadline = Instant::now() + Duration::from_secs(3);
     while !s.g.stderr.text().contains("user=\"alice\"") {
@@ -177,7 +213,12 @@ async fn files_from_apache_htpasswd_and_crlf_files_verify() {
         } else {
             args.push(flag);
         }
-        let out = std::process::Command::new("htpasswd").args(&args).arg(user).arg("s3cret").output().unwrap();
+        let out = std::process::Command::new("htpasswd")
+            .args(&args)
+            .arg(user)
+            .arg("s3cret")
+            .output()
+            .unwrap();
         assert!(out.status.success());
         text.push_str(String::from_utf8(out.stdout).unwrap().trim());
         text.push_str("\r\n");
@@ -188,14 +229,25 @@ async fn files_from_apache_htpasswd_and_crlf_files_verify() {
     let g = Guard::start(&["--upstream", &up.authority(), "--users", users.to_str().unwrap()]);
     let c = g.client();
     for user in ["bcrypt", "md5", "sha"] {
-        assert_eq!(c.send(with_auth("/", &basic(user, "s3cret"))).await.status(), 200, "{user}");
-        assert_eq!(c.send(with_auth("/", &basic(user, "S3cret"))).await.status(), 401, "{user}");
+        assert_eq!(
+            c.send(with_auth("/", &basic(user, "s3cret"))).await.status(),
+            200,
+            "{user}"
+        );
+        assert_eq!(
+            c.send(with_auth("/", &basic(user, "S3cret"))).await.status(),
+            401,
+            "{user}"
+        );
     }
     assert_eq!(c.send(with_auth("/", &basic("broken", "x"))).await.status(), 401);
     let log = g.stderr.text();
     let name = users.display().to_string();
     for line in [6, 7, 8] {
-        assert!(log.contains(&format!("{name}:{line}:")), "no warning for line {line}:\n{log}");
+        assert!(
+            log.contains(&format!("{name}:{line}:")),
+            "no warning for line {line}:\n{log}"
+        );
     }
     assert!(!log.contains("panicked"));
 }
@@ -229,22 +281,57 @@ fn user_commands_refuse_bad_input_with_exit_2_and_leave_the_file_alone() {
     let before = std::fs::read(&users).unwrap();
     let u = users.to_str().unwrap();
     for (args, stdin, needle) in [
-        (vec!["adduser", "alice", "--users", u, "--password-stdin"], "pw2\n", "already exists; use `guard passwd alice`"),
-        (vec!["adduser", "bob", "--users", u, "--password-stdin"], "\n", "empty password refused"),
-        (vec!["adduser", "a:b", "--users", u, "--password-stdin"], "pw\n", "invalid user name"),
-        (vec!["adduser", "a b", "--users", u, "--password-stdin"], "pw\n", "invalid user name"),
+        (
+            vec!["adduser", "alice", "--users", u, "--password-stdin"],
+            "pw2\n",
+            "already exists; use `guard passwd alice`",
+        ),
+        (
+            vec!["adduser", "bob", "--users", u, "--password-stdin"],
+            "\n",
+            "empty password refused",
+        ),
+        (
+            vec!["adduser", "a:b", "--users", u, "--password-stdin"],
+            "pw\n",
+            "invalid user name",
+        ),
+        (
+            vec!["adduser", "a b", "--users", u, "--password-stdin"],
+            "pw\n",
+            "invalid user name",
+        ),
         (vec!["adduser", "bob", "--users", u], "pw\n", "--password-stdin"),
-        (vec!["passwd", "nobody", "--users", u, "--password-stdin"], "pw\n", "no user \"nobody\""),
+        (
+            vec!["passwd", "nobody", "--users", u, "--password-stdin"],
+            "pw\n",
+            "no user \"nobody\"",
+        ),
         (vec!["deluser", "nobody", "--users", u], "", "no user \"nobody\""),
-        (vec!["adduser", "bob", "--users", u, "--password-stdin", "--cost", "3"], "pw\n", "--cost"),
+        (
+            vec!["adduser", "bob", "--users", u, "--password-stdin", "--cost", "3"],
+            "pw\n",
+            "--cost",
+        ),
     ] {
         let (code, out, err) = run_guard(&args, Some(stdin));
         assert_eq!(code, 2, "guard {}: {out}{err}", args.join(" "));
-        assert!(err.contains(needle), "guard {}: expected {needle:?} in {err}", args.join(" "));
+        assert!(
+            err.contains(needle),
+            "guard {}: expected {needle:?} in {err}",
+            args.join(" ")
+        );
     }
-    assert_eq!(std::fs::read(&users).unwrap(), before, "a refused command changed the file");
+    assert_eq!(
+        std::fs::read(&users).unwrap(),
+        before,
+        "a refused command changed the file"
+    );
     // passwd and deluser do their job and keep the file 0600.
-    let (code, ..) = run_guard(&["passwd", "alice", "--users", u, "--password-stdin", "--cost", "4"], Some("new\n"));
+    let (code, ..) = run_guard(
+        &["passwd", "alice", "--users", u, "--password-stdin", "--cost", "4"],
+        Some("new\n"),
+    );
     assert_eq!(code, 0);
     let (code, ..) = run_guard(&["deluser", "alice", "--users", u], None);
     assert_eq!(code, 0);
@@ -272,10 +359,17 @@ async fn users_added_and_removed_under_load_take_effect_without_failing_the_load
         load.push(tokio::spawn(async move {
             let mut conn = c.h1().await;
             while !stop.load(Ordering::Relaxed) {
-                let resp = conn.send_request(with_auth("/load", &basic("alice", "correct horse"))).await.unwrap();
+                let resp = conn
+                    .send_request(with_auth("/load", &basic("alice", "correct horse")))
+                    .await
+                    .unwrap();
                 let st = resp.status();
                 let _ = text(resp.into_body()).await;
-                if st == 200 { ok.fetch_add(1, Ordering::Relaxed) } else { failed.fetch_add(1, Ordering::Relaxed) };
+                if st == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
             }
         }));
     }
@@ -305,9 +399,16 @@ async fn users_added_and_removed_under_load_take_effect_without_failing_the_load
     for l in load {
         l.await.unwrap();
     }
-    eprintln!("dave usable after {dave_ok:?}, carol refused after {carol_gone:?}; loaded user: {} ok, {} failed", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "dave usable after {dave_ok:?}, carol refused after {carol_gone:?}; loaded user: {} ok, {} failed",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
     assert!(dave_ok.unwrap() < Duration::from_secs(2), "new user took {dave_ok:?}");
-    assert!(carol_gone.unwrap() < Duration::from_secs(2), "removed user took {carol_gone:?}");
+    assert!(
+        carol_gone.unwrap() < Duration::from_secs(2),
+        "removed user took {carol_gone:?}"
+    );
     assert_eq!(failed.load(Ordering::Relaxed), 0, "the loaded user saw failures");
     assert!(ok.load(Ordering::Relaxed) > 50);
 }
@@ -322,24 +423,48 @@ async fn send_from(source: &str, g: &Guard, auth: &str) -> http::Response<hyper:
         .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     send.send_request(with_auth("/", auth)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn brute_force_gets_429_with_retry_after_for_the_attacker_only() {
-    let s = setup(&["--lockout-failures", "5", "--lockout-window", "1m", "--lockout-duration", "30s"]).await;
+    let s = setup(&[
+        "--lockout-failures",
+        "5",
+        "--lockout-window",
+        "1m",
+        "--lockout-duration",
+        "30s",
+    ])
+    .await;
     for i in 0..5 {
-        assert_eq!(send_from("127.0.0.2", &s.g, &basic("alice", &format!("guess{i}"))).await.status(), 401);
+        assert_eq!(
+            send_from("127.0.0.2", &s.g, &basic("alice", &format!("guess{i}")))
+                .await
+                .status(),
+            401
+        );
     }
     let resp = send_from("127.0.0.2", &s.g, &basic("alice", "correct horse")).await;
     assert_eq!(resp.status(), 429, "locked out even with the right password");
     let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
     // Another address is unaffected.
-    assert_eq!(send_from("127.0.0.3", &s.g, &basic("alice", "correct horse")).await.status(), 200);
-    assert_eq!(s.g.stderr.text().matches("locking out 127.0.0.2").count(), 1, "logged once");
+    assert_eq!(
+        send_from("127.0.0.3", &s.g, &basic("alice", "correct horse"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.g.stderr.text().matches("locking out 127.0.0.2").count(),
+        1,
+        "logged once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,10 @@ use common::*;
 use http::Request;
 
 fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+    )
 }
 
 fn req(host: &str, path: &str, auth: Option<&str>) -> Request<TestBody> {
@@ -27,7 +30,15 @@ fn req(host: &str, path: &str, auth: Option<&str>) -> Request<TestBody> {
 
 fn adduser(users: &Path, name: &str, pw: &str) {
     let (code, out, err) = run_guard(
-        &["adduser", name, "--users", users.to_str().unwrap(), "--password-stdin", "--cost", "4"],
+        &[
+            "adduser",
+            name,
+            "--users",
+            users.to_str().unwrap(),
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
         Some(&format!("{pw}\n")),
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -55,7 +66,11 @@ async fn two_sites() -> TwoSites {
     adduser(&dir.path().join("mlflow.htpasswd"), "ml", "ml-pw");
     adduser(&dir.path().join("notebook.htpasswd"), "nb", "nb-pw");
     let (mlflow, notebook) = (Echo::start().await, Echo::start().await);
-    std::fs::write(dir.path().join("guard.yaml"), two_sites_yaml(&mlflow.authority(), &notebook.authority(), "")).unwrap();
+    std::fs::write(
+        dir.path().join("guard.yaml"),
+        two_sites_yaml(&mlflow.authority(), &notebook.authority(), ""),
+    )
+    .unwrap();
     TwoSites { dir, mlflow, notebook }
 }
 
@@ -90,7 +105,11 @@ async fn flags_beat_the_environment_which_beats_the_file() {
     let dir = TempDir::new("precedence");
     let up = Echo::start().await;
     let cfg = dir.path().join("guard.yaml");
-    std::fs::write(&cfg, format!("upstream: {}\nauth:\n  dangerous_no_auth: true\n", up.authority())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("upstream: {}\nauth:\n  dangerous_no_auth: true\n", up.authority()),
+    )
+    .unwrap();
     // The file alone: its upstream serves.
     let g = Guard::start(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(g.client().get("/x").await.0, 200);
@@ -110,17 +129,36 @@ async fn flags_beat_the_environment_which_beats_the_file() {
     let limit_cfg = dir.path().join("limit.yaml");
     std::fs::write(
         &limit_cfg,
-        format!("upstream: {}\nlimits:\n  max_body_size: 1M\nauth:\n  dangerous_no_auth: true\n", up.authority()),
+        format!(
+            "upstream: {}\nlimits:\n  max_body_size: 1M\nauth:\n  dangerous_no_auth: true\n",
+            up.authority()
+        ),
     )
     .unwrap();
-    let post = |n: u64| Request::post("/u").header("host", "localhost").body(PatternBody::new(n).boxed()).unwrap();
+    let post = |n: u64| {
+        Request::post("/u")
+            .header("host", "localhost")
+            .body(PatternBody::new(n).boxed())
+            .unwrap()
+    };
     use http_body_util::BodyExt;
     let g = Guard::start_env(&["--config", limit_cfg.to_str().unwrap()], &[]);
     assert_eq!(g.client().send(post(1_500_000)).await.status(), 413, "the file's 1M");
     drop(g);
-    let g = Guard::start_env(&["--config", limit_cfg.to_str().unwrap()], &[("GUARD_MAX_BODY_SIZE", "2M")]);
-    assert_eq!(g.client().send(post(1_500_000)).await.status(), 200, "the environment's 2M");
-    assert_eq!(g.client().send(post(2_500_000)).await.status(), 413, "the environment's 2M");
+    let g = Guard::start_env(
+        &["--config", limit_cfg.to_str().unwrap()],
+        &[("GUARD_MAX_BODY_SIZE", "2M")],
+    );
+    assert_eq!(
+        g.client().send(post(1_500_000)).await.status(),
+        200,
+        "the environment's 2M"
+    );
+    assert_eq!(
+        g.client().send(post(2_500_000)).await.status(),
+        413,
+        "the environment's 2M"
+    );
     drop(g);
     let g = Guard::start_env(
         &["--config", limit_cfg.to_str().unwrap(), "--max-body-size", "3M"],
@@ -162,7 +200,7 @@ fn guard_check_summarises_a_good_file_and_lists_every_error_of_a_bad_one_with_ex
     // The example in the repository is a valid file in shape (its users files don't exist here).
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("guard.example.yaml");
     let (_, _, err) = run_guard(&["check", "--config", example.to_str().unwrap()], None);
-    assert!(!err.contains("unknown key") && !err.contains(":1:1: ") , "{err}");
+    assert!(!err.contains("unknown key") && !err.contains(":1:1: "), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,7 +221,11 @@ async fn sighup_applies_a_new_upstream_and_site_without_a_failed_request_and_kee
                 let resp = conn.send_request(req("mlflow.test", "/load", Some(&ml))).await.unwrap();
                 let st = resp.status();
                 let _ = text(resp.into_body()).await;
-                if st == 200 { ok.fetch_add(1, Ordering::Relaxed) } else { failed.fetch_add(1, Ordering::Relaxed) };
+                if st == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
             }
         }));
     }
@@ -191,12 +233,22 @@ async fn sighup_applies_a_new_upstream_and_site_without_a_failed_request_and_kee
 
     // A new upstream for mlflow and a third site.
     let (mlflow2, extra) = (Echo::start().await, Echo::start().await);
-    let third = format!("  - name: extra\n    hosts: [extra.test]\n    upstream: {}\n", extra.authority());
-    std::fs::write(&cfg, two_sites_yaml(&mlflow2.authority(), &s.notebook.authority(), &third)).unwrap();
+    let third = format!(
+        "  - name: extra\n    hosts: [extra.test]\n    upstream: {}\n",
+        extra.authority()
+    );
+    std::fs::write(
+        &cfg,
+        two_sites_yaml(&mlflow2.authority(), &s.notebook.authority(), &third),
+    )
+    .unwrap();
     g.signal("HUP");
     let t = Instant::now();
     while mlflow2.count() == 0 {
-        assert!(t.elapsed() < Duration::from_secs(5), "the new upstream never got traffic");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the new upstream never got traffic"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let resp = c.send(req("extra.test", "/x", Some(&ml))).await;
@@ -207,8 +259,16 @@ async fn sighup_applies_a_new_upstream_and_site_without_a_failed_request_and_kee
     std::fs::write(&cfg, "sites: [oops\n").unwrap();
     g.signal("HUP");
     let t = Instant::now();
-    while !g.stderr.text().contains("not reloaded; the running configuration stays") {
-        assert!(t.elapsed() < Duration::from_secs(5), "no error logged:\n{}", g.stderr.text());
+    while !g
+        .stderr
+        .text()
+        .contains("not reloaded; the running configuration stays")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no error logged:\n{}",
+            g.stderr.text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = mlflow2.count();
@@ -218,10 +278,17 @@ async fn sighup_applies_a_new_upstream_and_site_without_a_failed_request_and_kee
     for l in load {
         l.await.unwrap();
     }
-    eprintln!("loaded client: {} ok, {} failed", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "loaded client: {} ok, {} failed",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
     assert_eq!(failed.load(Ordering::Relaxed), 0, "a request failed across the reloads");
     let line = format!("{}:2:1: not valid YAML", cfg.display());
-    assert!(g.stderr.text().contains(&line), "the error names the file and line: {line}");
+    assert!(
+        g.stderr.text().contains(&line),
+        "the error names the file and line: {line}"
+    );
 }
 
 include!("../config/tests/data/broken_cases.rs");
@@ -243,8 +310,17 @@ fn guard_check_exits_2_with_the_exact_message_for_every_broken_file() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let want = format!("guard: error: {expected}\n");
         if out.status.code() != Some(2) || stderr != want {
-            failures.push(format!("{what}: exit {:?}\n  expected: {want}       got: {stderr}", out.status.code()));
+            failures.push(format!(
+                "{what}: exit {:?}\n  expected: {want}       got: {stderr}",
+                out.status.code()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

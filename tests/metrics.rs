@@ -10,14 +10,19 @@ use common::*;
 use http::Request;
 
 fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+    )
 }
 
 /// GETs `/metrics` over plain HTTP and returns the exposition.
 async fn scrape(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -38,17 +43,30 @@ async fn metrics_count_what_was_sent() {
     let users = dir.path().join("users");
     let tokens = dir.path().join("tokens.json");
     let (code, ..) = run_guard(
-        &["adduser", "alice", "--users", users.to_str().unwrap(), "--password-stdin", "--cost", "4"],
+        &[
+            "adduser",
+            "alice",
+            "--users",
+            users.to_str().unwrap(),
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
         Some("pw\n"),
     );
     assert_eq!(code, 0);
     let up = Echo::start().await;
     let g = Guard::start(&[
-        "--upstream", &up.authority(),
-        "--users", users.to_str().unwrap(),
-        "--tokens", tokens.to_str().unwrap(),
-        "--metrics-listen", "127.0.0.1:0",
-        "--lockout-failures", "0",
+        "--upstream",
+        &up.authority(),
+        "--users",
+        users.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--lockout-failures",
+        "0",
     ]);
     let stdout = g.stdout.text();
     let addr = stdout
@@ -60,7 +78,10 @@ async fn metrics_count_what_was_sent() {
 
     let c = g.client();
     let send = |auth: Option<String>, method: &str, body: &'static [u8]| {
-        let mut r = Request::builder().method(method).uri("/api/x").header("host", "localhost");
+        let mut r = Request::builder()
+            .method(method)
+            .uri("/api/x")
+            .header("host", "localhost");
         if let Some(a) = auth {
             r = r.header("authorization", a);
         }
@@ -92,17 +113,33 @@ async fn metrics_count_what_was_sent() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
         let t = scrape(&addr).await;
-        if sample(&t, "guard_requests_total{site=\"default\",method=\"Read\",status=\"401\"}") >= 3.0 {
+        if sample(
+            &t,
+            "guard_requests_total{site=\"default\",method=\"Read\",status=\"401\"}",
+        ) >= 3.0
+        {
             break t;
         }
         assert!(Instant::now() < deadline, "counters never caught up:\n{t}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let eq = |series: &str, want: f64| assert_eq!(sample(&text, series), want, "{series}\n{text}");
-    eq("guard_requests_total{site=\"default\",method=\"Read\",status=\"200\"}", 3.0);
-    eq("guard_requests_total{site=\"default\",method=\"Write\",status=\"200\"}", 1.0);
-    eq("guard_requests_total{site=\"default\",method=\"Read\",status=\"401\"}", 3.0);
-    eq("guard_requests_total{site=\"default\",method=\"Write\",status=\"401\"}", 1.0);
+    eq(
+        "guard_requests_total{site=\"default\",method=\"Read\",status=\"200\"}",
+        3.0,
+    );
+    eq(
+        "guard_requests_total{site=\"default\",method=\"Write\",status=\"200\"}",
+        1.0,
+    );
+    eq(
+        "guard_requests_total{site=\"default\",method=\"Read\",status=\"401\"}",
+        3.0,
+    );
+    eq(
+        "guard_requests_total{site=\"default\",method=\"Write\",status=\"401\"}",
+        1.0,
+    );
     eq("guard_auth_failures_total{reason=\"bad_password\"}", 2.0);
     eq("guard_auth_failures_total{reason=\"missing\"}", 1.0);
     eq("guard_auth_failures_total{reason=\"unknown_token\"}", 1.0);
@@ -115,8 +152,14 @@ async fn metrics_count_what_was_sent() {
     eq("guard_upstream_response_seconds_count{site=\"default\"}", 4.0);
     assert_eq!(up.count(), 4, "only authenticated requests were forwarded");
     let expiry = sample(&text, "guard_certificate_expiry_timestamp_seconds{name=\"localhost\"}");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!(expiry > now + 300.0 * 86400.0, "the self-signed leaf's expiry: {expiry}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now + 300.0 * 86400.0,
+        "the self-signed leaf's expiry: {expiry}"
+    );
     assert!(sample(&text, "guard_open_connections") >= 0.0);
     assert!(!text.contains("alice"), "a user name became a label value:\n{text}");
     assert!(text.ends_with("# EOF\n"));
@@ -128,18 +171,40 @@ async fn user_labels_are_opt_in() {
     let dir = TempDir::new("metrics-users");
     let users = dir.path().join("users");
     let (code, ..) = run_guard(
-        &["adduser", "bob", "--users", users.to_str().unwrap(), "--password-stdin", "--cost", "4"],
+        &[
+            "adduser",
+            "bob",
+            "--users",
+            users.to_str().unwrap(),
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
         Some("pw\n"),
     );
     assert_eq!(code, 0);
     let g = Guard::start(&[
-        "--upstream", &up.authority(),
-        "--users", users.to_str().unwrap(),
-        "--metrics-listen", "127.0.0.1:0",
+        "--upstream",
+        &up.authority(),
+        "--users",
+        users.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
         "--metrics-user-labels",
     ]);
-    let addr = g.stdout.text().lines().find_map(|l| l.strip_prefix("guard: metrics on http://")).unwrap().trim_end_matches("/metrics").to_string();
-    let req = Request::get("/").header("host", "localhost").header("authorization", basic("bob", "pw")).body(empty()).unwrap();
+    let addr = g
+        .stdout
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("guard: metrics on http://"))
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string();
+    let req = Request::get("/")
+        .header("host", "localhost")
+        .header("authorization", basic("bob", "pw"))
+        .body(empty())
+        .unwrap();
     let resp = g.client().send(req).await;
     let _ = text(resp.into_body()).await;
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -26,14 +26,8 @@ const TOKEN_NAME: &str = "ci-pipeline";
 /// The client environment that points at guard and trusts its self-signed CA.
 fn via_guard(g: &Guard) -> Vec<(&'static str, String)> {
     vec![
-        (
-            "MLFLOW_TRACKING_URI",
-            format!("https://localhost:{}", g.addr.port()),
-        ),
-        (
-            "MLFLOW_TRACKING_SERVER_CERT_PATH",
-            g.ca().display().to_string(),
-        ),
+        ("MLFLOW_TRACKING_URI", format!("https://localhost:{}", g.addr.port())),
+        ("MLFLOW_TRACKING_SERVER_CERT_PATH", g.ca().display().to_string()),
     ]
 }
 
@@ -44,11 +38,7 @@ fn run(venv: &std::path::Path, args: &[&str], env: &[(&'static str, String)]) ->
 
 /// Runs the roundtrip mode and checks its summary: success, sizes, and equal sha256 both ways.
 /// `what` names the credentials in the timing line.
-fn roundtrip(
-    venv: &std::path::Path,
-    what: &str,
-    env: &[(&'static str, String)],
-) -> (ClientRun, serde_json::Value) {
+fn roundtrip(venv: &std::path::Path, what: &str, env: &[(&'static str, String)]) -> (ClientRun, serde_json::Value) {
     let bytes = ARTIFACT_BYTES.to_string();
     let r = run(venv, &["roundtrip", &bytes], env);
     r.assert_success(what);
@@ -121,8 +111,7 @@ fn field<'a>(rec: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 /// A numeric field that may be logged as a number or a string (`"12.5"`; `"-"` is `None`).
 fn number(rec: &serde_json::Value, key: &str) -> Option<f64> {
     let v = field(rec, key);
-    v.as_f64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 /// Checks that the artifact really went through guard: one request carried all of it up, one
@@ -187,10 +176,7 @@ impl Credentials {
         let started = Instant::now();
         let (code, out, err) = run_guard(&adduser, Some(&format!("{PASSWORD}\n")));
         let adduser_time = started.elapsed();
-        assert_eq!(
-            code, 0,
-            "guard adduser failed\nstdout:\n{out}\nstderr:\n{err}"
-        );
+        assert_eq!(code, 0, "guard adduser failed\nstdout:\n{out}\nstderr:\n{err}");
         let (code, out, err) = run_guard(
             &[
                 "token",
@@ -203,10 +189,7 @@ impl Credentials {
             ],
             None,
         );
-        assert_eq!(
-            code, 0,
-            "guard token create failed\nstdout:\n{out}\nstderr:\n{err}"
-        );
+        assert_eq!(code, 0, "guard token create failed\nstdout:\n{out}\nstderr:\n{err}");
         let token = out
             .split_whitespace()
             .find(|w| w.starts_with("grd_"))
@@ -251,16 +234,10 @@ fn mlflow_client_logs_and_reads_back_a_run_through_guard() {
     roundtrip(&venv, "no auth", &via_guard(&g));
 
     let log = access_log(&g);
-    assert!(
-        log.len() >= 10,
-        "the client's requests went through guard: {log:#?}"
-    );
+    assert!(log.len() >= 10, "the client's requests went through guard: {log:#?}");
     for r in &log {
         let status = number(r, "status").unwrap_or(0.0);
-        assert!(
-            (200.0..300.0).contains(&status),
-            "every request succeeded: {r}"
-        );
+        assert!((200.0..300.0).contains(&status), "every request succeeded: {r}");
     }
     assert_artifact_passed_through(&log);
     // And MLflow stored it where --artifacts-destination says.
@@ -284,21 +261,11 @@ fn mlflow_client_works_with_username_and_password() {
     let (r, _) = roundtrip(&venv, "username and password", &env);
 
     let log = access_log(&g);
-    assert!(
-        log.len() >= 10,
-        "the client's requests went through guard: {log:#?}"
-    );
+    assert!(log.len() >= 10, "the client's requests went through guard: {log:#?}");
     for rec in &log {
-        assert_eq!(
-            field(rec, "user"),
-            USER,
-            "every request authenticated as {USER}: {rec}"
-        );
+        assert_eq!(field(rec, "user"), USER, "every request authenticated as {USER}: {rec}");
         let status = number(rec, "status").unwrap_or(0.0);
-        assert!(
-            (200.0..300.0).contains(&status),
-            "every request succeeded: {rec}"
-        );
+        assert!((200.0..300.0).contains(&status), "every request succeeded: {rec}");
     }
     assert_artifact_passed_through(&log);
 
@@ -339,10 +306,7 @@ fn mlflow_client_works_with_a_bearer_token() {
     roundtrip(&venv, "bearer token", &env);
 
     let log = access_log(&g);
-    assert!(
-        log.len() >= 10,
-        "the client's requests went through guard: {log:#?}"
-    );
+    assert!(log.len() >= 10, "the client's requests went through guard: {log:#?}");
     for rec in &log {
         let who = field(rec, "user").as_str().unwrap_or("-");
         assert!(
@@ -350,10 +314,7 @@ fn mlflow_client_works_with_a_bearer_token() {
             "every request authenticated by the token {TOKEN_NAME}: {rec}"
         );
         let status = number(rec, "status").unwrap_or(0.0);
-        assert!(
-            (200.0..300.0).contains(&status),
-            "every request succeeded: {rec}"
-        );
+        assert!((200.0..300.0).contains(&status), "every request succeeded: {rec}");
     }
     assert_artifact_passed_through(&log);
 }
@@ -370,10 +331,7 @@ fn wrong_password_fails_at_once_and_creates_nothing() {
 
     let mut env = via_guard(&g);
     env.push(("MLFLOW_TRACKING_USERNAME", USER.into()));
-    env.push((
-        "MLFLOW_TRACKING_PASSWORD",
-        "wrong horse battery staple".into(),
-    ));
+    env.push(("MLFLOW_TRACKING_PASSWORD", "wrong horse battery staple".into()));
     let r = run(&venv, &["expect-auth-failure"], &env);
     r.assert_success("expect-auth-failure");
     let s = r.json();

@@ -31,7 +31,10 @@ async fn bodies_pass_byte_exact_for_every_method() {
     }
     // And the other way: a download arrives whole.
     let resp = c.send(get("/download/5000003")).await;
-    assert_eq!(drain_hash(resp.into_body()).await, (5_000_003, pattern_sha256(5_000_003)));
+    assert_eq!(
+        drain_hash(resp.into_body()).await,
+        (5_000_003, pattern_sha256(5_000_003))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -39,11 +42,14 @@ async fn http2_client_reaches_an_http1_upstream() {
     let up = Echo::start().await;
     let g = Guard::start(&["--upstream", &up.authority(), "--dangerous-no-auth"]);
     let mut h2 = g.client().h2().await;
-    let req = Request::post(format!("https://localhost:{}/api/2.0/mlflow/runs/create", g.addr.port()))
-        .header("cookie", "a=1")
-        .header("cookie", "b=2")
-        .body(PatternBody::new(100_000).boxed())
-        .unwrap();
+    let req = Request::post(format!(
+        "https://localhost:{}/api/2.0/mlflow/runs/create",
+        g.addr.port()
+    ))
+    .header("cookie", "a=1")
+    .header("cookie", "b=2")
+    .body(PatternBody::new(100_000).boxed())
+    .unwrap();
     let resp = h2.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
@@ -51,7 +57,11 @@ async fn http2_client_reaches_an_http1_upstream() {
     assert_eq!(seen.body_sha256, pattern_sha256(100_000));
     assert_eq!(seen.uri, "/api/2.0/mlflow/runs/create");
     assert_eq!(seen.header("host"), Some(up.authority().as_str()));
-    assert_eq!(seen.all("cookie"), vec!["a=1; b=2"], "split HTTP/2 cookies are joined for HTTP/1.1");
+    assert_eq!(
+        seen.all("cookie"),
+        vec!["a=1; b=2"],
+        "split HTTP/2 cookies are joined for HTTP/1.1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,7 +112,13 @@ async fn forwarded_headers_come_from_the_connection_unless_the_peer_is_trusted()
     assert_eq!(seen.header("forwarded"), None);
     drop(g);
 
-    let g = Guard::start(&["--upstream", &up.authority(), "--dangerous-no-auth", "--trusted-proxy", "127.0.0.0/8"]);
+    let g = Guard::start(&[
+        "--upstream",
+        &up.authority(),
+        "--dangerous-no-auth",
+        "--trusted-proxy",
+        "127.0.0.0/8",
+    ]);
     g.client().send(spoof()).await;
     let seen = up.last();
     assert_eq!(seen.all("x-forwarded-for"), vec!["6.6.6.6, 127.0.0.1"]);
@@ -112,8 +128,17 @@ async fn forwarded_headers_come_from_the_connection_unless_the_peer_is_trusted()
 #[tokio::test(flavor = "multi_thread")]
 async fn host_is_the_upstreams_by_default_and_the_clients_with_preserve_host() {
     let up = Echo::start().await;
-    let req = || Request::get("/x").header("host", "mlflow.example.com").body(empty()).unwrap();
-    let g = Guard::start(&["--upstream", &format!("http://{}", up.authority()), "--dangerous-no-auth"]);
+    let req = || {
+        Request::get("/x")
+            .header("host", "mlflow.example.com")
+            .body(empty())
+            .unwrap()
+    };
+    let g = Guard::start(&[
+        "--upstream",
+        &format!("http://{}", up.authority()),
+        "--dangerous-no-auth",
+    ]);
     g.client().send(req()).await;
     assert_eq!(up.last().header("host"), Some(up.authority().as_str()));
     drop(g);
@@ -144,7 +169,10 @@ async fn websocket_upgrade_round_trips() {
     assert!(head.contains("upgrade: websocket"), "{head}");
     tls.write_all(b"ping through the tunnel").await.unwrap();
     let mut back = [0u8; 23];
-    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&back, b"ping through the tunnel");
     let seen = up.last();
     assert_eq!(seen.header("upgrade"), Some("websocket"));
@@ -165,21 +193,39 @@ async fn unreachable_upstream_gives_502_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_upstream_gives_504_after_the_configured_timeout() {
     let hang = Hang::start().await;
-    let g = Guard::start(&["--upstream", &hang.addr.to_string(), "--upstream-timeout", "1500ms", "--dangerous-no-auth"]);
+    let g = Guard::start(&[
+        "--upstream",
+        &hang.addr.to_string(),
+        "--upstream-timeout",
+        "1500ms",
+        "--dangerous-no-auth",
+    ]);
     let t = Instant::now();
     let (status, body) = g.client().get("/x").await;
     let took = t.elapsed();
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("DEADLINE_EXCEEDED"), "{body}");
-    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(6), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_body_size_refuses_declared_and_cuts_chunked_bodies() {
     let up = Echo::start().await;
-    let g = Guard::start(&["--upstream", &up.authority(), "--max-body-size", "1M", "--dangerous-no-auth"]);
+    let g = Guard::start(&[
+        "--upstream",
+        &up.authority(),
+        "--max-body-size",
+        "1M",
+        "--dangerous-no-auth",
+    ]);
     let c = g.client();
-    let req = Request::post("/upload").header("host", "localhost").body(PatternBody::new(2 << 20).boxed()).unwrap();
+    let req = Request::post("/upload")
+        .header("host", "localhost")
+        .body(PatternBody::new(2 << 20).boxed())
+        .unwrap();
     let resp = c.send(req).await;
     assert_eq!(resp.status(), 413);
     assert!(text(resp.into_body()).await.contains("REQUEST_LIMIT_EXCEEDED"));
@@ -187,7 +233,9 @@ async fn max_body_size_refuses_declared_and_cuts_chunked_bodies() {
 
     // Without a length the stream is cut when it crosses the limit.
     let mut tls = c.tls().await;
-    tls.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+    tls.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
     let chunk = vec![b'a'; 64 * 1024];
     let mut sent = 0;
     while sent < 3 << 20 {
@@ -206,7 +254,11 @@ async fn max_body_size_refuses_declared_and_cuts_chunked_bodies() {
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     let last = up.seen.lock().unwrap().last().cloned();
     if let Some(seen) = last {
-        assert!(seen.body_len <= 1 << 20, "upstream got {} bytes past the limit", seen.body_len);
+        assert!(
+            seen.body_len <= 1 << 20,
+            "upstream got {} bytes past the limit",
+            seen.body_len
+        );
     }
 }
 
@@ -216,7 +268,10 @@ async fn a_gigabyte_each_way_streams_in_bounded_memory() {
     let up = Echo::start().await;
     let g = Guard::start(&["--upstream", &up.authority(), "--dangerous-no-auth"]);
     let c = g.client();
-    let req = Request::put("/upload").header("host", "localhost").body(PatternBody::new(GIB).boxed()).unwrap();
+    let req = Request::put("/upload")
+        .header("host", "localhost")
+        .body(PatternBody::new(GIB).boxed())
+        .unwrap();
     let resp = c.send(req).await;
     assert_eq!(resp.status(), 200);
     let seen = echo_json(&text(resp.into_body()).await);
@@ -233,7 +288,13 @@ async fn a_gigabyte_each_way_streams_in_bounded_memory() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() {
     let up = Echo::start().await;
-    let g = Guard::start(&["--upstream", &up.authority(), "--header-timeout", "2s", "--dangerous-no-auth"]);
+    let g = Guard::start(&[
+        "--upstream",
+        &up.authority(),
+        "--header-timeout",
+        "2s",
+        "--dangerous-no-auth",
+    ]);
     let c = g.client();
     let mut slow = c.tls().await;
     slow.write_all(b"GET /slow HTTP/1.1\r\nHost: loc").await.unwrap();
@@ -246,8 +307,14 @@ async fn slowloris_is_closed_after_the_header_timeout_while_others_are_served() 
     let r = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     let took = t.elapsed();
     assert!(r.is_ok(), "the half-sent request was never closed");
-    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(6), "{took:?}");
-    assert!(up.seen.lock().unwrap().iter().all(|s| s.uri != "/slow"), "the partial request was forwarded");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert!(
+        up.seen.lock().unwrap().iter().all(|s| s.uri != "/slow"),
+        "the partial request was forwarded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -263,13 +330,20 @@ async fn replaced_certificate_files_reach_new_connections_and_spare_open_ones() 
 
     let up = Echo::start().await;
     let g = Guard::start(&[
-        "--upstream", &up.authority(), "--dangerous-no-auth",
-        "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(),
+        "--upstream",
+        &up.authority(),
+        "--dangerous-no-auth",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
     ]);
     let c = Client::new(g.addr, &ca, "localhost");
     let first_tls = c.tls().await;
     let first_serial = first_tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-    let (mut open, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(first_tls)).await.unwrap();
+    let (mut open, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(first_tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     assert_eq!(open.send_request(get("/before")).await.unwrap().status(), 200);
 
@@ -286,10 +360,16 @@ async fn replaced_certificate_files_reach_new_connections_and_spare_open_ones() 
         if now != first_serial {
             break;
         }
-        assert!(Instant::now() < deadline, "new handshakes still get the old certificate");
+        assert!(
+            Instant::now() < deadline,
+            "new handshakes still get the old certificate"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let resp = open.send_request(get("/after")).await.expect("the open connection survives the swap");
+    let resp = open
+        .send_request(get("/after"))
+        .await
+        .expect("the open connection survives the swap");
     assert_eq!(resp.status(), 200);
     assert!(g.stderr.text().contains("certificate reloaded"));
 }
@@ -348,7 +428,13 @@ async fn the_health_path_is_answered_by_guard_and_never_forwarded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_access_log_has_one_line_per_request_and_no_secrets() {
     let up = Echo::start().await;
-    let g = Guard::start(&["--upstream", &up.authority(), "--dangerous-no-auth", "--log-format", "json"]);
+    let g = Guard::start(&[
+        "--upstream",
+        &up.authority(),
+        "--dangerous-no-auth",
+        "--log-format",
+        "json",
+    ]);
     let req = Request::post("/api/x?token=SECRETQUERY")
         .header("host", "localhost")
         .header("cookie", "session=SECRETCOOKIE")
@@ -362,7 +448,10 @@ async fn the_access_log_has_one_line_per_request_and_no_secrets() {
     for secret in ["SECRETQUERY", "SECRETCOOKIE", "SECRETTOKEN"] {
         assert!(!log.contains(secret), "{secret} logged:\n{log}");
     }
-    let line = log.lines().find(|l| l.contains("\"path\":\"/api/x\"")).expect("access line");
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"path\":\"/api/x\""))
+        .expect("access line");
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["method"], "POST");
     assert_eq!(v["status"], 200);
@@ -386,32 +475,93 @@ fn bad_input_names_the_flag_or_path_and_exits_with_the_documented_code() {
     let state = p("state");
     let mut cases: Vec<(Vec<String>, i32, String)> = vec![
         (vec!["--upstream".into(), "localhost".into()], 2, "--upstream".into()),
-        (vec!["--upstream".into(), "localhost:50o0".into()], 2, "is not a valid port".into()),
-        (vec!["--upstream".into(), "x:1".into(), "--listen".into(), "nope".into()], 2, "--listen".into()),
-        (vec!["--upstream".into(), "x:1".into(), "--upstream-timeout".into(), "5".into()], 2, "missing unit".into()),
-        (vec!["--upstream".into(), "x:1".into(), "--tls-cert".into(), p("cert.pem")], 2, "--tls-key".into()),
         (
-            vec!["--upstream".into(), "x:1".into(), "--dangerous-no-auth".into(), "--tls-cert".into(), p("missing.pem"), "--tls-key".into(), p("other.key")],
+            vec!["--upstream".into(), "localhost:50o0".into()],
+            2,
+            "is not a valid port".into(),
+        ),
+        (
+            vec!["--upstream".into(), "x:1".into(), "--listen".into(), "nope".into()],
+            2,
+            "--listen".into(),
+        ),
+        (
+            vec![
+                "--upstream".into(),
+                "x:1".into(),
+                "--upstream-timeout".into(),
+                "5".into(),
+            ],
+            2,
+            "missing unit".into(),
+        ),
+        (
+            vec!["--upstream".into(), "x:1".into(), "--tls-cert".into(), p("cert.pem")],
+            2,
+            "--tls-key".into(),
+        ),
+        (
+            vec![
+                "--upstream".into(),
+                "x:1".into(),
+                "--dangerous-no-auth".into(),
+                "--tls-cert".into(),
+                p("missing.pem"),
+                "--tls-key".into(),
+                p("other.key"),
+            ],
             2,
             format!("guard: error: --tls-cert: {:?}: no such file", p("missing.pem")),
         ),
         (
-            vec!["--upstream".into(), "x:1".into(), "--dangerous-no-auth".into(), "--tls-cert".into(), p("garbage.pem"), "--tls-key".into(), p("other.key")],
+            vec![
+                "--upstream".into(),
+                "x:1".into(),
+                "--dangerous-no-auth".into(),
+                "--tls-cert".into(),
+                p("garbage.pem"),
+                "--tls-key".into(),
+                p("other.key"),
+            ],
             2,
             format!("{}: no PEM certificate found", p("garbage.pem")),
         ),
         (
-            vec!["--upstream".into(), "x:1".into(), "--dangerous-no-auth".into(), "--tls-cert".into(), p("cert.pem"), "--tls-key".into(), p("garbage.pem")],
+            vec![
+                "--upstream".into(),
+                "x:1".into(),
+                "--dangerous-no-auth".into(),
+                "--tls-cert".into(),
+                p("cert.pem"),
+                "--tls-key".into(),
+                p("garbage.pem"),
+            ],
             2,
             format!("{}: no PEM private key found", p("garbage.pem")),
         ),
         (
-            vec!["--upstream".into(), "x:1".into(), "--dangerous-no-auth".into(), "--tls-cert".into(), p("cert.pem"), "--tls-key".into(), p("other.key")],
+            vec![
+                "--upstream".into(),
+                "x:1".into(),
+                "--dangerous-no-auth".into(),
+                "--tls-cert".into(),
+                p("cert.pem"),
+                "--tls-key".into(),
+                p("other.key"),
+            ],
             2,
             format!("{}: private key does not match the certificate", p("other.key")),
         ),
         (
-            vec!["--upstream".into(), "x:1".into(), "--listen".into(), busy_addr.clone(), "--state-dir".into(), state.clone(), "--dangerous-no-auth".into()],
+            vec![
+                "--upstream".into(),
+                "x:1".into(),
+                "--listen".into(),
+                busy_addr.clone(),
+                "--state-dir".into(),
+                state.clone(),
+                "--dangerous-no-auth".into(),
+            ],
             1,
             format!("guard: error: --listen {busy_addr}: cannot listen: Address already in use"),
         ),
@@ -430,7 +580,11 @@ fn bad_input_names_the_flag_or_path_and_exits_with_the_documented_code() {
         all.extend(args.iter().map(String::as_str));
         let (got, out, err) = run_guard(&all, None);
         assert_eq!(got, code, "guard {}\nstdout: {out}\nstderr: {err}", all.join(" "));
-        assert!(err.contains(&needle), "guard {}: expected {needle:?} in:\n{err}", all.join(" "));
+        assert!(
+            err.contains(&needle),
+            "guard {}: expected {needle:?} in:\n{err}",
+            all.join(" ")
+        );
         assert!(!err.contains("panicked"), "{err}");
         if code == 2 && needle.starts_with("guard: error: --tls") {
             assert_eq!(err.lines().count(), 1, "one line: {err}");

@@ -12,12 +12,24 @@ use common::mlflow::{run_client, venv};
 use common::*;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn ctl(conf: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new("supervisorctl").arg("-c").arg(conf).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new("supervisorctl")
+        .arg("-c")
+        .arg(conf)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn pid_of(conf: &Path, program: &str) -> Option<u32> {
@@ -27,7 +39,9 @@ fn pid_of(conf: &Path, program: &str) -> Option<u32> {
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
@@ -77,7 +91,15 @@ fn supervisord_runs_mlflow_and_guard_restarts_guard_and_stops_both() {
     // The deploy's next steps: a user in guard's state directory.
     let state = base.join("guard");
     let (code, out, err) = run_guard(
-        &["adduser", "alice", "--state-dir", state.to_str().unwrap(), "--password-stdin", "--cost", "4"],
+        &[
+            "adduser",
+            "alice",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
         Some("s3cret\n"),
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -113,15 +135,26 @@ fn supervisord_runs_mlflow_and_guard_restarts_guard_and_stops_both() {
 
     let guard_pid = pid_of(&conf, "guard").expect("guard runs");
     let mlflow_pid = pid_of(&conf, "mlflow").expect("mlflow runs");
-    assert!(Command::new("kill").arg("-KILL").arg(guard_pid.to_string()).status().unwrap().success());
+    assert!(Command::new("kill")
+        .arg("-KILL")
+        .arg(guard_pid.to_string())
+        .status()
+        .unwrap()
+        .success());
     let back = wait_for("guard restarted", Duration::from_secs(15), || {
-        pid_of(&conf, "guard").is_some_and(|p| p != guard_pid) && run_guard(&["healthcheck", "--listen", &listen], None).0 == 0
+        pid_of(&conf, "guard").is_some_and(|p| p != guard_pid)
+            && run_guard(&["healthcheck", "--listen", &listen], None).0 == 0
     });
     eprintln!("guard was serving again {back:?} after SIGKILL");
     assert!(back < Duration::from_secs(10), "restart took {back:?}");
     let new_guard = pid_of(&conf, "guard").unwrap();
 
-    assert!(Command::new("kill").arg("-TERM").arg(sup.0.id().to_string()).status().unwrap().success());
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .arg(sup.0.id().to_string())
+        .status()
+        .unwrap()
+        .success());
     let status = {
         let start = Instant::now();
         loop {

@@ -128,22 +128,15 @@ pub fn parse_domain(s: &str) -> Result<String, String> {
             return Err(format!("{s:?} has an empty label"));
         }
         if label.len() > 63 {
-            return Err(format!(
-                "{s:?}: label {label:?} is longer than 63 characters"
-            ));
+            return Err(format!("{s:?}: label {label:?} is longer than 63 characters"));
         }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-        {
+        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
             let hint = if c.is_ascii() {
                 ""
             } else {
                 " (write international names in punycode, xn--...)"
             };
-            return Err(format!(
-                "{s:?} is not a valid domain name: {c:?} is not allowed{hint}"
-            ));
+            return Err(format!("{s:?} is not a valid domain name: {c:?} is not allowed{hint}"));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!("{s:?}: label {label:?} starts or ends with '-'"));
@@ -169,9 +162,7 @@ pub fn parse_email(s: &str) -> Result<String, String> {
         .rsplit_once('@')
         .ok_or_else(|| format!("{s:?} is not an email address (expected name@example.com)"))?;
     if local.is_empty() || local.len() > 64 {
-        return Err(format!(
-            "{s:?}: the part before '@' must be 1 to 64 characters"
-        ));
+        return Err(format!("{s:?}: the part before '@' must be 1 to 64 characters"));
     }
     if let Some(c) = local
         .chars()
@@ -186,9 +177,7 @@ pub fn parse_email(s: &str) -> Result<String, String> {
     }
     let domain = parse_domain(domain).map_err(|e| format!("{s:?}: domain part: {e}"))?;
     if !is_public_shape(&domain) {
-        return Err(format!(
-            "{s:?}: the domain part needs a dot, e.g. ops@example.com"
-        ));
+        return Err(format!("{s:?}: the domain part needs a dot, e.g. ops@example.com"));
     }
     Ok(format!("{local}@{domain}"))
 }
@@ -204,11 +193,7 @@ pub fn parse_directory_url(s: &str) -> Result<String, String> {
                 "{s:?}: the scheme must be https, not {scheme:?} (ACME runs over HTTPS only)"
             ))
         }
-        None => {
-            return Err(format!(
-                "{s:?} is not a URL (expected https://host/directory)"
-            ))
-        }
+        None => return Err(format!("{s:?} is not a URL (expected https://host/directory)")),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() {
@@ -232,11 +217,7 @@ pub fn parse_directory_url(s: &str) -> Result<String, String> {
         }
     };
     if let Some(h) = host {
-        if h.is_empty()
-            || !h
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
-        {
+        if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')) {
             return Err(format!("{s:?}: {h:?} is not a host name"));
         }
     }
@@ -257,10 +238,7 @@ mod tests {
 
     #[test]
     fn domains_are_lowercased_and_bad_ones_refused_with_a_reason() {
-        assert_eq!(
-            parse_domain(" MLflow.Example.COM ").unwrap(),
-            "mlflow.example.com"
-        );
+        assert_eq!(parse_domain(" MLflow.Example.COM ").unwrap(), "mlflow.example.com");
         assert_eq!(parse_domain("localhost").unwrap(), "localhost");
         for (bad, why) in [
             ("", "empty"),
@@ -285,14 +263,8 @@ mod tests {
 
     #[test]
     fn emails_need_a_plain_local_part_and_a_dotted_domain() {
-        assert_eq!(
-            parse_email("Ops+guard@Example.com").unwrap(),
-            "Ops+guard@example.com"
-        );
-        assert_eq!(
-            parse_email("mailto:ops@example.com").unwrap(),
-            "ops@example.com"
-        );
+        assert_eq!(parse_email("Ops+guard@Example.com").unwrap(), "Ops+guard@example.com");
+        assert_eq!(parse_email("mailto:ops@example.com").unwrap(), "ops@example.com");
         for bad in [
             "",
             "ops",
@@ -343,10 +315,7 @@ mod tests {
             https_port: DEFAULT_HTTPS_PORT,
             hsts_max_age: DEFAULT_HSTS_MAX_AGE,
         };
-        assert!(s
-            .validate()
-            .unwrap_err()
-            .starts_with("--domain localhost: "));
+        assert!(s.validate().unwrap_err().starts_with("--domain localhost: "));
         s.directory = "https://localhost:14000/dir".into();
         assert!(s.validate().is_ok());
         s.domains.clear();
@@ -355,18 +324,12 @@ mod tests {
 
     #[test]
     fn challenge_names_parse() {
-        assert_eq!(
-            ChallengeChoice::parse("HTTP-01").unwrap(),
-            ChallengeChoice::Http01
-        );
+        assert_eq!(ChallengeChoice::parse("HTTP-01").unwrap(), ChallengeChoice::Http01);
         assert_eq!(
             ChallengeChoice::parse("tls-alpn-01").unwrap(),
             ChallengeChoice::TlsAlpn01
         );
-        assert_eq!(
-            ChallengeChoice::parse("auto").unwrap(),
-            ChallengeChoice::Auto
-        );
+        assert_eq!(ChallengeChoice::parse("auto").unwrap(), ChallengeChoice::Auto);
         assert!(ChallengeChoice::parse("dns-01").is_err());
     }
 }

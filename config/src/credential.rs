@@ -34,15 +34,16 @@ pub fn parse_credential(value: &[u8]) -> Option<Credential> {
     let (scheme, rest) = value.split_once(' ')?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
         let colon = decoded.iter().position(|&b| b == b':')?;
         let user = std::str::from_utf8(&decoded[..colon]).ok()?;
         if user.is_empty() {
             return None;
         }
-        return Some(Credential::Basic { user: user.to_owned(), password: decoded[colon + 1..].to_vec() });
+        return Some(Credential::Basic {
+            user: user.to_owned(),
+            password: decoded[colon + 1..].to_vec(),
+        });
     }
     if scheme.eq_ignore_ascii_case("bearer") {
         if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
@@ -52,4 +53,3 @@ pub fn parse_credential(value: &[u8]) -> Option<Credential> {
     }
     None
 }
-

@@ -47,13 +47,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn fill_and_rename(
-    mut file: File,
-    tmp_path: &Path,
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-) -> io::Result<()> {
+fn fill_and_rename(mut file: File, tmp_path: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     // The umask may have cleared bits at creation; set the exact mode asked for.
     file.set_permissions(Permissions::from_mode(mode))?;
     keep_owner(&file, path);
@@ -180,10 +174,7 @@ pub fn lock_exclusive(path: &Path) -> io::Result<FileLockGuard> {
         Err(e) => return Err(e),
     };
     file.lock()?;
-    Ok(FileLockGuard {
-        file,
-        path: lock_path,
-    })
+    Ok(FileLockGuard { file, path: lock_path })
 }
 
 #[cfg(test)]

@@ -37,8 +37,7 @@ pub const MAX_NAME_BYTES: usize = 255;
 const SUPPORTED: &str = "supported: bcrypt $2y$/$2b$/$2a$, $apr1$, {SHA}";
 
 /// The alphabet of crypt(3)-style encodings (APR1 checksums, bcrypt, DES).
-const CRYPT_ALPHABET: &[u8; 64] =
-    b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const CRYPT_ALPHABET: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Salt and checksum of the dummy bcrypt hash: a real hash (of "dummy", cost 4) with one checksum
 /// character changed, so it is well formed at every cost and no password is known to match it.
@@ -95,9 +94,7 @@ impl Entry {
             // The hash was validated at load, so an error cannot happen; false is the safe answer
             // if it ever does.
             Kind::Bcrypt { .. } => bcrypt::verify(password, &self.hash).unwrap_or(false),
-            Kind::Apr1 { salt, checksum } => {
-                ct_eq(&apr1_checksum(password, salt.as_bytes()), checksum)
-            }
+            Kind::Apr1 { salt, checksum } => ct_eq(&apr1_checksum(password, salt.as_bytes()), checksum),
             Kind::Sha1 { digest } => ct_eq(&Sha1::digest(password), digest),
         }
     }
@@ -266,10 +263,7 @@ fn parse_hash(hash: &str) -> Result<Kind, Problem> {
     if hash.is_empty() {
         return Err(Problem::EmptyHash);
     }
-    if ["$2a$", "$2b$", "$2x$", "$2y$"]
-        .iter()
-        .any(|p| hash.starts_with(p))
-    {
+    if ["$2a$", "$2b$", "$2x$", "$2y$"].iter().any(|p| hash.starts_with(p)) {
         // `$2x$` (crypt_blowfish's marker for hashes made by its old sign-extension bug) is
         // checked like `$2b$` by the bcrypt crate: correct for ASCII passwords, while non-ASCII
         // ones made by the buggy code will not match.
@@ -401,10 +395,7 @@ fn apr1_checksum(password: &[u8], salt: &[u8]) -> [u8; 22] {
         .finalize()
         .into();
 
-    let mut ctx = Md5::new()
-        .chain_update(password)
-        .chain_update(MAGIC)
-        .chain_update(salt);
+    let mut ctx = Md5::new().chain_update(password).chain_update(MAGIC).chain_update(salt);
     for chunk in password.chunks(16) {
         ctx.update(&alternate[..chunk.len()]);
     }
@@ -511,11 +502,7 @@ impl Htpasswd {
             // First wins, as in Apache and nginx, even when the first entry is unusable: a
             // later line must not silently take over a user the operator thinks is disabled.
             if let Some(&first) = first_line.get(user) {
-                warn(
-                    line_no,
-                    Some(user),
-                    Problem::Duplicate { first_line: first },
-                );
+                warn(line_no, Some(user), Problem::Duplicate { first_line: first });
                 continue;
             }
             first_line.insert(user.to_owned(), line_no);
@@ -538,14 +525,7 @@ impl Htpasswd {
         }
 
         let dummy = dummy_entry_for(entries.values());
-        (
-            Htpasswd {
-                entries,
-                order,
-                dummy,
-            },
-            warnings,
-        )
+        (Htpasswd { entries, order, dummy }, warnings)
     }
 
     /// The usable entry for `user`, if any.
@@ -726,9 +706,7 @@ pub fn hash_password(password: &str, cost: u32) -> Result<String, PasswordError>
         return Err(PasswordError::Empty);
     }
     if password.len() > BCRYPT_MAX_PASSWORD_BYTES {
-        return Err(PasswordError::TooLong {
-            len: password.len(),
-        });
+        return Err(PasswordError::TooLong { len: password.len() });
     }
     if password.contains('\0') {
         return Err(PasswordError::Nul);
@@ -849,11 +827,7 @@ mod tests {
     #[test]
     fn bcrypt_2y_2b_and_2a_prefixes_all_verify() {
         let base = bcrypt::hash_with_result("s3cret", 4).unwrap();
-        for version in [
-            bcrypt::Version::TwoY,
-            bcrypt::Version::TwoB,
-            bcrypt::Version::TwoA,
-        ] {
+        for version in [bcrypt::Version::TwoY, bcrypt::Version::TwoB, bcrypt::Version::TwoA] {
             let hash = base.format_for_version(version);
             let (file, warnings) = parse(&format!("bob:{hash}\n"));
             assert!(warnings.is_empty(), "{hash}: {warnings:?}");
@@ -874,7 +848,8 @@ mod tests {
 
     #[test]
     fn crlf_file_parses_and_verifies() {
-        let text = "# users\r\n\r\nalice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\r\nbob:$apr1$xxxxxxxx$dxHfLAsjHkDRmG83UXe8K0\r\n";
+        let text =
+            "# users\r\n\r\nalice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\r\nbob:$apr1$xxxxxxxx$dxHfLAsjHkDRmG83UXe8K0\r\n";
         let (file, warnings) = parse(text);
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(file.names().collect::<Vec<_>>(), ["alice", "bob"]);
@@ -978,14 +953,8 @@ g:{PLAIN}hunter2
             (good.replacen("$04$", "$03$", 1), "cost outside"),
             (good.replacen("$04$", "$99$", 1), "cost outside"),
             (format!("{}é", &good[..58]), "60 ASCII characters"),
-            (
-                "$apr1$123456789$dxHfLAsjHkDRmG83UXe8K0".into(),
-                "salt longer",
-            ),
-            (
-                "$apr1$xxxxxxxx$dxHfLAsjHkDRmG83UXe8K".into(),
-                "22 characters",
-            ),
+            ("$apr1$123456789$dxHfLAsjHkDRmG83UXe8K0".into(), "salt longer"),
+            ("$apr1$xxxxxxxx$dxHfLAsjHkDRmG83UXe8K".into(), "22 characters"),
             ("$apr1$xxxxxxxx$dxHfLAsjHkDRmG83UXe8K!".into(), "outside"),
             ("{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9".into(), "20-byte"),
             ("{SHA}!!!".into(), "20-byte"),
@@ -994,11 +963,7 @@ g:{PLAIN}hunter2
             let (file, warnings) = parse(&format!("u:{hash}\n"));
             assert!(file.is_empty(), "{hash}");
             assert_eq!(warnings.len(), 1, "{hash}");
-            assert!(
-                warnings[0].to_string().contains(expect),
-                "{hash}: {}",
-                warnings[0]
-            );
+            assert!(warnings[0].to_string().contains(expect), "{hash}: {}", warnings[0]);
         }
     }
 
@@ -1047,8 +1012,7 @@ bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=
     #[test]
     fn arbitrary_input_never_panics() {
         // A cheap fuzz: every prefix of a nasty file, and every single-byte corruption of it.
-        let nasty =
-            "a:$2y$04$\nb:$apr1$\nc:$apr1$$\nd:{SHA}\né:$2y$0é$x\n:\n::\n\r\n\u{feff}\n$2y$:x\n";
+        let nasty = "a:$2y$04$\nb:$apr1$\nc:$apr1$$\nd:{SHA}\né:$2y$0é$x\n:\n::\n\r\n\u{feff}\n$2y$:x\n";
         for end in 0..=nasty.len() {
             let _ = Htpasswd::parse_bytes(&nasty.as_bytes()[..end], Path::new("f"));
         }
@@ -1092,10 +1056,7 @@ bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=
         }
         assert_eq!(dummy_bcrypt_hash(99), dummy_bcrypt_hash(MAX_BCRYPT_COST));
         assert_eq!(dummy_bcrypt_hash(0), dummy_bcrypt_hash(MIN_BCRYPT_COST));
-        assert_eq!(
-            bcrypt::verify("dummy", &dummy_bcrypt_hash(4)).ok(),
-            Some(false)
-        );
+        assert_eq!(bcrypt::verify("dummy", &dummy_bcrypt_hash(4)).ok(), Some(false));
         assert_eq!(bcrypt::verify("", &dummy_bcrypt_hash(4)).ok(), Some(false));
         assert!(matches!(parse_hash(DUMMY_APR1), Ok(Kind::Apr1 { .. })));
         assert!(matches!(parse_hash(DUMMY_SHA), Ok(Kind::Sha1 { .. })));
@@ -1113,8 +1074,7 @@ bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=
         );
     }
 
-    const EDIT_FIXTURE: &str =
-        "# team users\r\n\r\nalice:{SHA}old\r\n  # keep: this\r\nbob:$apr1$x$y:comment\r\n\r\n";
+    const EDIT_FIXTURE: &str = "# team users\r\n\r\nalice:{SHA}old\r\n  # keep: this\r\nbob:$apr1$x$y:comment\r\n\r\n";
 
     #[test]
     fn set_entry_replaces_the_users_line_and_keeps_every_other_byte() {
@@ -1154,10 +1114,7 @@ bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=
 
     #[test]
     fn set_entry_never_touches_a_commented_out_user() {
-        assert_eq!(
-            set_entry("#alice:1\n", "alice", "alice:2"),
-            "#alice:1\nalice:2\n"
-        );
+        assert_eq!(set_entry("#alice:1\n", "alice", "alice:2"), "#alice:1\nalice:2\n");
         assert_eq!(remove_entry("#alice:1\n", "alice"), None);
     }
 
@@ -1201,14 +1158,8 @@ bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=
         );
         assert!(hash_password(&"a".repeat(72), 4).is_ok());
         assert!(matches!(hash_password("a\0b", 4), Err(PasswordError::Nul)));
-        assert!(matches!(
-            hash_password("a", 3),
-            Err(PasswordError::Cost { cost: 3 })
-        ));
-        assert!(matches!(
-            hash_password("a", 17),
-            Err(PasswordError::Cost { cost: 17 })
-        ));
+        assert!(matches!(hash_password("a", 3), Err(PasswordError::Cost { cost: 3 })));
+        assert!(matches!(hash_password("a", 17), Err(PasswordError::Cost { cost: 17 })));
     }
 
     #[test]

@@ -187,10 +187,7 @@ impl Origins {
     pub(crate) fn from_index(file: &str, index: BTreeMap<String, Spot>) -> Origins {
         let file: Arc<str> = Arc::from(file);
         Origins {
-            spots: index
-                .into_iter()
-                .map(|(k, v)| (k, (file.clone(), v)))
-                .collect(),
+            spots: index.into_iter().map(|(k, v)| (k, (file.clone(), v))).collect(),
             replaced: BTreeSet::new(),
         }
     }
@@ -261,21 +258,15 @@ impl Overlay {
         let https_port = pick(high.https_port, low.https_port, "https_port", &mut o);
         let state_dir = pick(high.state_dir, low.state_dir, "state_dir", &mut o);
         let log_format = pick(high.log_format, low.log_format, "log_format", &mut o);
-        let shutdown_grace = pick(
-            high.shutdown_grace,
-            low.shutdown_grace,
-            "shutdown_grace",
-            &mut o,
-        );
+        let shutdown_grace = pick(high.shutdown_grace, low.shutdown_grace, "shutdown_grace", &mut o);
         let metrics_listen = pick(high.metrics_listen, low.metrics_listen, "metrics_listen", &mut o);
-        let metrics_user_labels =
-            pick(high.metrics_user_labels, low.metrics_user_labels, "metrics_user_labels", &mut o);
-        let trusted_proxies = pick(
-            high.trusted_proxies,
-            low.trusted_proxies,
-            "trusted_proxies",
+        let metrics_user_labels = pick(
+            high.metrics_user_labels,
+            low.metrics_user_labels,
+            "metrics_user_labels",
             &mut o,
         );
+        let trusted_proxies = pick(high.trusted_proxies, low.trusted_proxies, "trusted_proxies", &mut o);
         let tls = merge_tls(high.tls, low.tls, &mut o);
         let limits = merge_limits(high.limits, low.limits, &mut o);
         // A higher layer's auth default also beats the lower layer's per-site values.
@@ -286,12 +277,7 @@ impl Overlay {
         }
         let auth = merge_auth(high.auth, low.auth, "auth", &mut o);
         let upstream = pick(high.upstream, low.upstream, "upstream", &mut o);
-        let preserve_host = pick(
-            high.preserve_host,
-            low.preserve_host,
-            "preserve_host",
-            &mut o,
-        );
+        let preserve_host = pick(high.preserve_host, low.preserve_host, "preserve_host", &mut o);
         let public_paths = pick(high.public_paths, low.public_paths, "public_paths", &mut o);
         let sites = pick(high.sites, low_sites, "sites", &mut o);
         // Values written in the higher layer's own file, if it has one, win their positions.
@@ -372,12 +358,7 @@ fn merge_limits(h: LimitsOverlay, l: LimitsOverlay, o: &mut Origins) -> LimitsOv
             "limits.tls_handshake_timeout",
             o,
         ),
-        header_read_timeout: pick(
-            h.header_read_timeout,
-            l.header_read_timeout,
-            "limits.header_timeout",
-            o,
-        ),
+        header_read_timeout: pick(h.header_read_timeout, l.header_read_timeout, "limits.header_timeout", o),
         upstream_connect_timeout: pick(
             h.upstream_connect_timeout,
             l.upstream_connect_timeout,
@@ -391,32 +372,12 @@ fn merge_limits(h: LimitsOverlay, l: LimitsOverlay, o: &mut Origins) -> LimitsOv
             o,
         ),
         idle_timeout: pick(h.idle_timeout, l.idle_timeout, "limits.idle_timeout", o),
-        max_header_bytes: pick(
-            h.max_header_bytes,
-            l.max_header_bytes,
-            "limits.max_header_size",
-            o,
-        ),
+        max_header_bytes: pick(h.max_header_bytes, l.max_header_bytes, "limits.max_header_size", o),
         max_headers: pick(h.max_headers, l.max_headers, "limits.max_headers", o),
         max_uri_bytes: pick(h.max_uri_bytes, l.max_uri_bytes, "limits.max_uri_size", o),
-        max_body_bytes: pick(
-            h.max_body_bytes,
-            l.max_body_bytes,
-            "limits.max_body_size",
-            o,
-        ),
-        max_connections: pick(
-            h.max_connections,
-            l.max_connections,
-            "limits.max_connections",
-            o,
-        ),
-        max_h2_streams: pick(
-            h.max_h2_streams,
-            l.max_h2_streams,
-            "limits.max_h2_streams",
-            o,
-        ),
+        max_body_bytes: pick(h.max_body_bytes, l.max_body_bytes, "limits.max_body_size", o),
+        max_connections: pick(h.max_connections, l.max_connections, "limits.max_connections", o),
+        max_h2_streams: pick(h.max_h2_streams, l.max_h2_streams, "limits.max_h2_streams", o),
     }
 }
 
@@ -435,19 +396,9 @@ fn merge_auth(h: AuthOverlay, l: AuthOverlay, at: &str, o: &mut Origins) -> Auth
         ),
         cache_ttl: pick(h.cache_ttl, l.cache_ttl, &p("cache_ttl"), o),
         cache_capacity: pick(h.cache_capacity, l.cache_capacity, &p("cache_size"), o),
-        lockout_failures: pick(
-            h.lockout_failures,
-            l.lockout_failures,
-            &p("lockout.failures"),
-            o,
-        ),
+        lockout_failures: pick(h.lockout_failures, l.lockout_failures, &p("lockout.failures"), o),
         lockout_window: pick(h.lockout_window, l.lockout_window, &p("lockout.window"), o),
-        lockout_duration: pick(
-            h.lockout_duration,
-            l.lockout_duration,
-            &p("lockout.duration"),
-            o,
-        ),
+        lockout_duration: pick(h.lockout_duration, l.lockout_duration, &p("lockout.duration"), o),
     }
 }
 

@@ -219,9 +219,7 @@ impl<'de> Deserialize<'de> for HeaderChoice {
 }
 
 /// A section that is present turns its feature on even when it is empty (`acme:` alone).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
-    d: D,
-) -> Result<Option<T>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<Option<T>, D::Error> {
     Option::<T>::deserialize(d).map(|v| Some(v.unwrap_or_default()))
 }
 
@@ -235,10 +233,7 @@ fn sections(name: &str) -> Vec<(&'static str, &'static [&'static str])> {
             ("auth", fields_of::<Auth>()),
             ("auth.lockout", fields_of::<Lockout>()),
         ],
-        "Site" => vec![
-            ("auth", fields_of::<Auth>()),
-            ("auth.lockout", fields_of::<Lockout>()),
-        ],
+        "Site" => vec![("auth", fields_of::<Auth>()), ("auth.lockout", fields_of::<Lockout>())],
         "Tls" => vec![("acme", fields_of::<Acme>())],
         "Auth" => vec![("lockout", fields_of::<Lockout>())],
         _ => Vec::new(),
@@ -251,8 +246,7 @@ pub(crate) fn moved_key(name: &'static str, key: &str) -> Option<String> {
     let key = normalize_key(key);
     for (section, fields) in sections(name) {
         for f in fields {
-            if key == *f || key == format!("{}_{f}", section.rsplit('.').next().unwrap_or(section))
-            {
+            if key == *f || key == format!("{}_{f}", section.rsplit('.').next().unwrap_or(section)) {
                 return Some(format!("{section}.{f}"));
             }
         }
@@ -280,11 +274,7 @@ pub fn schema_keys() -> Vec<String> {
                 _ => None,
             };
             if let Some((child, fields)) = child {
-                let path = if child == "Site" {
-                    format!("{path}[]")
-                } else {
-                    path
-                };
+                let path = if child == "Site" { format!("{path}[]") } else { path };
                 walk(&path, child, fields, out);
             }
         }
@@ -302,10 +292,7 @@ mod tests {
     fn keys_in_the_wrong_section_are_pointed_to_the_right_one() {
         assert_eq!(moved_key("Config", "users").as_deref(), Some("auth.users"));
         assert_eq!(moved_key("Config", "tls-cert").as_deref(), Some("tls.cert"));
-        assert_eq!(
-            moved_key("Config", "email").as_deref(),
-            Some("tls.acme.email")
-        );
+        assert_eq!(moved_key("Config", "email").as_deref(), Some("tls.acme.email"));
         assert_eq!(moved_key("Site", "realm").as_deref(), Some("auth.realm"));
         assert_eq!(moved_key("Config", "colour"), None);
     }

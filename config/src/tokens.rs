@@ -314,18 +314,11 @@ pub fn validate_token_name(name: &str) -> Result<(), InvalidName> {
 /// Creates a token called `name`, stores its hash, and returns the token: the only time it is
 /// ever available. `expires_in` of `None` means it never expires; `now` is Unix seconds.
 /// Refuses the name of a token that is still active (an expired or revoked name may be reused).
-pub fn create_token(
-    path: &Path,
-    name: &str,
-    expires_in: Option<Duration>,
-    now: u64,
-) -> Result<Secret, TokensError> {
+pub fn create_token(path: &Path, name: &str, expires_in: Option<Duration>, now: u64) -> Result<Secret, TokensError> {
     validate_token_name(name)?;
     let expires = match expires_in {
         None => None,
-        Some(d) if d.as_secs() == 0 => {
-            return Err(TokensError::Lifetime("it must be at least one second"))
-        }
+        Some(d) if d.as_secs() == 0 => return Err(TokensError::Lifetime("it must be at least one second")),
         Some(d) => Some(
             now.checked_add(d.as_secs())
                 .ok_or(TokensError::Lifetime("it is too long"))?,
@@ -546,10 +539,7 @@ mod tests {
     fn token_hash_hex_round_trips_and_rejects_junk() {
         let hash = TokenHash::of("grd_x");
         assert_eq!(TokenHash::from_hex(&hash.to_hex()), Some(hash));
-        assert_eq!(
-            TokenHash::from_hex(&hash.to_hex().to_uppercase()),
-            Some(hash)
-        );
+        assert_eq!(TokenHash::from_hex(&hash.to_hex().to_uppercase()), Some(hash));
         assert_eq!(TokenHash::from_hex("abc"), None);
         assert_eq!(TokenHash::from_hex(&"g".repeat(64)), None);
         assert_eq!(TokenHash::from_hex(&"é".repeat(32)), None);
@@ -580,8 +570,7 @@ mod tests {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
         let token = create_token(&path, "ci", Some(Duration::from_secs(90 * DAY)), NOW).unwrap();
-        let value: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(
             value,
             serde_json::json!({
@@ -603,14 +592,8 @@ mod tests {
         let path = dir.path().join("tokens.json");
         let token = create_token(&path, "ci", Some(Duration::from_secs(DAY)), NOW).unwrap();
         let set = load(&path).unwrap();
-        assert_eq!(
-            set.lookup(token.expose(), NOW + DAY - 1),
-            Lookup::Valid { name: "ci" }
-        );
-        assert_eq!(
-            set.lookup(token.expose(), NOW + DAY),
-            Lookup::Expired { name: "ci" }
-        );
+        assert_eq!(set.lookup(token.expose(), NOW + DAY - 1), Lookup::Valid { name: "ci" });
+        assert_eq!(set.lookup(token.expose(), NOW + DAY), Lookup::Expired { name: "ci" });
     }
 
     #[test]
@@ -620,10 +603,7 @@ mod tests {
         let token = create_token(&path, "ci", Some(Duration::from_secs(DAY)), NOW).unwrap();
         revoke_token(&path, "ci", NOW + 10).unwrap();
         let set = load(&path).unwrap();
-        assert_eq!(
-            set.lookup(token.expose(), NOW + 20),
-            Lookup::Revoked { name: "ci" }
-        );
+        assert_eq!(set.lookup(token.expose(), NOW + 20), Lookup::Revoked { name: "ci" });
         // Revocation outranks expiry.
         assert_eq!(
             set.lookup(token.expose(), NOW + 2 * DAY),
@@ -662,10 +642,7 @@ mod tests {
         assert_eq!(set.len(), 3);
         let at = NOW + DAY + 3;
         assert_eq!(set.lookup(old.expose(), at), Lookup::Revoked { name: "ci" });
-        assert_eq!(
-            set.lookup(renewed.expose(), at),
-            Lookup::Revoked { name: "ci" }
-        );
+        assert_eq!(set.lookup(renewed.expose(), at), Lookup::Revoked { name: "ci" });
         assert_eq!(set.lookup(again.expose(), at), Lookup::Valid { name: "ci" });
     }
 
@@ -674,11 +651,7 @@ mod tests {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
         let err = create_token(&path, "my token", None, NOW).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("invalid token name \"my token\""),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("invalid token name \"my token\""), "{err}");
         let err = create_token(&path, "ci", Some(Duration::from_millis(500)), NOW).unwrap_err();
         assert!(matches!(err, TokensError::Lifetime(_)), "{err}");
         let err = create_token(&path, "ci", Some(Duration::from_secs(u64::MAX)), NOW).unwrap_err();
@@ -772,17 +745,11 @@ mod tests {
                 std::thread::spawn(move || create_token(&path, &format!("t{i}"), None, NOW))
             })
             .collect();
-        let tokens: Vec<Secret> = threads
-            .into_iter()
-            .map(|t| t.join().unwrap().unwrap())
-            .collect();
+        let tokens: Vec<Secret> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
         let set = load(&path).unwrap();
         assert_eq!(set.len(), 10);
         for token in &tokens {
-            assert!(matches!(
-                set.lookup(token.expose(), NOW),
-                Lookup::Valid { .. }
-            ));
+            assert!(matches!(set.lookup(token.expose(), NOW), Lookup::Valid { .. }));
         }
     }
 

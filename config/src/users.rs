@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil::{lock_exclusive, write_atomic};
 use crate::htpasswd::{
-    hash_password, named_users, remove_entry, set_entry, validate_username, Htpasswd, InvalidName,
-    LoadWarning, PasswordError,
+    hash_password, named_users, remove_entry, set_entry, validate_username, Htpasswd, InvalidName, LoadWarning,
+    PasswordError,
 };
 use crate::secret::Secret;
 
@@ -106,12 +106,7 @@ pub fn add_user(path: &Path, name: &str, password: &Secret, cost: u32) -> Result
 
 /// Replaces the password of `name`, which must have a line in the file. This also repairs an
 /// entry guard cannot check (an unsupported or damaged hash).
-pub fn set_password(
-    path: &Path,
-    name: &str,
-    password: &Secret,
-    cost: u32,
-) -> Result<(), UsersError> {
+pub fn set_password(path: &Path, name: &str, password: &Secret, cost: u32) -> Result<(), UsersError> {
     let hash = hash(name, password, cost)?;
     let _lock = lock(path)?;
     let text = read_text(path, false)?;
@@ -229,10 +224,7 @@ mod tests {
         assert!(users.verify_user("alice", b"wonderland"));
         assert!(!users.verify_user("alice", b"looking-glass"));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            text.starts_with("alice:$2y$04$") && text.ends_with('\n'),
-            "{text}"
-        );
+        assert!(text.starts_with("alice:$2y$04$") && text.ends_with('\n'), "{text}");
     }
 
     #[test]
@@ -243,9 +235,8 @@ mod tests {
         let err = add_user(&path, "alice", &pw("two"), COST).unwrap_err();
         assert!(matches!(err, UsersError::Exists { .. }));
         assert!(
-            err.to_string().ends_with(
-                "user \"alice\" already exists; use `guard passwd alice` to change the password"
-            ),
+            err.to_string()
+                .ends_with("user \"alice\" already exists; use `guard passwd alice` to change the password"),
             "{err}"
         );
         assert!(load(&path).unwrap().0.verify_user("alice", b"one"));
@@ -275,18 +266,14 @@ mod tests {
     fn set_password_changes_only_that_users_line_and_keeps_comments_and_crlf() {
         let dir = TestDir::new();
         let path = dir.path().join("users");
-        let before =
-            "# ops team\r\nalice:$6$old$x\r\n\r\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\r\n";
+        let before = "# ops team\r\nalice:$6$old$x\r\n\r\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\r\n";
         std::fs::write(&path, before).unwrap();
         set_password(&path, "alice", &pw("new pass"), COST).unwrap();
         let after = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = after.split("\r\n").collect();
         assert_eq!(lines[0], "# ops team");
         assert!(lines[1].starts_with("alice:$2y$04$"), "{after}");
-        assert_eq!(
-            &lines[2..],
-            ["", "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", ""]
-        );
+        assert_eq!(&lines[2..], ["", "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", ""]);
         let (users, warnings) = load(&path).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert!(users.verify_user("alice", b"new pass"));
@@ -331,16 +318,9 @@ mod tests {
     fn list_users_includes_unusable_entries_and_a_missing_file_is_detectable() {
         let dir = TestDir::new();
         let path = dir.path().join("users");
-        assert!(matches!(
-            list_users(&path),
-            Err(UsersError::NotFound { .. })
-        ));
+        assert!(matches!(list_users(&path), Err(UsersError::NotFound { .. })));
         assert!(matches!(load(&path), Err(UsersError::NotFound { .. })));
-        std::fs::write(
-            &path,
-            "# c\nalice:$2y$garbage\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "# c\nalice:$2y$garbage\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
         assert_eq!(list_users(&path).unwrap(), ["alice", "bob"]);
         let (users, warnings) = load(&path).unwrap();
         assert_eq!(users.names().collect::<Vec<_>>(), ["bob"]);

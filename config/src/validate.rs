@@ -14,9 +14,7 @@ use std::time::Duration;
 use crate::acme::{self, AcmeSettings, ChallengeChoice};
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{parse_duration, parse_size, Cidr, Upstream};
-use crate::overlay::{
-    AcmeOverlay, AuthOverlay, LimitsOverlay, Origins, Overlay, SiteOverlay, TlsOverlay,
-};
+use crate::overlay::{AcmeOverlay, AuthOverlay, LimitsOverlay, Origins, Overlay, SiteOverlay, TlsOverlay};
 use crate::raw;
 use crate::serve::{self, AuthSettings, Limits, LogFormat, ServeSettings, SiteSettings, TlsSource};
 use crate::tokens::{self, TokensError};
@@ -91,12 +89,7 @@ impl Check<'_> {
     }
 
     /// Parses a value, reporting a failure at its key path.
-    fn value<R, T>(
-        &mut self,
-        path: &str,
-        raw: Option<R>,
-        parse: impl FnOnce(R) -> Result<T, String>,
-    ) -> Option<T> {
+    fn value<R, T>(&mut self, path: &str, raw: Option<R>, parse: impl FnOnce(R) -> Result<T, String>) -> Option<T> {
         match parse(raw?) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -150,11 +143,7 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
         https_port: c.value("https_port", r.https_port, parse_port),
         state_dir: c.file("state_dir", r.state_dir),
         log_format: c.value("log_format", r.log_format.as_deref(), parse_log_format),
-        shutdown_grace: c.value(
-            "shutdown_grace",
-            r.shutdown_grace.as_deref(),
-            parse_duration,
-        ),
+        shutdown_grace: c.value("shutdown_grace", r.shutdown_grace.as_deref(), parse_duration),
         metrics_listen: c.value("metrics_listen", r.metrics_listen.as_deref(), parse_listen),
         metrics_user_labels: r.metrics_user_labels,
         trusted_proxies: c.values("trusted_proxies", r.trusted_proxies, Cidr::parse),
@@ -163,25 +152,13 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
             key: c.file("tls.key", tls.key),
             acme: tls.acme.map(|a| AcmeOverlay {
                 email: c.value("tls.acme.email", a.email.as_deref(), acme::parse_email),
-                directory: c.value(
-                    "tls.acme.directory",
-                    a.directory.as_deref(),
-                    acme::parse_directory_url,
-                ),
+                directory: c.value("tls.acme.directory", a.directory.as_deref(), acme::parse_directory_url),
                 staging: a.staging,
                 ca_root: c.file("tls.acme.ca_root", a.ca_root),
-                challenge: c.value(
-                    "tls.acme.challenge",
-                    a.challenge.as_deref(),
-                    ChallengeChoice::parse,
-                ),
+                challenge: c.value("tls.acme.challenge", a.challenge.as_deref(), ChallengeChoice::parse),
                 domains: c.values("tls.acme.domains", a.domains, parse_acme_domain),
             }),
-            hsts_max_age: c.value(
-                "tls.hsts_max_age",
-                tls.hsts_max_age.as_deref(),
-                parse_whole_seconds,
-            ),
+            hsts_max_age: c.value("tls.hsts_max_age", tls.hsts_max_age.as_deref(), parse_whole_seconds),
         },
         limits: LimitsOverlay {
             tls_handshake_timeout: c.value(
@@ -189,11 +166,7 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
                 limits.tls_handshake_timeout.as_deref(),
                 parse_timeout,
             ),
-            header_read_timeout: c.value(
-                "limits.header_timeout",
-                limits.header_timeout.as_deref(),
-                parse_timeout,
-            ),
+            header_read_timeout: c.value("limits.header_timeout", limits.header_timeout.as_deref(), parse_timeout),
             upstream_connect_timeout: c.value(
                 "limits.connect_timeout",
                 limits.connect_timeout.as_deref(),
@@ -204,20 +177,12 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
                 limits.upstream_timeout.as_deref(),
                 parse_timeout,
             ),
-            idle_timeout: c.value(
-                "limits.idle_timeout",
-                limits.idle_timeout.as_deref(),
-                parse_timeout,
-            ),
-            max_header_bytes: c.value(
-                "limits.max_header_size",
-                limits.max_header_size.as_deref(),
-                |s| {
-                    let n = parse_size(s)?;
-                    count(n, 1, u64::MAX).map_err(|e| format!("{s:?}: {e}"))?;
-                    Ok(usize::try_from(n).unwrap_or(usize::MAX))
-                },
-            ),
+            idle_timeout: c.value("limits.idle_timeout", limits.idle_timeout.as_deref(), parse_timeout),
+            max_header_bytes: c.value("limits.max_header_size", limits.max_header_size.as_deref(), |s| {
+                let n = parse_size(s)?;
+                count(n, 1, u64::MAX).map_err(|e| format!("{s:?}: {e}"))?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }),
             max_headers: c.value("limits.max_headers", limits.max_headers, |n| {
                 count_usize(n, 1, u32::MAX.into())
             }),
@@ -226,17 +191,11 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
                 count(n, 1, u64::MAX).map_err(|e| format!("{s:?}: {e}"))?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }),
-            max_body_bytes: c.value(
-                "limits.max_body_size",
-                limits.max_body_size.as_deref(),
-                parse_size,
-            ),
+            max_body_bytes: c.value("limits.max_body_size", limits.max_body_size.as_deref(), parse_size),
             max_connections: c.value("limits.max_connections", limits.max_connections, |n| {
                 count_usize(n, 1, u32::MAX.into())
             }),
-            max_h2_streams: c.value("limits.max_h2_streams", limits.max_h2_streams, |n| {
-                count_u32(n, 1)
-            }),
+            max_h2_streams: c.value("limits.max_h2_streams", limits.max_h2_streams, |n| count_u32(n, 1)),
         },
         auth: auth_from_raw(r.auth.unwrap_or_default(), "auth", c),
         upstream: c.value("upstream", r.upstream.as_deref(), Upstream::parse),
@@ -255,29 +214,15 @@ fn auth_from_raw(a: raw::Auth, at: &str, c: &mut Check<'_>) -> AuthOverlay {
         users_file: c.file(&p("users"), a.users),
         tokens_file: c.file(&p("tokens"), a.tokens),
         realm: c.value(&p("realm"), a.realm.as_deref(), parse_realm),
-        forwarded_user_header: c.value(&p("forwarded_user_header"), a.forwarded_user_header, |h| {
-            match h {
-                raw::HeaderChoice::Off => Ok(None),
-                raw::HeaderChoice::Name(n) => parse_header_name(&n).map(Some),
-            }
+        forwarded_user_header: c.value(&p("forwarded_user_header"), a.forwarded_user_header, |h| match h {
+            raw::HeaderChoice::Off => Ok(None),
+            raw::HeaderChoice::Name(n) => parse_header_name(&n).map(Some),
         }),
         cache_ttl: c.value(&p("cache_ttl"), a.cache_ttl.as_deref(), parse_duration),
-        cache_capacity: c.value(&p("cache_size"), a.cache_size, |n| {
-            count_usize(n, 1, u32::MAX.into())
-        }),
-        lockout_failures: c.value(&p("lockout.failures"), lockout.failures, |n| {
-            count_u32(n, 0)
-        }),
-        lockout_window: c.value(
-            &p("lockout.window"),
-            lockout.window.as_deref(),
-            parse_duration,
-        ),
-        lockout_duration: c.value(
-            &p("lockout.duration"),
-            lockout.duration.as_deref(),
-            parse_duration,
-        ),
+        cache_capacity: c.value(&p("cache_size"), a.cache_size, |n| count_usize(n, 1, u32::MAX.into())),
+        lockout_failures: c.value(&p("lockout.failures"), lockout.failures, |n| count_u32(n, 0)),
+        lockout_window: c.value(&p("lockout.window"), lockout.window.as_deref(), parse_duration),
+        lockout_duration: c.value(&p("lockout.duration"), lockout.duration.as_deref(), parse_duration),
     }
 }
 
@@ -331,12 +276,8 @@ pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
     let limits = Limits {
         tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(d.tls_handshake_timeout),
         header_read_timeout: l.header_read_timeout.unwrap_or(d.header_read_timeout),
-        upstream_connect_timeout: l
-            .upstream_connect_timeout
-            .unwrap_or(d.upstream_connect_timeout),
-        upstream_response_timeout: l
-            .upstream_response_timeout
-            .unwrap_or(d.upstream_response_timeout),
+        upstream_connect_timeout: l.upstream_connect_timeout.unwrap_or(d.upstream_connect_timeout),
+        upstream_response_timeout: l.upstream_response_timeout.unwrap_or(d.upstream_response_timeout),
         idle_timeout: l.idle_timeout.unwrap_or(d.idle_timeout),
         max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes),
         max_headers: l.max_headers.unwrap_or(d.max_headers),
@@ -367,10 +308,7 @@ fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSet
     let Some(list) = &o.sites else {
         let upstream = o.upstream.clone();
         if upstream.is_none() {
-            c.error(
-                "upstream",
-                "missing: give an upstream (host:port) or a list of sites",
-            );
+            c.error("upstream", "missing: give an upstream (host:port) or a list of sites");
         }
         let auth = resolve_auth(&AuthOverlay::default(), &o.auth, state_dir);
         check_auth_files(&auth, "auth.users", "auth.tokens", "auth", c);
@@ -439,10 +377,7 @@ fn check_sites(list: &[SiteOverlay], o: &Overlay, c: &mut Check<'_>) {
         ("public_paths", o.public_paths.is_some()),
     ] {
         if set {
-            c.error(
-                key,
-                format!("cannot be combined with sites; set {key} in each site"),
-            );
+            c.error(key, format!("cannot be combined with sites; set {key} in each site"));
         }
     }
     if list.is_empty() {
@@ -456,9 +391,7 @@ fn check_sites(list: &[SiteOverlay], o: &Overlay, c: &mut Check<'_>) {
         if let Some(first) = names.get(&name) {
             c.error(
                 &format!("sites[{i}].name"),
-                format!(
-                    "{name:?} is already the name of sites[{first}]; give each site its own name"
-                ),
+                format!("{name:?} is already the name of sites[{first}]; give each site its own name"),
             );
         } else {
             names.insert(name, i);
@@ -474,12 +407,16 @@ fn check_sites(list: &[SiteOverlay], o: &Overlay, c: &mut Check<'_>) {
         }
         for (j, h) in s.hosts.iter().enumerate() {
             match hosts.get(h.as_str()) {
-                Some(&(fi, fj)) if fi == i => {
-                    c.error(&format!("sites[{i}].hosts[{j}]"), format!("{h:?} is listed twice (hosts[{fj}])"))
-                }
+                Some(&(fi, fj)) if fi == i => c.error(
+                    &format!("sites[{i}].hosts[{j}]"),
+                    format!("{h:?} is listed twice (hosts[{fj}])"),
+                ),
                 Some(&(fi, _)) => c.error(
                     &format!("sites[{i}].hosts[{j}]"),
-                    format!("{h:?} is already a host of sites[{fi}] ({:?}); a host name belongs to one site", site_name(&list[fi])),
+                    format!(
+                        "{h:?} is already a host of sites[{fi}] ({:?}); a host name belongs to one site",
+                        site_name(&list[fi])
+                    ),
                 ),
                 None => {
                     hosts.insert(h, (i, j));
@@ -504,29 +441,19 @@ fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> Auth
             .clone()
             .or_else(|| top.tokens_file.clone())
             .unwrap_or(d.tokens_file),
-        realm: site
-            .realm
-            .clone()
-            .or_else(|| top.realm.clone())
-            .unwrap_or(d.realm),
+        realm: site.realm.clone().or_else(|| top.realm.clone()).unwrap_or(d.realm),
         forwarded_user_header: site
             .forwarded_user_header
             .clone()
             .or_else(|| top.forwarded_user_header.clone())
             .unwrap_or(d.forwarded_user_header),
         cache_ttl: site.cache_ttl.or(top.cache_ttl).unwrap_or(d.cache_ttl),
-        cache_capacity: site
-            .cache_capacity
-            .or(top.cache_capacity)
-            .unwrap_or(d.cache_capacity),
+        cache_capacity: site.cache_capacity.or(top.cache_capacity).unwrap_or(d.cache_capacity),
         lockout_failures: site
             .lockout_failures
             .or(top.lockout_failures)
             .unwrap_or(d.lockout_failures),
-        lockout_window: site
-            .lockout_window
-            .or(top.lockout_window)
-            .unwrap_or(d.lockout_window),
+        lockout_window: site.lockout_window.or(top.lockout_window).unwrap_or(d.lockout_window),
         lockout_duration: site
             .lockout_duration
             .or(top.lockout_duration)
@@ -536,13 +463,7 @@ fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> Auth
 
 /// The proxy's start-up rule, checked ahead: with authentication on, the users and tokens files
 /// may each be missing, but what exists must load and let at least one user or token in.
-fn check_auth_files(
-    auth: &AuthSettings,
-    users_at: &str,
-    tokens_at: &str,
-    at: &str,
-    c: &mut Check<'_>,
-) {
+fn check_auth_files(auth: &AuthSettings, users_at: &str, tokens_at: &str, at: &str, c: &mut Check<'_>) {
     if auth.disabled {
         return;
     }
@@ -578,10 +499,7 @@ fn check_auth_files(
 /// Why an existing users or tokens file cannot be used, without repeating its path twice.
 fn unreadable(path: &Path, e: &(dyn std::error::Error + 'static)) -> String {
     if path.is_dir() {
-        return format!(
-            "{:?}: is a directory, not a file",
-            path.display().to_string()
-        );
+        return format!("{:?}: is a directory, not a file", path.display().to_string());
     }
     let mut message = e.to_string();
     let mut source = e.source();
@@ -597,9 +515,7 @@ fn unreadable(path: &Path, e: &(dyn std::error::Error + 'static)) -> String {
 fn check_readable(path: &Path) -> Result<(), String> {
     let shown = path.display().to_string();
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(format!("{shown:?}: no such file"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{shown:?}: no such file")),
         Err(e) => Err(format!("{shown:?}: {}", io_message(&e))),
         Ok(m) if m.is_dir() => Err(format!("{shown:?}: is a directory, not a file")),
         Ok(_) => std::fs::File::open(path)
@@ -721,7 +637,10 @@ fn finish_tls(o: &Overlay, listen: SocketAddr, c: &mut Check<'_>) -> Option<TlsS
     });
     if conflicts(listen, http_listen) {
         if o.http_listen.is_some() {
-            c.error("http_listen", format!("{http_listen} conflicts with listen {listen}; the two listeners need different ports"));
+            c.error(
+                "http_listen",
+                format!("{http_listen} conflicts with listen {listen}; the two listeners need different ports"),
+            );
         } else {
             c.error(
                 "listen",
@@ -743,9 +662,7 @@ fn finish_tls(o: &Overlay, listen: SocketAddr, c: &mut Check<'_>) -> Option<TlsS
 
 /// Two listeners that cannot both bind: the same port on the same address, or on a wildcard.
 fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// A name a public CA can issue for: it has a dot and a top-level label that is not all digits.
@@ -758,9 +675,7 @@ fn is_public_name(name: &str) -> bool {
 /// `guard adduser` and `guard serve` agree without flags.
 pub fn default_state_dir() -> PathBuf {
     use std::os::unix::fs::MetadataExt;
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
+    let is_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
     if is_root {
         return PathBuf::from(serve::DEFAULT_STATE_DIR);
     }
@@ -784,11 +699,15 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     match t.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_err() => Err(format!("{s:?}: {port:?} is not a valid port (1-65535)")),
+        Some((_, port)) if port.parse::<u16>().is_err() => {
+            Err(format!("{s:?}: {port:?} is not a valid port (1-65535)"))
+        }
         Some((host, _)) if host.contains(':') && !host.starts_with('[') => {
             Err(format!("{s:?}: write IPv6 addresses in brackets, e.g. [::]:8443"))
         }
-        Some((host, _)) => Err(format!("{s:?}: {host:?} is not an IP address; listen on 0.0.0.0, [::] or an address of this machine")),
+        Some((host, _)) => Err(format!(
+            "{s:?}: {host:?} is not an IP address; listen on 0.0.0.0, [::] or an address of this machine"
+        )),
         None => Err(format!("{s:?}: expected IP:PORT, e.g. 0.0.0.0:8443")),
     }
 }
@@ -849,17 +768,12 @@ fn parse_host(s: &str) -> Result<String, String> {
     if t.is_empty() {
         return Err("empty host name".into());
     }
-    let bare = t
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(&t);
+    let bare = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(&t);
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(ip.to_string());
     }
     if t.starts_with("*.") {
-        return Err(format!(
-            "{s:?}: wildcards are not supported; list each host name"
-        ));
+        return Err(format!("{s:?}: wildcards are not supported; list each host name"));
     }
     if t.contains(':') {
         return Err(format!("{s:?}: give the host name without a port"));
@@ -889,12 +803,13 @@ fn parse_public_path(s: &str) -> Result<String, String> {
         return Err("\"/\" would make the whole site public; set dangerous_no_auth instead".into());
     }
     let odd = s.contains("//")
-        || s.chars().any(|ch| {
-            matches!(ch, '?' | '#' | '%' | '\\') || ch.is_whitespace() || ch.is_control()
-        })
+        || s.chars()
+            .any(|ch| matches!(ch, '?' | '#' | '%' | '\\') || ch.is_whitespace() || ch.is_control())
         || s.split('/').any(|seg| seg == "." || seg == "..");
     if odd {
-        return Err(format!("{s:?}: a public path is a plain prefix, without '?', '#', '%', '\\', '//' or dot segments"));
+        return Err(format!(
+            "{s:?}: a public path is a plain prefix, without '?', '#', '%', '\\', '//' or dot segments"
+        ));
     }
     Ok(s.to_owned())
 }
@@ -903,9 +818,7 @@ fn parse_realm(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("empty realm".into());
     }
-    if s.chars()
-        .any(|ch| ch == '"' || ch == '\\' || ch.is_control())
-    {
+    if s.chars().any(|ch| ch == '"' || ch == '\\' || ch.is_control()) {
         return Err(format!(
             "{s:?}: the realm cannot contain '\"', '\\' or control characters"
         ));
@@ -991,28 +904,17 @@ mod tests {
             r#""0.0.0.0:http": "http" is not a valid port (1-65535)"#
         );
         assert!(parse_listen("::1:80").unwrap_err().contains("brackets"));
-        assert!(parse_listen("localhost:80")
-            .unwrap_err()
-            .contains("not an IP address"));
-        assert!(parse_listen("8443")
-            .unwrap_err()
-            .contains("expected IP:PORT"));
+        assert!(parse_listen("localhost:80").unwrap_err().contains("not an IP address"));
+        assert!(parse_listen("8443").unwrap_err().contains("expected IP:PORT"));
     }
 
     #[test]
     fn hosts_are_names_or_addresses_without_ports() {
-        assert_eq!(
-            parse_host("MLflow.Example.com").unwrap(),
-            "mlflow.example.com"
-        );
+        assert_eq!(parse_host("MLflow.Example.com").unwrap(), "mlflow.example.com");
         assert_eq!(parse_host("[::1]").unwrap(), "::1");
         assert_eq!(parse_host("10.0.0.1").unwrap(), "10.0.0.1");
-        assert!(parse_host("a.example.com:443")
-            .unwrap_err()
-            .contains("without a port"));
-        assert!(parse_host("*.example.com")
-            .unwrap_err()
-            .contains("wildcards"));
+        assert!(parse_host("a.example.com:443").unwrap_err().contains("without a port"));
+        assert!(parse_host("*.example.com").unwrap_err().contains("wildcards"));
     }
 
     #[test]
@@ -1027,9 +929,7 @@ mod tests {
     fn user_headers_are_tokens_and_not_standard_ones() {
         assert_eq!(parse_header_name("X-Remote-User").unwrap(), "X-Remote-User");
         assert!(parse_header_name("X User").is_err());
-        assert!(parse_header_name("Cookie")
-            .unwrap_err()
-            .contains("standard header"));
+        assert!(parse_header_name("Cookie").unwrap_err().contains("standard header"));
     }
 
     #[test]

@@ -100,10 +100,7 @@ fn resolve(text: &str, plain: bool) -> Resolved<'_> {
         i128::from_str_radix(hex, 16).ok()
     } else if let Some(oct) = text.strip_prefix("0o") {
         i128::from_str_radix(oct, 8).ok()
-    } else if text
-        .trim_start_matches(['-', '+'])
-        .bytes()
-        .all(|b| b.is_ascii_digit())
+    } else if text.trim_start_matches(['-', '+']).bytes().all(|b| b.is_ascii_digit())
         && text.trim_start_matches(['-', '+']).len() + 1 >= text.len()
     {
         text.parse::<i128>().ok()
@@ -253,9 +250,7 @@ pub(crate) fn parse(text: &str) -> Result<(Node, Vec<Problem>), Problem> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match b.stack.pop() {
-                    Some(Frame::Seq {
-                        pos, anchor, items, ..
-                    }) => (
+                    Some(Frame::Seq { pos, anchor, items, .. }) => (
                         Node {
                             kind: Kind::Seq(items),
                             pos,
@@ -263,10 +258,7 @@ pub(crate) fn parse(text: &str) -> Result<(Node, Vec<Problem>), Problem> {
                         anchor,
                     ),
                     Some(Frame::Map {
-                        pos,
-                        anchor,
-                        entries,
-                        ..
+                        pos, anchor, entries, ..
                     }) => (
                         Node {
                             kind: Kind::Map(entries),
@@ -305,21 +297,14 @@ impl Builder {
         match self.stack.last() {
             None => String::new(),
             Some(Frame::Seq { path, items, .. }) => format!("{path}[{}]", items.len()),
-            Some(Frame::Map {
-                path, key: Some(k), ..
-            }) => join(path, &k.text),
-            Some(Frame::Map {
-                path, key: None, ..
-            }) => path.clone(),
+            Some(Frame::Map { path, key: Some(k), .. }) => join(path, &k.text),
+            Some(Frame::Map { path, key: None, .. }) => path.clone(),
         }
     }
 
     /// The path of a list or mapping that starts here; refuses one used as a mapping key.
     fn container_path(&self, pos: Position) -> Result<String, Problem> {
-        if let Some(Frame::Map {
-            key: None, path, ..
-        }) = self.stack.last()
-        {
+        if let Some(Frame::Map { key: None, path, .. }) = self.stack.last() {
             return Err(Problem {
                 pos,
                 path: path.clone(),
@@ -344,9 +329,7 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map {
-                path, entries, key, ..
-            }) => match key.take() {
+            Some(Frame::Map { path, entries, key, .. }) => match key.take() {
                 None => {
                     let Kind::Scalar { text, .. } = node.kind else {
                         return Err(Problem {
@@ -355,10 +338,7 @@ impl Builder {
                             message: "a mapping key must be a plain word".into(),
                         });
                     };
-                    let first = entries
-                        .iter()
-                        .find(|e| e.key == text)
-                        .map(|e| e.key_pos.line);
+                    let first = entries.iter().find(|e| e.key == text).map(|e| e.key_pos.line);
                     if let Some(line) = first {
                         self.problems.push(Problem {
                             pos: node.pos,
@@ -421,10 +401,7 @@ pub(crate) type Hint = fn(&'static str, &str) -> Option<String>;
 /// Deserializes `T` from the tree, collecting every problem. A type error drops the innermost
 /// mapping entry that holds it and deserialization runs again, so one pass per type error; an
 /// unknown key is reported and skipped. `None` when even the document's shape is wrong.
-pub(crate) fn deserialize<T: de::DeserializeOwned>(
-    root: &Node,
-    hint: Hint,
-) -> (Option<T>, Vec<Problem>) {
+pub(crate) fn deserialize<T: de::DeserializeOwned>(root: &Node, hint: Hint) -> (Option<T>, Vec<Problem>) {
     let mut dropped = BTreeSet::new();
     let mut problems = Vec::new();
     let unknown = RefCell::new(Vec::new());
@@ -448,9 +425,7 @@ pub(crate) fn deserialize<T: de::DeserializeOwned>(
                     message: e.message,
                 });
                 match e.entry {
-                    Some(entry)
-                        if problems.len() < MAX_TYPE_ERRORS && !dropped.contains(&entry) =>
-                    {
+                    Some(entry) if problems.len() < MAX_TYPE_ERRORS && !dropped.contains(&entry) => {
                         dropped.insert(entry);
                     }
                     _ => break None,
@@ -693,19 +668,11 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             _ => Err(self.fail("an empty value")),
         }
     }
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, DeError> {
         self.deserialize_unit(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, DeError> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -751,9 +718,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             Kind::Map(entries) => entries.as_slice(),
             // An empty document or section: every key at its default.
             _ if self.node.resolved() == Some(Resolved::Null) => &[],
-            _ if self.path.is_empty() => {
-                return Err(self.fail("a mapping of settings (key: value)"))
-            }
+            _ if self.path.is_empty() => return Err(self.fail("a mapping of settings (key: value)")),
             _ => return Err(self.fail("a mapping")),
         };
         let mut known = Vec::new();
@@ -782,9 +747,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                 unknown.push(problem);
             }
         }
-        visitor
-            .visit_map(Entries::new(known, &self))
-            .map_err(|e| self.place(e))
+        visitor.visit_map(Entries::new(known, &self)).map_err(|e| self.place(e))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -794,9 +757,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
         visitor: V,
     ) -> Result<V::Value, DeError> {
         match self.text() {
-            Some(t) => visitor
-                .visit_enum(t.into_deserializer())
-                .map_err(|e| self.place(e)),
+            Some(t) => visitor.visit_enum(t.into_deserializer()).map_err(|e| self.place(e)),
             None => Err(self.fail("a string")),
         }
     }
@@ -829,27 +790,20 @@ impl<'a, 'b> Entries<'a, 'b> {
 impl<'de> MapAccess<'de> for Entries<'_, '_> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
         let Some(e) = self.entries.next() else {
             return Ok(None);
         };
         self.current = Some(e);
         let key: de::value::StrDeserializer<'_, DeError> = e.key.as_str().into_deserializer();
         seed.deserialize(key).map(Some).map_err(|mut err| {
-            err.at
-                .get_or_insert_with(|| (join(&self.de.path, &e.key), e.key_pos));
+            err.at.get_or_insert_with(|| (join(&self.de.path, &e.key), e.key_pos));
             err
         })
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let e = self
-            .current
-            .take()
-            .expect("serde asks for a key before its value");
+        let e = self.current.take().expect("serde asks for a key before its value");
         let path = join(&self.de.path, &e.key);
         seed.deserialize(De {
             node: &e.value,
@@ -871,10 +825,7 @@ struct Items<'a, 'b> {
 impl<'de> SeqAccess<'de> for Items<'_, '_> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
         let Some((i, node)) = self.items.next() else {
             return Ok(None);
         };

@@ -70,9 +70,7 @@ fn broken_files_get_their_exact_message_with_key_path_and_position() {
     for (what, yaml, expected) in &cases {
         let got = problems(yaml);
         if got != *expected {
-            failures.push(format!(
-                "{what}:\n  expected: {expected}\n       got: {got}"
-            ));
+            failures.push(format!("{what}:\n  expected: {expected}\n       got: {got}"));
         }
     }
     assert!(cases.len() >= 25);
@@ -182,21 +180,12 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     );
     let s = finish(load_file(&config).unwrap()).unwrap();
     assert_eq!(s.state_dir, dir.path().join("state"));
-    assert_eq!(
-        s.sites[0].auth.users_file,
-        dir.path().join("users.htpasswd")
-    );
+    assert_eq!(s.sites[0].auth.users_file, dir.path().join("users.htpasswd"));
     // The tokens file defaults into the state directory, and may be missing.
-    assert_eq!(
-        s.sites[0].auth.tokens_file,
-        dir.path().join("state/tokens.json")
-    );
+    assert_eq!(s.sites[0].auth.tokens_file, dir.path().join("state/tokens.json"));
     match &s.tls {
         TlsSource::Files { cert, key } => {
-            assert_eq!(
-                (cert, key),
-                (&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
-            )
+            assert_eq!((cert, key), (&dir.path().join("cert.pem"), &dir.path().join("key.pem")))
         }
         other => panic!("expected certificate files, got {other:?}"),
     }
@@ -222,26 +211,16 @@ sites:\n  - hosts: [a.example.com]\n    upstream: a:1\n    auth: {realm: SiteA}\
 fn a_flag_beats_the_file_and_the_file_beats_the_default() {
     let file = parse_str(TWO_SITES, "guard.yaml").unwrap();
     let merged = finish(Overlay::merge(flags(), file.clone())).unwrap();
-    assert_eq!(
-        merged.listen,
-        "127.0.0.1:9443".parse::<SocketAddr>().unwrap()
-    );
+    assert_eq!(merged.listen, "127.0.0.1:9443".parse::<SocketAddr>().unwrap());
     assert_eq!(merged.shutdown_grace, Duration::from_secs(3));
     // A flag applies to every site, even one whose own auth set the key.
     assert_eq!(
-        merged
-            .sites
-            .iter()
-            .map(|s| s.auth.realm.as_str())
-            .collect::<Vec<_>>(),
+        merged.sites.iter().map(|s| s.auth.realm.as_str()).collect::<Vec<_>>(),
         ["FromFlags", "FromFlags"]
     );
 
     let file_only = finish(Overlay::merge(Overlay::default(), file)).unwrap();
-    assert_eq!(
-        file_only.listen,
-        "0.0.0.0:9000".parse::<SocketAddr>().unwrap()
-    );
+    assert_eq!(file_only.listen, "0.0.0.0:9000".parse::<SocketAddr>().unwrap());
     assert_eq!(file_only.shutdown_grace, Duration::from_secs(60));
     assert_eq!(
         file_only
@@ -252,26 +231,11 @@ fn a_flag_beats_the_file_and_the_file_beats_the_default() {
         ["SiteA", "FromFile"]
     );
 
-    let defaults = finish(
-        parse_str(
-            "upstream: mlflow:5000\nauth: {dangerous_no_auth: true}\n",
-            "guard.yaml",
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        defaults.listen,
-        DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()
-    );
-    assert_eq!(
-        defaults.shutdown_grace,
-        guard_config::serve::DEFAULT_SHUTDOWN_GRACE
-    );
-    assert_eq!(
-        defaults.sites[0].auth.realm,
-        guard_config::serve::DEFAULT_REALM
-    );
+    let defaults =
+        finish(parse_str("upstream: mlflow:5000\nauth: {dangerous_no_auth: true}\n", "guard.yaml").unwrap()).unwrap();
+    assert_eq!(defaults.listen, DEFAULT_LISTEN.parse::<SocketAddr>().unwrap());
+    assert_eq!(defaults.shutdown_grace, guard_config::serve::DEFAULT_SHUTDOWN_GRACE);
+    assert_eq!(defaults.sites[0].auth.realm, guard_config::serve::DEFAULT_REALM);
 }
 
 #[test]
@@ -317,9 +281,7 @@ fn acme_flags_fill_in_what_the_file_leaves_out() {
     assert_eq!(a.domains, ["extra.example.com", "mlflow.example.com"]);
     assert_eq!(
         s.listen,
-        guard_config::acme::DEFAULT_ACME_LISTEN
-            .parse::<SocketAddr>()
-            .unwrap()
+        guard_config::acme::DEFAULT_ACME_LISTEN.parse::<SocketAddr>().unwrap()
     );
 }
 
@@ -365,10 +327,7 @@ fn the_example_file_documents_the_whole_schema_and_checks_clean() {
         panic!("expected ACME, got {:?}", s.tls)
     };
     assert_eq!(a.domains, ["mlflow.example.com", "notebook.example.com"]);
-    assert_eq!(
-        s.sites[1].auth.users_file,
-        dir.path().join("notebook.htpasswd")
-    );
+    assert_eq!(s.sites[1].auth.users_file, dir.path().join("notebook.htpasswd"));
     assert_eq!(s.sites[1].auth.forwarded_user_header, None);
     assert_eq!(s.sites[1].auth.tokens_file, dir.path().join("tokens.json"));
     let d = dir.path().display();

@@ -43,11 +43,7 @@ pub fn render(d: &Deployment, secrets: &Secrets) -> Vec<RenderedFile> {
         files.push(RenderedFile::new("mlflow/Dockerfile", dockerfile, 0o644));
     }
     if d.with_notebook {
-        files.push(RenderedFile::new(
-            "notebook/Dockerfile",
-            notebook_dockerfile(d),
-            0o644,
-        ));
+        files.push(RenderedFile::new("notebook/Dockerfile", notebook_dockerfile(d), 0o644));
     }
     files
 }
@@ -176,11 +172,7 @@ impl Service {
             self.note(out, "depends_on");
             out.push_str("    depends_on:\n");
             for (service, condition) in &self.depends_on {
-                let _ = writeln!(
-                    out,
-                    "      {service}:\n        condition: {}",
-                    yaml(condition)
-                );
+                let _ = writeln!(out, "      {service}:\n        condition: {}", yaml(condition));
             }
         }
         if let Some(h) = &self.healthcheck {
@@ -270,10 +262,7 @@ fn guard_service(d: &Deployment) -> Service {
                 .push(("GUARD_HTTP_LISTEN", format!("0.0.0.0:{GUARD_HTTP_PORT}")));
             s.environment.push(("GUARD_DOMAIN", domains.join(",")));
             s.environment.push(("GUARD_ACME_EMAIL", email.clone()));
-            s.ports = vec![
-                format!("80:{GUARD_HTTP_PORT}"),
-                format!("443:{GUARD_TLS_PORT}"),
-            ];
+            s.ports = vec![format!("80:{GUARD_HTTP_PORT}"), format!("443:{GUARD_TLS_PORT}")];
         }
         Tls::SelfSigned => {
             s.ports = vec![format!("{GUARD_TLS_PORT}:{GUARD_TLS_PORT}")];
@@ -368,25 +357,16 @@ fn mlflow_service(d: &Deployment) -> Service {
         ),
     ];
     if d.backend == Backend::Postgres {
-        s.environment
-            .push(("PGPASSWORD", required_var("POSTGRES_PASSWORD")));
+        s.environment.push(("PGPASSWORD", required_var("POSTGRES_PASSWORD")));
     }
     if d.artifacts.is_s3() {
-        for key in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION",
-        ] {
+        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"] {
             s.environment.push((key, format!("${{{key}}}")));
         }
     }
     match &d.artifacts {
-        Artifacts::Managed => s
-            .volumes
-            .push(format!("mlflow-artifacts:{MLFLOW_ARTIFACTS}")),
-        Artifacts::Local(dir) => s
-            .volumes
-            .push(format!("{}:{MLFLOW_ARTIFACTS}", bind_source(dir))),
+        Artifacts::Managed => s.volumes.push(format!("mlflow-artifacts:{MLFLOW_ARTIFACTS}")),
+        Artifacts::Local(dir) => s.volumes.push(format!("{}:{MLFLOW_ARTIFACTS}", bind_source(dir))),
         Artifacts::S3 { .. } => {}
     }
     if d.backend == Backend::Sqlite {
@@ -395,8 +375,7 @@ fn mlflow_service(d: &Deployment) -> Service {
     if d.backend == Backend::Postgres {
         s.depends_on.push(("postgres", "service_healthy"));
     }
-    s.depends_on
-        .push(("migrate", "service_completed_successfully"));
+    s.depends_on.push(("migrate", "service_completed_successfully"));
     s.notes = vec![
         (
             "environment",
@@ -442,12 +421,7 @@ fn migrate_service(d: &Deployment) -> Service {
         "mlflow's workers start; mlflow waits for it to complete successfully.",
     ];
     set_mlflow_image(&mut s, d);
-    s.command = vec![
-        "mlflow".into(),
-        "db".into(),
-        "upgrade".into(),
-        backend_uri(d),
-    ];
+    s.command = vec!["mlflow".into(), "db".into(), "upgrade".into(), backend_uri(d)];
     match d.backend {
         Backend::Postgres => {
             s.environment = vec![("PGPASSWORD", required_var("POSTGRES_PASSWORD"))];

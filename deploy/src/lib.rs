@@ -17,8 +17,8 @@ use std::path::PathBuf;
 
 pub use error::DeployError;
 pub use model::{
-    parse_artifacts, parse_domain, parse_email, parse_mlflow_version, Artifacts, Backend,
-    Deployment, Layout, Target, Tls, DEFAULT_MLFLOW_VERSION,
+    parse_artifacts, parse_domain, parse_email, parse_mlflow_version, Artifacts, Backend, Deployment, Layout, Target,
+    Tls, DEFAULT_MLFLOW_VERSION,
 };
 pub use options::{validate, DeployOptions};
 pub use secrets::{Secret, Secrets};

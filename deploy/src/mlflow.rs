@@ -35,10 +35,7 @@ pub(crate) fn extra_packages(d: &Deployment) -> Vec<&'static str> {
 /// hence the explicit localhost entries without a domain.
 pub(crate) fn allowed_hosts(tls: &Tls, public_port: u16, upstream_authority: &str) -> String {
     let mut hosts: Vec<String> = match tls {
-        Tls::SelfSigned => vec![
-            format!("localhost:{public_port}"),
-            format!("127.0.0.1:{public_port}"),
-        ],
+        Tls::SelfSigned => vec![format!("localhost:{public_port}"), format!("127.0.0.1:{public_port}")],
         Tls::Acme { domains, .. } => domains.iter().map(|d| with_port(d, public_port)).collect(),
     };
     hosts.push(upstream_authority.to_string());
@@ -105,8 +102,7 @@ pub(crate) fn needs_env_file(d: &Deployment) -> bool {
 /// mlflow.env for the host targets (mode 0600): read by systemd's EnvironmentFile= and sourced
 /// by supervisor's mlflow command. Only plain `KEY=value` lines, which both understand.
 pub(crate) fn host_env_file(d: &Deployment, secrets: &Secrets, generator: &str) -> String {
-    let mut out =
-        format!("# mlflow's secrets, written by `{generator}` with mode 0600. Keep it that way.\n");
+    let mut out = format!("# mlflow's secrets, written by `{generator}` with mode 0600. Keep it that way.\n");
     if d.backend == Backend::Postgres {
         out.push_str(&format!(
             "\n# Password of PostgreSQL role {PG_USER} (libpq reads PGPASSWORD). Create the role with it.\n\

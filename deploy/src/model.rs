@@ -132,10 +132,7 @@ impl Artifacts {
                 bucket,
                 prefix: Some(p),
             } => Some(format!("s3://{bucket}/{p}")),
-            Artifacts::S3 {
-                bucket,
-                prefix: None,
-            } => Some(format!("s3://{bucket}")),
+            Artifacts::S3 { bucket, prefix: None } => Some(format!("s3://{bucket}")),
             _ => None,
         }
     }
@@ -275,14 +272,9 @@ pub fn parse_domain(s: &str) -> Result<String, String> {
             return Err(format!("{s:?} has an empty label"));
         }
         if label.len() > 63 {
-            return Err(format!(
-                "{s:?}: label {label:?} is longer than 63 characters"
-            ));
+            return Err(format!("{s:?}: label {label:?} is longer than 63 characters"));
         }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-        {
+        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
             return Err(format!(
                 "{s:?} is not a valid domain name: {c:?} is not allowed (letters, digits, '-' and '.')"
             ));
@@ -296,10 +288,7 @@ pub fn parse_domain(s: &str) -> Result<String, String> {
             "{s:?} is not a public domain name (it needs a dot, e.g. mlflow.example.com; omit --domain for local use)"
         ));
     }
-    if labels
-        .last()
-        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
-    {
+    if labels.last().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
         return Err(format!("{s:?}: the top-level label is all digits"));
     }
     Ok(name)
@@ -314,9 +303,7 @@ pub fn parse_email(s: &str) -> Result<String, String> {
         .rsplit_once('@')
         .ok_or_else(|| format!("{s:?} is not an email address (expected name@example.com)"))?;
     if local.is_empty() || local.len() > 64 {
-        return Err(format!(
-            "{s:?}: the part before '@' must be 1 to 64 characters"
-        ));
+        return Err(format!("{s:?}: the part before '@' must be 1 to 64 characters"));
     }
     if let Some(c) = local
         .chars()
@@ -389,8 +376,7 @@ pub fn parse_mlflow_version(s: &str) -> Result<String, String> {
             .next()
             .is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
         && parts.all(|p| {
-            p.chars().next().is_some_and(|c| c.is_ascii_digit())
-                && p.chars().all(|c| c.is_ascii_alphanumeric())
+            p.chars().next().is_some_and(|c| c.is_ascii_digit()) && p.chars().all(|c| c.is_ascii_alphanumeric())
         });
     if ok {
         Ok(v.to_string())
@@ -417,9 +403,7 @@ fn check_bucket(b: &str) -> Result<(), String> {
     }
     let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !edge_ok(b.chars().next()) || !edge_ok(b.chars().last()) {
-        return Err(format!(
-            "bucket {b:?} must start and end with a letter or digit"
-        ));
+        return Err(format!("bucket {b:?} must start and end with a letter or digit"));
     }
     if b.contains("..") {
         return Err(format!("bucket {b:?} has two dots in a row"));
@@ -444,8 +428,7 @@ pub(crate) fn check_path_chars(p: &str) -> Result<(), String> {
 
 /// Whether a path has no `..` component (so a relative path cannot climb out of its base).
 pub(crate) fn has_parent_component(p: &Path) -> bool {
-    p.components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
+    p.components().any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 #[cfg(test)]
@@ -454,10 +437,7 @@ mod tests {
 
     #[test]
     fn domains_follow_rfc_1123_and_need_a_dot() {
-        assert_eq!(
-            parse_domain("MLflow.Example.com").unwrap(),
-            "mlflow.example.com"
-        );
+        assert_eq!(parse_domain("MLflow.Example.com").unwrap(), "mlflow.example.com");
         assert_eq!(parse_domain("a-b.c0.io").unwrap(), "a-b.c0.io");
         for (bad, needle) in [
             ("localhost", "needs a dot"),
@@ -484,10 +464,7 @@ mod tests {
 
     #[test]
     fn emails_need_a_simple_local_part_and_a_domain() {
-        assert_eq!(
-            parse_email("Ops+mlflow@Example.com").unwrap(),
-            "Ops+mlflow@example.com"
-        );
+        assert_eq!(parse_email("Ops+mlflow@Example.com").unwrap(), "Ops+mlflow@example.com");
         for bad in [
             "ops",
             "@example.com",
@@ -552,9 +529,6 @@ mod tests {
             .unwrap_err()
             .contains("unknown target \"kubernetes\""));
         assert_eq!("postgres".parse::<Backend>().unwrap(), Backend::Postgres);
-        assert!("mysql"
-            .parse::<Backend>()
-            .unwrap_err()
-            .contains("unknown backend"));
+        assert!("mysql".parse::<Backend>().unwrap_err().contains("unknown backend"));
     }
 }

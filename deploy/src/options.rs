@@ -6,9 +6,8 @@ use std::path::PathBuf;
 
 use crate::error::DeployError;
 use crate::model::{
-    check_path_chars, has_parent_component, parse_artifacts, parse_domain, parse_email,
-    parse_mlflow_version, Artifacts, Backend, Deployment, Layout, Target, Tls,
-    DEFAULT_MLFLOW_VERSION,
+    check_path_chars, has_parent_component, parse_artifacts, parse_domain, parse_email, parse_mlflow_version,
+    Artifacts, Backend, Deployment, Layout, Target, Tls, DEFAULT_MLFLOW_VERSION,
 };
 
 /// `guard deploy TARGET [options]`, unvalidated. The CLI fills it from clap; every value is
@@ -70,31 +69,29 @@ pub fn validate(opts: &DeployOptions) -> Result<(Deployment, Layout), DeployErro
     for d in &opts.domains {
         let name = parse_domain(d).map_err(|e| DeployError::option("--domain", e))?;
         if domains.contains(&name) {
-            return Err(DeployError::option(
-                "--domain",
-                format!("{name:?} is given twice"),
-            ));
+            return Err(DeployError::option("--domain", format!("{name:?} is given twice")));
         }
         domains.push(name);
     }
-    let tls =
-        match (domains.is_empty(), &opts.acme_email) {
-            (true, None) => Tls::SelfSigned,
-            (true, Some(_)) => return Err(DeployError::option(
+    let tls = match (domains.is_empty(), &opts.acme_email) {
+        (true, None) => Tls::SelfSigned,
+        (true, Some(_)) => {
+            return Err(DeployError::option(
                 "--acme-email",
                 "only used with --domain (without a domain guard uses a self-signed certificate)",
-            )),
-            (false, None) => {
-                return Err(DeployError::option(
-                    "--acme-email",
-                    "required with --domain: Let's Encrypt needs a contact address",
-                ))
-            }
-            (false, Some(email)) => Tls::Acme {
-                domains,
-                email: parse_email(email).map_err(|e| DeployError::option("--acme-email", e))?,
-            },
-        };
+            ))
+        }
+        (false, None) => {
+            return Err(DeployError::option(
+                "--acme-email",
+                "required with --domain: Let's Encrypt needs a contact address",
+            ))
+        }
+        (false, Some(email)) => Tls::Acme {
+            domains,
+            email: parse_email(email).map_err(|e| DeployError::option("--acme-email", e))?,
+        },
+    };
 
     let artifacts = match &opts.artifacts {
         None => Artifacts::Managed,
@@ -132,9 +129,7 @@ pub fn validate(opts: &DeployOptions) -> Result<(Deployment, Layout), DeployErro
 
     let mlflow_version = match &opts.mlflow_version {
         None => DEFAULT_MLFLOW_VERSION.to_string(),
-        Some(v) => {
-            parse_mlflow_version(v).map_err(|e| DeployError::option("--mlflow-version", e))?
-        }
+        Some(v) => parse_mlflow_version(v).map_err(|e| DeployError::option("--mlflow-version", e))?,
     };
 
     if opts.with_notebook && target != Target::Compose {
@@ -279,8 +274,6 @@ mod tests {
         o.target = Target::Systemd;
         assert!(err(&o).contains("mount another disk there"));
         o.artifacts = Some("gs://bucket/x".into());
-        assert!(err(&o).starts_with(
-            "--artifacts: \"gs://bucket/x\": gs:// artifact stores are not supported"
-        ));
+        assert!(err(&o).starts_with("--artifacts: \"gs://bucket/x\": gs:// artifact stores are not supported"));
     }
 }

@@ -60,10 +60,7 @@ pub(crate) fn systemd_command<S: AsRef<str>>(words: &[S]) -> String {
 /// `Environment="KEY=value"`'s quoted assignment. Environment= expands `%` specifiers but not
 /// `$`, and takes C escapes inside the quotes.
 pub(crate) fn systemd_env(key: &str, value: &str) -> String {
-    let v = value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('%', "%%");
+    let v = value.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%");
     format!("\"{key}={v}\"")
 }
 

@@ -110,11 +110,7 @@ mod tests {
     fn generated_secrets_are_distinct_hex_and_redacted_in_debug() {
         let s = Secrets::generate().unwrap();
         assert_eq!(s.postgres_password.expose().len(), 2 * SECRET_BYTES);
-        assert!(s
-            .postgres_password
-            .expose()
-            .chars()
-            .all(|c| c.is_ascii_hexdigit()));
+        assert!(s.postgres_password.expose().chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(s.postgres_password, s.jupyter_token);
         let debug = format!("{s:?}");
         assert!(!debug.contains(s.postgres_password.expose()), "{debug}");

@@ -16,11 +16,7 @@ const HERE: &str = "%(here)s";
 
 /// Renders supervisord.conf, plus mlflow.env (0600, beside it) when mlflow needs a secret.
 pub fn render(d: &Deployment, layout: &Layout, secrets: &Secrets) -> Vec<RenderedFile> {
-    let mut files = vec![RenderedFile::new(
-        "supervisord.conf",
-        config(d, layout),
-        0o644,
-    )];
+    let mut files = vec![RenderedFile::new("supervisord.conf", config(d, layout), 0o644)];
     if mlflow::needs_env_file(d) {
         files.push(RenderedFile::new(
             "mlflow.env",
@@ -34,12 +30,7 @@ pub fn render(d: &Deployment, layout: &Layout, secrets: &Secrets) -> Vec<Rendere
 /// The commands to run after writing, in order.
 pub fn next_steps(d: &Deployment, layout: &Layout) -> Vec<String> {
     let out = d.out_dir.display();
-    let base = layout
-        .base_dir
-        .as_deref()
-        .unwrap_or(&d.out_dir)
-        .display()
-        .to_string();
+    let base = layout.base_dir.as_deref().unwrap_or(&d.out_dir).display().to_string();
     let guard = layout.guard_bin.display();
     let mut steps = vec![
         mlflow::install_hint(d, &layout.mlflow_bin),
@@ -145,10 +136,7 @@ fn config(d: &Deployment, layout: &Layout) -> String {
     let artifacts = mlflow::host_artifacts(d, &mlflow_dir);
     let mut script: Vec<String> = Vec::new();
     if mlflow::needs_env_file(d) {
-        script.push(format!(
-            "set -a && . {} && set +a",
-            sh(&format!("{HERE}/mlflow.env"))
-        ));
+        script.push(format!("set -a && . {} && set +a", sh(&format!("{HERE}/mlflow.env"))));
     }
     // sqlite creates its file but not the directory; the artifact root must exist too.
     let mut dirs = Vec::new();

@@ -47,9 +47,7 @@ pub fn next_steps(d: &Deployment, layout: &Layout) -> Vec<String> {
         steps.push("sudo -u postgres createuser --pwprompt mlflow && sudo -u postgres createdb --owner mlflow mlflow    # the password is PGPASSWORD in mlflow.env".into());
     }
     if mlflow::needs_env_file(d) {
-        steps.push(format!(
-            "sudo install -D -m 0600 {out}/mlflow.env {MLFLOW_ENV_PATH}"
-        ));
+        steps.push(format!("sudo install -D -m 0600 {out}/mlflow.env {MLFLOW_ENV_PATH}"));
     }
     if let Tls::Acme { domains, .. } = &d.tls {
         steps.push(format!(

@@ -14,11 +14,7 @@ use crate::RenderedFile;
 /// Writes `files` under `dir` (created if missing) and returns the paths written, in order.
 /// Without `force`, any existing target is an error and nothing is touched; with it, existing
 /// files are replaced atomically (directories never are).
-pub fn write_files(
-    dir: &Path,
-    files: &[RenderedFile],
-    force: bool,
-) -> Result<Vec<PathBuf>, DeployError> {
+pub fn write_files(dir: &Path, files: &[RenderedFile], force: bool) -> Result<Vec<PathBuf>, DeployError> {
     write_files_inner(dir, files, force, None)
 }
 
@@ -107,18 +103,14 @@ fn write_files_inner(
 /// Joins a renderer's relative path onto the output directory, refusing anything that could
 /// land outside it.
 fn target_path(dir: &Path, rel: &Path) -> Result<PathBuf, DeployError> {
-    let ok =
-        !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
+    let ok = !rel.as_os_str().is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
     if ok {
         Ok(dir.join(rel))
     } else {
         Err(io_error(
             "place",
             rel,
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "rendered path leaves the output directory",
-            ),
+            io::Error::new(io::ErrorKind::InvalidInput, "rendered path leaves the output directory"),
         ))
     }
 }
@@ -190,11 +182,7 @@ fn write_temps(files: &[RenderedFile], pending: &mut [Pending]) -> Result<(), De
 fn place_all(pending: &mut [Pending], fail_placing: Option<usize>) -> Result<(), DeployError> {
     for (i, p) in pending.iter_mut().enumerate() {
         if fail_placing == Some(i) {
-            return Err(io_error(
-                "rename into",
-                &p.target,
-                io::Error::other("injected failure"),
-            ));
+            return Err(io_error("rename into", &p.target, io::Error::other("injected failure")));
         }
         let temp = p.temp.clone().unwrap_or_default();
         if fs::symlink_metadata(&p.target).is_ok() {
@@ -217,8 +205,7 @@ fn place_all(pending: &mut [Pending], fail_placing: Option<usize>) -> Result<(),
                     })
                 }
                 // File systems without hard links: a plain rename.
-                Err(_) => fs::rename(&temp, &p.target)
-                    .map_err(|e| io_error("rename into", &p.target, e))?,
+                Err(_) => fs::rename(&temp, &p.target).map_err(|e| io_error("rename into", &p.target, e))?,
             }
         }
         p.temp = None;
@@ -316,22 +303,14 @@ mod tests {
     fn writes_files_with_exact_modes_and_creates_directories() {
         let t = TempDir::new("modes");
         let out = t.0.join("new/out");
-        let files = [
-            file("a.yml", "a\n", 0o644),
-            file("sub/.env", "S=1\n", 0o600),
-        ];
+        let files = [file("a.yml", "a\n", 0o644), file("sub/.env", "S=1\n", 0o600)];
         let written = write_files(&out, &files, false).unwrap();
         assert_eq!(written, [out.join("a.yml"), out.join("sub/.env")]);
         assert_eq!(fs::read_to_string(out.join("sub/.env")).unwrap(), "S=1\n");
         let mode = |p: &str| fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode("a.yml"), 0o644);
         assert_eq!(mode("sub/.env"), 0o600);
-        assert_eq!(
-            snapshot(&out).len(),
-            3,
-            "no temporary files left: {:?}",
-            snapshot(&out)
-        );
+        assert_eq!(snapshot(&out).len(), 3, "no temporary files left: {:?}", snapshot(&out));
     }
 
     #[test]
@@ -363,8 +342,7 @@ mod tests {
         assert_eq!(fs::read_to_string(t.0.join("a.yml")).unwrap(), "new");
         fs::create_dir(t.0.join("d")).unwrap();
         let before = snapshot(&t.0);
-        let e =
-            write_files(&t.0, &[file("x", "x", 0o644), file("d", "x", 0o644)], true).unwrap_err();
+        let e = write_files(&t.0, &[file("x", "x", 0o644), file("d", "x", 0o644)], true).unwrap_err();
         assert!(matches!(e, DeployError::NotAFile { .. }), "{e}");
         assert_eq!(snapshot(&t.0), before);
     }
@@ -388,10 +366,7 @@ mod tests {
     fn rendered_paths_cannot_leave_the_directory() {
         let t = TempDir::new("escape");
         for bad in ["../x", "/etc/x", ""] {
-            assert!(
-                write_files(&t.0, &[file(bad, "x", 0o644)], false).is_err(),
-                "{bad}"
-            );
+            assert!(write_files(&t.0, &[file(bad, "x", 0o644)], false).is_err(), "{bad}");
         }
     }
 }

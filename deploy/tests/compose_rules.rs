@@ -25,8 +25,8 @@ fn compose_files() -> Vec<(String, Value, String, String, bool)> {
             let yml = get("docker-compose.yml").contents.clone();
             let env = get(".env").contents.clone();
             assert_eq!(get(".env").mode, 0o600, "{}: .env mode", case.name);
-            let value: Value = serde_yaml::from_str(&yml)
-                .unwrap_or_else(|e| panic!("{}: not YAML: {e}\n{yml}", case.name));
+            let value: Value =
+                serde_yaml::from_str(&yml).unwrap_or_else(|e| panic!("{}: not YAML: {e}\n{yml}", case.name));
             let domain = matches!(case.deployment.tls, Tls::Acme { .. });
             (case.name.to_string(), value, yml, env, domain)
         })
@@ -47,14 +47,8 @@ fn no_service_but_guard_publishes_a_port() {
     for (name, compose, ..) in compose_files() {
         for (service, def) in services(&compose) {
             if service != "guard" {
-                assert!(
-                    def.get("ports").is_none(),
-                    "{name}: {service} publishes ports"
-                );
-                assert!(
-                    def.get("network_mode").is_none(),
-                    "{name}: {service} sets network_mode"
-                );
+                assert!(def.get("ports").is_none(), "{name}: {service} publishes ports");
+                assert!(def.get("network_mode").is_none(), "{name}: {service} sets network_mode");
             }
         }
     }
@@ -82,10 +76,7 @@ fn guard_publishes_443_and_80_with_a_domain_and_8443_without() {
 fn no_secret_value_appears_in_the_compose_file() {
     let fixed = fixed_secrets();
     for (name, _, yml, env, _) in compose_files() {
-        for secret in [
-            fixed.postgres_password.expose(),
-            fixed.jupyter_token.expose(),
-        ] {
+        for secret in [fixed.postgres_password.expose(), fixed.jupyter_token.expose()] {
             assert!(
                 !yml.contains(secret),
                 "{name}: a secret is inline in docker-compose.yml"
@@ -108,10 +99,7 @@ fn no_secret_value_appears_in_the_compose_file() {
             for (service, def) in services(&serde_yaml::from_str::<Value>(&yml).unwrap()) {
                 if let Some(v) = def["environment"].get(key) {
                     let v = v.as_str().unwrap();
-                    assert!(
-                        v.starts_with("${"),
-                        "{name}: {service}.{key} is not a ${{VAR}}: {v}"
-                    );
+                    assert!(v.starts_with("${"), "{name}: {service}.{key} is not a ${{VAR}}: {v}");
                 }
             }
         }
@@ -130,9 +118,7 @@ fn every_interpolated_variable_is_defined_in_the_env_file() {
             let mut rest = line;
             while let Some(start) = rest.find("${") {
                 let after = &rest[start + 2..];
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap();
+                let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap();
                 let var = &after[..end];
                 assert!(defined.contains(var), "{name}: ${{{var}}} is not in .env");
                 rest = &after[end..];
@@ -153,11 +139,7 @@ fn restart_values_are_ones_compose_accepts() {
                     .strip_prefix("on-failure:")
                     .is_some_and(|n| n.parse::<u32>().is_ok());
             assert!(ok, "{name}: {service}.restart: {restart:?}");
-            let expected = if service == "migrate" {
-                "no"
-            } else {
-                "unless-stopped"
-            };
+            let expected = if service == "migrate" { "no" } else { "unless-stopped" };
             assert_eq!(restart, expected, "{name}: {service}");
         }
     }
@@ -201,11 +183,7 @@ fn mlflow_starts_after_the_migration_which_waits_for_a_healthy_postgres() {
             "{name}"
         );
         let migrate = s["migrate"]["command"].as_sequence().unwrap();
-        assert_eq!(
-            migrate[..3],
-            ["mlflow", "db", "upgrade"].map(Value::from),
-            "{name}"
-        );
+        assert_eq!(migrate[..3], ["mlflow", "db", "upgrade"].map(Value::from), "{name}");
         if s.get("postgres").is_some() {
             assert_eq!(
                 s["migrate"]["depends_on"]["postgres"]["condition"].as_str(),
@@ -216,10 +194,7 @@ fn mlflow_starts_after_the_migration_which_waits_for_a_healthy_postgres() {
             assert_eq!(test[1].as_str(), Some("pg_isready"), "{name}");
         }
         for service in ["guard", "mlflow"] {
-            assert!(
-                s[service]["healthcheck"].is_mapping(),
-                "{name}: {service} healthcheck"
-            );
+            assert!(s[service]["healthcheck"].is_mapping(), "{name}: {service} healthcheck");
         }
     }
 }
@@ -235,16 +210,11 @@ fn mlflow_serves_artifacts_and_accepts_guards_host_and_the_public_origin() {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert!(command.contains(&"--serve-artifacts"), "{name}");
-        let hosts = mlflow["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]
-            .as_str()
-            .unwrap();
+        let hosts = mlflow["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].as_str().unwrap();
         let origins = mlflow["environment"]["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"]
             .as_str()
             .unwrap();
-        assert!(
-            hosts.split(',').any(|h| h == "mlflow:5000"),
-            "{name}: {hosts}"
-        );
+        assert!(hosts.split(',').any(|h| h == "mlflow:5000"), "{name}: {hosts}");
         let (host, origin) = if domain {
             ("mlflow.example.com", "https://mlflow.example.com")
         } else {
@@ -273,10 +243,7 @@ fn named_volumes_are_declared_and_bind_mounts_are_paths() {
                 if source.starts_with('/') || source.starts_with('.') {
                     continue;
                 }
-                assert!(
-                    declared.contains(source),
-                    "{name}: {service}: {source} undeclared"
-                );
+                assert!(declared.contains(source), "{name}: {service}: {source} undeclared");
                 used.insert(source);
             }
         }

@@ -142,10 +142,7 @@ fn every_renderer_matches_its_golden_files() {
             }
         }
         for rel in actual.keys().filter(|k| !expected.contains_key(*k)) {
-            failures.push(format!(
-                "{}/{rel}: golden file no longer rendered",
-                case.name
-            ));
+            failures.push(format!("{}/{rel}: golden file no longer rendered", case.name));
         }
     }
     assert!(

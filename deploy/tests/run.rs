@@ -51,11 +51,7 @@ fn assert_refused(name: &str, mutate: impl FnOnce(&mut DeployOptions), needle: &
     assert!(err.is_usage(), "{name}: not a usage error: {msg}");
     assert!(msg.contains(needle), "{name}: {msg:?} lacks {needle:?}");
     assert!(!msg.contains('\n'), "{name}: more than one line: {msg:?}");
-    assert_eq!(
-        snapshot(tmp.path()),
-        before,
-        "{name}: the output directory changed"
-    );
+    assert_eq!(snapshot(tmp.path()), before, "{name}: the output directory changed");
 }
 
 #[test]
@@ -79,15 +75,8 @@ fn compose_writes_every_file_with_its_mode_and_reports_next_steps() {
         .unwrap()
         .to_string();
     assert_eq!(password.len(), 48, "{env}");
-    assert!(report
-        .next_steps
-        .iter()
-        .any(|s| s.contains("docker compose up")));
-    assert_eq!(
-        snapshot(&out).len(),
-        4,
-        "only the files and mlflow/, no temporaries"
-    );
+    assert!(report.next_steps.iter().any(|s| s.contains("docker compose up")));
+    assert_eq!(snapshot(&out).len(), 4, "only the files and mlflow/, no temporaries");
 
     // Again without --force: refused, untouched.
     let before = snapshot(&out);
@@ -106,10 +95,7 @@ fn compose_writes_every_file_with_its_mode_and_reports_next_steps() {
     opts.acme_email = Some("ops@example.com".into());
     run(opts).unwrap();
     let env = fs::read_to_string(out.join(".env")).unwrap();
-    assert!(
-        env.contains(&format!("POSTGRES_PASSWORD={password}")),
-        "{env}"
-    );
+    assert!(env.contains(&format!("POSTGRES_PASSWORD={password}")), "{env}");
     let yml = fs::read_to_string(out.join("docker-compose.yml")).unwrap();
     assert!(yml.contains("GUARD_DOMAIN: \"mlflow.example.com\""));
 }
@@ -122,10 +108,7 @@ fn host_targets_write_their_files() {
     let report = run(opts).unwrap();
     assert_eq!(report.written.len(), 3, "{:?}", report.written);
     let env = tmp.path().join("systemd/mlflow.env");
-    assert_eq!(
-        fs::metadata(env).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(fs::metadata(env).unwrap().permissions().mode() & 0o777, 0o600);
 
     let mut opts = options(Target::Supervisor, &tmp.path().join("supervisor"));
     opts.guard_bin = Some("/opt/guard/guard".into());
@@ -166,10 +149,7 @@ fn an_invalid_domain_is_refused_and_nothing_is_written() {
 #[test]
 fn an_unknown_target_is_refused_by_its_parser() {
     let e = "kubernetes".parse::<Target>().unwrap_err();
-    assert_eq!(
-        e,
-        "unknown target \"kubernetes\"; use compose, systemd or supervisor"
-    );
+    assert_eq!(e, "unknown target \"kubernetes\"; use compose, systemd or supervisor");
 }
 
 #[test]
@@ -217,11 +197,7 @@ fn option_conflicts_are_refused_and_nothing_is_written() {
 fn existing_files_without_force_are_refused_and_left_untouched() {
     let tmp = TempDir::new("run-existing");
     fs::write(tmp.path().join("docker-compose.yml"), "services: {}\n").unwrap();
-    fs::set_permissions(
-        tmp.path().join("docker-compose.yml"),
-        fs::Permissions::from_mode(0o640),
-    )
-    .unwrap();
+    fs::set_permissions(tmp.path().join("docker-compose.yml"), fs::Permissions::from_mode(0o640)).unwrap();
     let before = snapshot(tmp.path());
     let err = run(options(Target::Compose, tmp.path())).unwrap_err();
     assert!(err.is_usage());
@@ -230,11 +206,7 @@ fn existing_files_without_force_are_refused_and_left_untouched() {
         msg.contains("docker-compose.yml already exists") && msg.contains("--force"),
         "{msg}"
     );
-    assert_eq!(
-        snapshot(tmp.path()),
-        before,
-        "nothing written, not even .env"
-    );
+    assert_eq!(snapshot(tmp.path()), before, "nothing written, not even .env");
 }
 
 #[test]

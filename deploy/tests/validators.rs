@@ -123,11 +123,10 @@ fn every_systemd_unit_verifies_with_nothing_on_stderr() {
 
 /// The overall exposure `systemd-analyze security` prints for a unit file (0.0 to 10.0).
 fn exposure(analyze: &Path, dir: &Path, unit: &str) -> f64 {
-    let (ok, stdout, stderr) = run(Command::new(analyze).current_dir(dir).args([
-        "security",
-        "--offline=true",
-        &format!("./{unit}"),
-    ]));
+    let (ok, stdout, stderr) =
+        run(Command::new(analyze)
+            .current_dir(dir)
+            .args(["security", "--offline=true", &format!("./{unit}")]));
     assert!(ok, "systemd-analyze security {unit}:\n{stdout}{stderr}");
     let line = stdout
         .lines()
@@ -150,10 +149,7 @@ fn guard_unit_rates_ok_or_better_in_systemd_security() {
         let guard = exposure(&analyze, &dir, "guard.service");
         let mlflow = exposure(&analyze, &dir, "mlflow.service");
         println!("{name}: systemd-analyze security exposure: guard.service {guard:.1}, mlflow.service {mlflow:.1}");
-        assert!(
-            guard <= 2.0,
-            "{name}: guard.service exposure {guard} is above 2.0"
-        );
+        assert!(guard <= 2.0, "{name}: guard.service exposure {guard} is above 2.0");
     }
 }
 
@@ -191,8 +187,7 @@ fn every_supervisor_config_loads_in_supervisord() {
     };
     let (has_module, _, _) = run(Command::new(&python).args(["-c", "import supervisor.options"]));
     if !has_module {
-        let msg =
-            "python3 cannot import supervisor; install it with: apt-get install -y supervisor";
+        let msg = "python3 cannot import supervisor; install it with: apt-get install -y supervisor";
         if std::env::var_os("CI").is_some() {
             panic!("{msg}");
         }
@@ -212,9 +207,7 @@ fn every_supervisor_config_loads_in_supervisord() {
         }
         write_into(&dir, &render(&case.deployment, &layout, &fixed_secrets()));
         let conf = dir.join("supervisord.conf");
-        let (ok, stdout, stderr) = run(Command::new(&python)
-            .args(["-c", SUPERVISOR_CHECK])
-            .arg(&conf));
+        let (ok, stdout, stderr) = run(Command::new(&python).args(["-c", SUPERVISOR_CHECK]).arg(&conf));
         assert!(
             ok,
             "{name}: supervisord rejects the config:\n{stdout}{stderr}\n--- supervisord.conf ---\n{}",
@@ -231,20 +224,13 @@ fn every_supervisor_config_loads_in_supervisord() {
                 Some("RestartUnconditionally"),
                 "{name}/{program}: autorestart=true"
             );
-            assert_eq!(
-                p["stopsignal"].as_i64(),
-                Some(15),
-                "{name}/{program}: stopsignal TERM"
-            );
+            assert_eq!(p["stopsignal"].as_i64(), Some(15), "{name}/{program}: stopsignal TERM");
             assert!(
                 p["stopwaitsecs"].as_i64().unwrap() > 30,
                 "{name}/{program}: stopwaitsecs must exceed guard's 30 s grace"
             );
             let log = p["stdout_logfile"].as_str().unwrap();
-            assert!(
-                log.ends_with(&format!("{program}.log")),
-                "{name}/{program}: {log}"
-            );
+            assert!(log.ends_with(&format!("{program}.log")), "{name}/{program}: {log}");
         }
         assert!(
             programs["mlflow"]["priority"].as_i64() < programs["guard"]["priority"].as_i64(),
@@ -260,10 +246,7 @@ fn every_supervisor_config_loads_in_supervisord() {
             "{name}: %(here)s not expanded: {command}"
         );
         let env = &programs["mlflow"]["environment"];
-        assert!(
-            env["MLFLOW_SERVER_ALLOWED_HOSTS"].is_string(),
-            "{name}: {env:?}"
-        );
+        assert!(env["MLFLOW_SERVER_ALLOWED_HOSTS"].is_string(), "{name}: {env:?}");
         assert!(
             !stdout.contains(fixed_secrets().postgres_password.expose()),
             "{name}: a secret in supervisord.conf"

@@ -14,8 +14,8 @@ use guard_config::acme::{AcmeSettings, ChallengeChoice};
 use guard_config::serve::TlsSource;
 use http::HeaderValue;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, Order, OrderStatus, Problem, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, Order,
+    OrderStatus, Problem, RetryPolicy,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -85,10 +85,7 @@ impl Http01Answers {
     }
 
     pub(crate) fn insert(&self, token: String, key_authorization: String) {
-        self.map
-            .write()
-            .expect("answers lock")
-            .insert(token, key_authorization);
+        self.map.write().expect("answers lock").insert(token, key_authorization);
     }
 
     fn remove(&self, token: &str) {
@@ -100,19 +97,14 @@ impl Http01Answers {
 /// ACME: a self-signed or hand-managed certificate must never pin browsers to HTTPS.
 pub fn hsts_header(tls: &TlsSource) -> Option<HeaderValue> {
     match tls {
-        TlsSource::Acme(a) => {
-            HeaderValue::from_str(&format!("max-age={}", a.hsts_max_age.as_secs())).ok()
-        }
+        TlsSource::Acme(a) => HeaderValue::from_str(&format!("max-age={}", a.hsts_max_age.as_secs())).ok(),
         _ => None,
     }
 }
 
 /// Checks what can be checked offline and loads the stored certificate if it is still worth
 /// serving: not expired, and covering every `--domain`. Called before any listener opens.
-pub fn load(
-    settings: &AcmeSettings,
-    state_dir: &Path,
-) -> Result<Option<Arc<CertifiedKey>>, AcmeError> {
+pub fn load(settings: &AcmeSettings, state_dir: &Path) -> Result<Option<Arc<CertifiedKey>>, AcmeError> {
     if let Some(path) = &settings.ca_root {
         check_ca_root(path)?;
     }
@@ -154,9 +146,7 @@ fn check_ca_root(path: &Path) -> Result<(), AcmeError> {
     let pem = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
     let first = CertificateDer::pem_slice_iter(&pem)
         .next()
-        .ok_or_else(|| {
-            err("no PEM certificate found (expected -----BEGIN CERTIFICATE-----)".into())
-        })?
+        .ok_or_else(|| err("no PEM certificate found (expected -----BEGIN CERTIFICATE-----)".into()))?
         .map_err(|e| err(format!("not a PEM certificate: {e}")))?;
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -190,11 +180,7 @@ pub fn start(
     let mut tasks = Vec::new();
     match plain {
         Some(listener) => {
-            let r = Redirect::new(
-                answers.clone(),
-                settings.domains.clone(),
-                settings.https_port,
-            );
+            let r = Redirect::new(answers.clone(), settings.domains.clone(), settings.https_port);
             tasks.push(tokio::spawn(redirect::serve(listener, Arc::new(r))));
         }
         None => tracing::warn!("no plain-HTTP listener: HTTP-01 validation cannot succeed"),
@@ -271,13 +257,11 @@ impl Store {
                 })
             }
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError {
-                path,
-                action: "parse the account credentials",
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            })
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError {
+            path,
+            action: "parse the account credentials",
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })
     }
 
     fn save_account(&self, creds: &AccountCredentials) -> Result<(), StoreError> {
@@ -291,18 +275,15 @@ impl Store {
 
     /// The stored certificate if it covers `domains` and has not expired; `Ok(None)` when there
     /// is none, `Err` with the reason when there is one that cannot be used.
-    fn load_certificate(
-        &self,
-        domains: &[String],
-    ) -> Result<Option<(Arc<CertifiedKey>, Validity)>, String> {
+    fn load_certificate(&self, domains: &[String]) -> Result<Option<(Arc<CertifiedKey>, Validity)>, String> {
         let (cert, key) = (self.cert_path(), self.key_path());
         if !cert.exists() && !key.exists() {
             return Ok(None);
         }
         let ck = tls::load_pair(&cert, &key).map_err(|e| tls::error_chain(&e))?;
         let leaf = ck.cert.first().ok_or("the chain is empty")?;
-        let v = tls::validity(leaf)
-            .ok_or_else(|| format!("{}: the leaf certificate cannot be parsed", cert.display()))?;
+        let v =
+            tls::validity(leaf).ok_or_else(|| format!("{}: the leaf certificate cannot be parsed", cert.display()))?;
         if v.not_after <= SystemTime::now() {
             return Err(format!("it expired {}", when(v.not_after)));
         }
@@ -401,10 +382,9 @@ impl AttemptError {
     fn new(step: &'static str, challenge: Option<Challenge>, e: instant_acme::Error) -> Self {
         let cause = match e {
             instant_acme::Error::Api(p) => Cause::Problem(Box::new(p)),
-            instant_acme::Error::Timeout(_) => Cause::Transport(format!(
-                "the CA did not finish within {}s",
-                POLL_TIMEOUT.as_secs()
-            )),
+            instant_acme::Error::Timeout(_) => {
+                Cause::Transport(format!("the CA did not finish within {}s", POLL_TIMEOUT.as_secs()))
+            }
             other => Cause::Transport(tls::error_chain(&other)),
         };
         AttemptError {
@@ -511,8 +491,7 @@ impl Drop for Published<'_> {
 /// The TLS-ALPN-01 answer (RFC 8737 §3): a self-signed certificate for `domain` carrying the
 /// SHA-256 of the key authorization in a critical acmeIdentifier extension.
 fn challenge_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let mut params =
-        rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
@@ -523,10 +502,7 @@ fn challenge_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey
         .key_provider
         .load_private_key(private)
         .map_err(|e| e.to_string())?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
-        signer,
-    )))
+    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)))
 }
 
 // ---------------------------------------------------------------- the task
@@ -598,8 +574,7 @@ impl Manager {
     fn warn_if_expiring(&self, v: &Validity, warned: &mut Option<SystemTime>) {
         let now = SystemTime::now();
         let left = v.not_after.duration_since(now).unwrap_or_default();
-        let due =
-            warned.is_none_or(|w| now.duration_since(w).unwrap_or_default() >= WARNING_INTERVAL);
+        let due = warned.is_none_or(|w| now.duration_since(w).unwrap_or_default() >= WARNING_INTERVAL);
         if left < EXPIRY_WARNING && due {
             *warned = Some(now);
             if left.is_zero() {
@@ -675,9 +650,11 @@ impl Manager {
         let Some(creds) = creds else {
             return self.create_account().await;
         };
-        let account = self.builder()?.from_credentials(creds).await.map_err(|e| {
-            self.unreachable(AttemptError::new("loading the ACME account", None, e))
-        })?;
+        let account = self
+            .builder()?
+            .from_credentials(creds)
+            .await
+            .map_err(|e| self.unreachable(AttemptError::new("loading the ACME account", None, e)))?;
         tracing::info!(account = account.id(), "using the stored ACME account");
         self.account = Some(account.clone());
         Ok(account)
@@ -694,9 +671,7 @@ impl Manager {
             .builder()?
             .create(&new, self.settings.directory.clone(), None)
             .await
-            .map_err(|e| {
-                self.unreachable(AttemptError::new("creating the ACME account", None, e))
-            })?;
+            .map_err(|e| self.unreachable(AttemptError::new("creating the ACME account", None, e)))?;
         self.store
             .save_account(&creds)
             .map_err(|e| AttemptError::local("storing the ACME account", tls::error_chain(&e)))?;
@@ -744,11 +719,7 @@ impl Manager {
             // and the challenge's problem document says why.
             if let Some((domain, problem)) = failed_authorization(&mut order, challenge).await {
                 let e = match problem {
-                    Some(p) => AttemptError::new(
-                        "validation",
-                        Some(challenge),
-                        instant_acme::Error::Api(p),
-                    ),
+                    Some(p) => AttemptError::new("validation", Some(challenge), instant_acme::Error::Api(p)),
                     None => AttemptError::local("validation", "the authorization is invalid"),
                 };
                 return Err(AttemptError {
@@ -786,8 +757,7 @@ impl Manager {
     ) -> Result<(), AttemptError> {
         let mut authorizations = order.authorizations();
         while let Some(next) = authorizations.next().await {
-            let mut authz = next
-                .map_err(|e| AttemptError::new("fetching the authorization", Some(challenge), e))?;
+            let mut authz = next.map_err(|e| AttemptError::new("fetching the authorization", Some(challenge), e))?;
             let domain = authz.identifier().to_string();
             match authz.status {
                 // Validated recently for this account: nothing to prove.
@@ -796,10 +766,7 @@ impl Manager {
                 other => {
                     return Err(AttemptError {
                         challenge: Some(challenge),
-                        ..AttemptError::local(
-                            "validation",
-                            format!("the authorization is {other:?}"),
-                        )
+                        ..AttemptError::local("validation", format!("the authorization is {other:?}"))
                     }
                     .for_domain(domain))
                 }
@@ -814,23 +781,21 @@ impl Manager {
             let ka = handle.key_authorization();
             match challenge {
                 Challenge::Http01 => {
-                    self.answers
-                        .insert(handle.token.clone(), ka.as_str().to_owned());
+                    self.answers.insert(handle.token.clone(), ka.as_str().to_owned());
                     published.tokens.push(handle.token.clone());
                 }
                 Challenge::TlsAlpn01 => {
-                    let cert =
-                        challenge_certificate(&domain, ka.digest().as_ref()).map_err(|e| {
-                            AttemptError::local("making the tls-alpn-01 certificate", e)
-                                .for_domain(&domain)
-                        })?;
+                    let cert = challenge_certificate(&domain, ka.digest().as_ref()).map_err(|e| {
+                        AttemptError::local("making the tls-alpn-01 certificate", e).for_domain(&domain)
+                    })?;
                     self.resolver.set_challenge(&domain, cert);
                     published.names.push(domain.clone());
                 }
             }
-            handle.set_ready().await.map_err(|e| {
-                AttemptError::new("validation", Some(challenge), e).for_domain(&domain)
-            })?;
+            handle
+                .set_ready()
+                .await
+                .map_err(|e| AttemptError::new("validation", Some(challenge), e).for_domain(&domain))?;
         }
         Ok(())
     }
@@ -845,15 +810,12 @@ impl Manager {
             &cert_path,
             &key_path,
         )
-        .map_err(|e| {
-            AttemptError::local("checking the issued certificate", tls::error_chain(&e))
-        })?;
-        let v = ck.cert.first().and_then(tls::validity).ok_or_else(|| {
-            AttemptError::local(
-                "checking the issued certificate",
-                "the leaf cannot be parsed",
-            )
-        })?;
+        .map_err(|e| AttemptError::local("checking the issued certificate", tls::error_chain(&e)))?;
+        let v = ck
+            .cert
+            .first()
+            .and_then(tls::validity)
+            .ok_or_else(|| AttemptError::local("checking the issued certificate", "the leaf cannot be parsed"))?;
         self.resolver.set(ck);
         tracing::info!(
             domains = %self.names(),
@@ -864,10 +826,7 @@ impl Manager {
         );
         // Serving comes first; a state directory that cannot be written costs a new order on the
         // next start, which the log says.
-        if let Err(e) = self
-            .store
-            .save_certificate(&issued.chain_pem, &issued.key_pem)
-        {
+        if let Err(e) = self.store.save_certificate(&issued.chain_pem, &issued.key_pem) {
             tracing::error!(domains = %self.names(), "{}; the next start orders a new certificate", tls::error_chain(&e));
         }
         Ok(())
@@ -875,10 +834,7 @@ impl Manager {
 }
 
 /// The first invalid authorization after a failed validation, with its challenge's problem.
-async fn failed_authorization(
-    order: &mut Order,
-    challenge: Challenge,
-) -> Option<(String, Option<Problem>)> {
+async fn failed_authorization(order: &mut Order, challenge: Challenge) -> Option<(String, Option<Problem>)> {
     let mut authorizations = order.authorizations();
     while let Some(Ok(mut authz)) = authorizations.next().await {
         let Ok(state) = authz.refresh().await else {
@@ -905,9 +861,7 @@ struct Backoff {
 impl Backoff {
     /// The next wait; at least a minute once the CA itself refused.
     fn next(&mut self, ca_refused: bool) -> Duration {
-        let mut d = self
-            .last
-            .map_or(BACKOFF_INITIAL, |l| (l * 2).min(BACKOFF_MAX));
+        let mut d = self.last.map_or(BACKOFF_INITIAL, |l| (l * 2).min(BACKOFF_MAX));
         if ca_refused {
             d = d.max(BACKOFF_AFTER_PROBLEM);
         }
@@ -952,10 +906,7 @@ mod tests {
             directory_key(guard_config::acme::LETS_ENCRYPT_STAGING),
             "acme-staging-v02.api.letsencrypt.org_directory"
         );
-        assert_eq!(
-            directory_key("https://localhost:14000/dir"),
-            "localhost_14000_dir"
-        );
+        assert_eq!(directory_key("https://localhost:14000/dir"), "localhost_14000_dir");
         assert_eq!(directory_key("https://../.."), "ca");
     }
 
@@ -966,12 +917,8 @@ mod tests {
                 "subproblems":[{"type":"urn:ietf:params:acme:error:dns","detail":"no such host"}]}"#,
         )
         .unwrap();
-        let e = AttemptError::new(
-            "validation",
-            Some(Challenge::Http01),
-            instant_acme::Error::Api(p),
-        )
-        .for_domain("a.example.com");
+        let e = AttemptError::new("validation", Some(Challenge::Http01), instant_acme::Error::Api(p))
+            .for_domain("a.example.com");
         assert_eq!(
             e.to_string(),
             "validation of a.example.com by http-01 failed: CA problem urn:ietf:params:acme:error:connection: refused; \
@@ -991,11 +938,7 @@ mod tests {
             .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
             .expect("acmeIdentifier extension");
         assert!(ext.critical);
-        assert_eq!(
-            &ext.value[2..],
-            &[7u8; 32],
-            "an OCTET STRING holding the digest"
-        );
+        assert_eq!(&ext.value[2..], &[7u8; 32], "an OCTET STRING holding the digest");
         let v = tls::validity(&ck.cert[0]).unwrap();
         assert_eq!(v.names, ["guard.example.com"]);
     }

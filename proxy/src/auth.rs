@@ -101,7 +101,9 @@ pub fn parse_authorization(headers: &HeaderMap) -> Result<Option<Credential>, Au
     if values.next().is_some() || value.len() > MAX_AUTHORIZATION_BYTES {
         return Err(AuthFailure::Malformed);
     }
-    parse_credential(value.as_bytes()).map(Some).ok_or(AuthFailure::Malformed)
+    parse_credential(value.as_bytes())
+        .map(Some)
+        .ok_or(AuthFailure::Malformed)
 }
 
 /// The authentication state of a running guard: current users and tokens, the cache of
@@ -201,19 +203,33 @@ impl Authenticator {
                 for w in &warnings {
                     tracing::warn!("{w}");
                 }
-                tracing::info!(users = users.len(), "users reloaded from {}", self.settings.users_file.display());
+                tracing::info!(
+                    users = users.len(),
+                    "users reloaded from {}",
+                    self.settings.users_file.display()
+                );
                 self.users.store(Arc::new(users));
             }
             Err(UsersError::NotFound { .. }) => {
-                tracing::warn!("users file {} is gone: no user can log in", self.settings.users_file.display());
-                self.users.store(Arc::new(Htpasswd::parse("", &self.settings.users_file).0));
+                tracing::warn!(
+                    "users file {} is gone: no user can log in",
+                    self.settings.users_file.display()
+                );
+                self.users
+                    .store(Arc::new(Htpasswd::parse("", &self.settings.users_file).0));
             }
-            Err(e) => tracing::error!("users not reloaded, the previous set stays: {}", crate::tls::error_chain(&e)),
+            Err(e) => tracing::error!(
+                "users not reloaded, the previous set stays: {}",
+                crate::tls::error_chain(&e)
+            ),
         }
         match guard_config::tokens::load(&self.settings.tokens_file) {
             Ok(tokens) => self.tokens.store(Arc::new(tokens)),
             Err(TokensError::NotFound { .. }) => self.tokens.store(Arc::new(TokenSet::default())),
-            Err(e) => tracing::error!("tokens not reloaded, the previous set stays: {}", crate::tls::error_chain(&e)),
+            Err(e) => tracing::error!(
+                "tokens not reloaded, the previous set stays: {}",
+                crate::tls::error_chain(&e)
+            ),
         }
         self.cache.lock().expect("cache lock").clear();
     }
@@ -246,7 +262,10 @@ impl Authenticator {
                 }
             }
             Credential::Bearer(token) => {
-                let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 match self.tokens.load().lookup(&token, now) {
                     Lookup::Valid { name } => Ok(Principal { name: name.to_owned() }),
                     Lookup::Expired { .. } => Err(AuthFailure::ExpiredToken),
@@ -268,14 +287,23 @@ impl Authenticator {
     /// verified within the TTL; otherwise on the bcrypt pool, shared with identical checks.
     async fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, AuthFailure> {
         let users = self.users.load_full();
-        let stored = users.get(user).map(|e| e.hash_str()).unwrap_or_else(|| users.dummy_entry().hash_str());
+        let stored = users
+            .get(user)
+            .map(|e| e.hash_str())
+            .unwrap_or_else(|| users.dummy_entry().hash_str());
         let key = self.key_for(user, password, stored);
         if self.cached(&key) {
             self.metrics.cache_hits.inc();
             return Ok(true);
         }
         self.metrics.cache_misses.inc();
-        let cell = self.pending.lock().expect("pending lock").entry(key).or_default().clone();
+        let cell = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .entry(key)
+            .or_default()
+            .clone();
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _queued = Decrement(&self.waiting);
         if queued >= MAX_WAITING_CHECKS && !cell.initialized() {
@@ -283,7 +311,9 @@ impl Authenticator {
         }
         let ok = *cell
             .get_or_init(|| async {
-                let Ok(permit) = self.bcrypt_slots.clone().acquire_owned().await else { return false };
+                let Ok(permit) = self.bcrypt_slots.clone().acquire_owned().await else {
+                    return false;
+                };
                 let (users, user, password) = (users.clone(), user.to_owned(), password.to_vec());
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
@@ -351,9 +381,17 @@ impl Authenticator {
         if table.len() > 100_000 {
             table.retain(|_, st| st.locked_until.is_some_and(|u| u > now) || now - st.window_start < s.lockout_window);
         }
-        let st = table.entry(peer).or_insert(Strikes { count: 0, window_start: now, locked_until: None });
+        let st = table.entry(peer).or_insert(Strikes {
+            count: 0,
+            window_start: now,
+            locked_until: None,
+        });
         if now - st.window_start >= s.lockout_window || st.locked_until.is_some_and(|u| u <= now) {
-            *st = Strikes { count: 0, window_start: now, locked_until: None };
+            *st = Strikes {
+                count: 0,
+                window_start: now,
+                locked_until: None,
+            };
         }
         st.count += 1;
         if s.lockout_failures > 0 && st.count >= s.lockout_failures && st.locked_until.is_none() {
@@ -392,19 +430,56 @@ mod tests {
     #[test]
     fn authorization_headers_parse_or_are_malformed() {
         let ok = |v: &str| parse_credential(v.as_bytes()).unwrap();
-        assert_eq!(ok(&basic("alice:pw")), Credential::Basic { user: "alice".into(), password: b"pw".to_vec() });
-        assert_eq!(ok(&basic("alice:a:b")), Credential::Basic { user: "alice".into(), password: b"a:b".to_vec() });
-        assert_eq!(ok(&basic("alice:")), Credential::Basic { user: "alice".into(), password: vec![] });
-        assert_eq!(ok(&basic("alice:pw").replace("Basic", "bAsIc")), Credential::Basic { user: "alice".into(), password: b"pw".to_vec() });
+        assert_eq!(
+            ok(&basic("alice:pw")),
+            Credential::Basic {
+                user: "alice".into(),
+                password: b"pw".to_vec()
+            }
+        );
+        assert_eq!(
+            ok(&basic("alice:a:b")),
+            Credential::Basic {
+                user: "alice".into(),
+                password: b"a:b".to_vec()
+            }
+        );
+        assert_eq!(
+            ok(&basic("alice:")),
+            Credential::Basic {
+                user: "alice".into(),
+                password: vec![]
+            }
+        );
+        assert_eq!(
+            ok(&basic("alice:pw").replace("Basic", "bAsIc")),
+            Credential::Basic {
+                user: "alice".into(),
+                password: b"pw".to_vec()
+            }
+        );
         assert_eq!(ok("Bearer grd_abc"), Credential::Bearer("grd_abc".into()));
-        for bad in ["Basic", "Basic !!!", &basic("nocolon"), &basic(":pw"), "Bearer ", "Digest x", "", "Bearer a b"] {
+        for bad in [
+            "Basic",
+            "Basic !!!",
+            &basic("nocolon"),
+            &basic(":pw"),
+            "Bearer ",
+            "Digest x",
+            "",
+            "Bearer a b",
+        ] {
             assert_eq!(parse_credential(bad.as_bytes()), None, "{bad:?}");
         }
         let mut h = HeaderMap::new();
         assert_eq!(parse_authorization(&h), Ok(None));
         h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
         h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
-        assert_eq!(parse_authorization(&h), Err(AuthFailure::Malformed), "two headers are ambiguous");
+        assert_eq!(
+            parse_authorization(&h),
+            Err(AuthFailure::Malformed),
+            "two headers are ambiguous"
+        );
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(&"x".repeat(9000)).unwrap());
         assert_eq!(parse_authorization(&h), Err(AuthFailure::Malformed));
@@ -412,7 +487,10 @@ mod tests {
 
     #[test]
     fn credentials_never_show_in_debug_output() {
-        let c = Credential::Basic { user: "u".into(), password: b"hunter2".to_vec() };
+        let c = Credential::Basic {
+            user: "u".into(),
+            password: b"hunter2".to_vec(),
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!format!("{:?}", Credential::Bearer("grd_secret".into())).contains("grd_secret"));
     }

@@ -58,7 +58,16 @@ impl<B: Body> RequestBody<B> {
     pub fn new(inner: B, limit: Option<u64>) -> (Self, Arc<BodyProgress>, watch::Receiver<bool>) {
         let progress = Arc::new(BodyProgress::default());
         let (done, rx) = watch::channel(inner.is_end_stream());
-        (RequestBody { inner, limit, progress: progress.clone(), done }, progress, rx)
+        (
+            RequestBody {
+                inner,
+                limit,
+                progress: progress.clone(),
+                done,
+            },
+            progress,
+            rx,
+        )
     }
 }
 
@@ -132,7 +141,11 @@ pin_project_lite::pin_project! {
 impl<B: Body, F: FnOnce(u64, bool)> ResponseBody<B, F> {
     /// Wraps `inner`; `on_end(bytes_sent, complete)` runs once.
     pub fn new(inner: B, on_end: F) -> Self {
-        ResponseBody { inner, sent: 0, on_end: Some(on_end) }
+        ResponseBody {
+            inner,
+            sent: 0,
+            on_end: Some(on_end),
+        }
     }
 }
 

@@ -109,12 +109,12 @@ impl ProxyError {
                 "BAD_REQUEST",
                 "too many request headers",
             ),
-            ProxyError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "BAD_REQUEST", "the request target is too long"),
-            ProxyError::NotFound => (
-                StatusCode::NOT_FOUND,
-                "ENDPOINT_NOT_FOUND",
-                "no such endpoint",
+            ProxyError::UriTooLong(_) => (
+                StatusCode::URI_TOO_LONG,
+                "BAD_REQUEST",
+                "the request target is too long",
             ),
+            ProxyError::NotFound => (StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND", "no such endpoint"),
             ProxyError::Misrouted(_) => (
                 StatusCode::MISDIRECTED_REQUEST,
                 "ENDPOINT_NOT_FOUND",
@@ -134,7 +134,11 @@ impl ProxyError {
                 ),
                 AuthFailure::Missing => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "authentication required"),
                 AuthFailure::ExpiredToken => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has expired"),
-                AuthFailure::RevokedToken => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "the token has been revoked"),
+                AuthFailure::RevokedToken => (
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHENTICATED",
+                    "the token has been revoked",
+                ),
                 AuthFailure::Malformed => (
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHENTICATED",
@@ -198,10 +202,8 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Pro
     let body = serde_json::json!({ "error_code": code, "message": message }).to_string();
     let mut resp = Response::new(full(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -214,21 +216,81 @@ mod tests {
         let io = || -> Box<dyn std::error::Error + Send + Sync> { "refused".into() };
         let up = || "127.0.0.1:5000".to_string();
         let cases: Vec<(ProxyError, u16, &str)> = vec![
-            (ProxyError::UpstreamUnreachable { upstream: up(), source: io() }, 502, "TEMPORARILY_UNAVAILABLE"),
-            (ProxyError::UpstreamFailed { upstream: up(), source: io() }, 502, "TEMPORARILY_UNAVAILABLE"),
-            (ProxyError::UpstreamConnectTimeout { upstream: up() }, 504, "DEADLINE_EXCEEDED"),
-            (ProxyError::UpstreamTimeout { upstream: up(), seconds: 5 }, 504, "DEADLINE_EXCEEDED"),
+            (
+                ProxyError::UpstreamUnreachable {
+                    upstream: up(),
+                    source: io(),
+                },
+                502,
+                "TEMPORARILY_UNAVAILABLE",
+            ),
+            (
+                ProxyError::UpstreamFailed {
+                    upstream: up(),
+                    source: io(),
+                },
+                502,
+                "TEMPORARILY_UNAVAILABLE",
+            ),
+            (
+                ProxyError::UpstreamConnectTimeout { upstream: up() },
+                504,
+                "DEADLINE_EXCEEDED",
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    upstream: up(),
+                    seconds: 5,
+                },
+                504,
+                "DEADLINE_EXCEEDED",
+            ),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "REQUEST_LIMIT_EXCEEDED"),
             (ProxyError::BadRequest("x"), 400, "BAD_REQUEST"),
             (ProxyError::NotFound, 404, "ENDPOINT_NOT_FOUND"),
             (ProxyError::TooManyHeaders(100), 431, "BAD_REQUEST"),
             (ProxyError::UriTooLong(16384), 414, "BAD_REQUEST"),
             (ProxyError::Misrouted(Misroute::UnknownHost), 421, "ENDPOINT_NOT_FOUND"),
-            (ProxyError::Auth { failure: AuthFailure::Missing, realm: "r".into() }, 401, "UNAUTHENTICATED"),
-            (ProxyError::Auth { failure: AuthFailure::BadPassword, realm: "r".into() }, 401, "UNAUTHENTICATED"),
-            (ProxyError::Auth { failure: AuthFailure::RevokedToken, realm: "r".into() }, 401, "UNAUTHENTICATED"),
-            (ProxyError::Auth { failure: AuthFailure::LockedOut(5), realm: "r".into() }, 429, "REQUEST_LIMIT_EXCEEDED"),
-            (ProxyError::Auth { failure: AuthFailure::Busy, realm: "r".into() }, 429, "REQUEST_LIMIT_EXCEEDED"),
+            (
+                ProxyError::Auth {
+                    failure: AuthFailure::Missing,
+                    realm: "r".into(),
+                },
+                401,
+                "UNAUTHENTICATED",
+            ),
+            (
+                ProxyError::Auth {
+                    failure: AuthFailure::BadPassword,
+                    realm: "r".into(),
+                },
+                401,
+                "UNAUTHENTICATED",
+            ),
+            (
+                ProxyError::Auth {
+                    failure: AuthFailure::RevokedToken,
+                    realm: "r".into(),
+                },
+                401,
+                "UNAUTHENTICATED",
+            ),
+            (
+                ProxyError::Auth {
+                    failure: AuthFailure::LockedOut(5),
+                    realm: "r".into(),
+                },
+                429,
+                "REQUEST_LIMIT_EXCEEDED",
+            ),
+            (
+                ProxyError::Auth {
+                    failure: AuthFailure::Busy,
+                    realm: "r".into(),
+                },
+                429,
+                "REQUEST_LIMIT_EXCEEDED",
+            ),
         ];
         for (err, status, code) in cases {
             let (s, c, m) = err.public_parts();
@@ -239,9 +301,20 @@ mod tests {
 
     #[test]
     fn auth_failures_carry_their_challenge_or_retry_after() {
-        let r = ProxyError::Auth { failure: AuthFailure::BadPassword, realm: "MLflow".into() }.into_response();
-        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"MLflow\", charset=\"UTF-8\"");
-        let r = ProxyError::Auth { failure: AuthFailure::LockedOut(42), realm: "MLflow".into() }.into_response();
+        let r = ProxyError::Auth {
+            failure: AuthFailure::BadPassword,
+            realm: "MLflow".into(),
+        }
+        .into_response();
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Basic realm=\"MLflow\", charset=\"UTF-8\""
+        );
+        let r = ProxyError::Auth {
+            failure: AuthFailure::LockedOut(42),
+            realm: "MLflow".into(),
+        }
+        .into_response();
         assert_eq!(r.headers()["retry-after"], "42");
         assert!(r.headers().get("www-authenticate").is_none());
     }

@@ -73,9 +73,15 @@ fn classify(e: hyper_util::client::legacy::Error, upstream: &str) -> ProxyError 
         if error_text(&e).contains("timed out") {
             return ProxyError::UpstreamConnectTimeout { upstream };
         }
-        return ProxyError::UpstreamUnreachable { upstream, source: Box::new(e) as BoxError };
+        return ProxyError::UpstreamUnreachable {
+            upstream,
+            source: Box::new(e) as BoxError,
+        };
     }
-    ProxyError::UpstreamFailed { upstream, source: Box::new(e) as BoxError }
+    ProxyError::UpstreamFailed {
+        upstream,
+        source: Box::new(e) as BoxError,
+    }
 }
 
 fn error_text(e: &dyn std::error::Error) -> String {

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use guard_config::model::Cidr;
 use guard_config::serve::{Limits, HEALTH_PATH, RESERVED_PREFIX};
 use http::header::{self, HeaderValue};
@@ -66,7 +66,8 @@ pub async fn handle(
         }
     };
     if let Some(hsts) = &state.hsts {
-        resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     Ok(finish(resp, rec, in_flight, state.metrics.clone()))
 }
@@ -105,8 +106,17 @@ async fn route(
         Some(auth) if !site.is_public(path) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
             Ok(p) => Some(p),
             Err(failure) => {
-                state.metrics.auth_failures.get_or_create(&ReasonLabel { reason: failure.reason() }).inc();
-                return Err(ProxyError::Auth { failure, realm: auth.realm().to_owned() });
+                state
+                    .metrics
+                    .auth_failures
+                    .get_or_create(&ReasonLabel {
+                        reason: failure.reason(),
+                    })
+                    .inc();
+                return Err(ProxyError::Auth {
+                    failure,
+                    realm: auth.realm().to_owned(),
+                });
             }
         },
         _ => None,
@@ -137,11 +147,12 @@ async fn route(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let client_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
@@ -159,7 +170,12 @@ async fn route(
         // The credential was for guard; the upstream never sees it.
         parts.headers.remove(header::AUTHORIZATION);
     }
-    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), &state.trusted_proxies, client_host.as_ref());
+    headers::set_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        &state.trusted_proxies,
+        client_host.as_ref(),
+    );
     let host = match (&client_host, site.preserve_host) {
         (Some(h), true) => h.clone(),
         _ => site.upstream_host.clone(),
@@ -193,14 +209,23 @@ async fn route(
             ProxyError::UpstreamFailed { .. } => "failed",
             _ => return,
         };
-        state.metrics.upstream_errors.get_or_create(&UpstreamErrorLabels { site: site.name.clone(), kind }).inc();
+        state
+            .metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                site: site.name.clone(),
+                kind,
+            })
+            .inc();
     })?;
     let upstream_time = started.elapsed();
     rec.upstream_time = Some(upstream_time);
     state
         .metrics
         .upstream_latency
-        .get_or_create(&SiteLabel { site: site.name.clone() })
+        .get_or_create(&SiteLabel {
+            site: site.name.clone(),
+        })
         .observe(upstream_time.as_secs_f64());
 
     let mut resp = resp;
@@ -253,12 +278,7 @@ const DISCARD_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30
 
 /// The `Content-Length` the client declared, if any.
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
@@ -293,7 +313,12 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 
 /// Wraps the response body so the access log line is written, and the connection's in-flight
 /// count dropped, when the body has been sent or the client has gone.
-fn finish(resp: Response<ProxyBody>, mut rec: AccessRecord, in_flight: InFlight, metrics: Arc<Metrics>) -> Response<ProxyBody> {
+fn finish(
+    resp: Response<ProxyBody>,
+    mut rec: AccessRecord,
+    in_flight: InFlight,
+    metrics: Arc<Metrics>,
+) -> Response<ProxyBody> {
     rec.status = resp.status();
     resp.map(|body| {
         ResponseBody::new(body, move |bytes_out, complete| {
@@ -309,9 +334,22 @@ fn finish(resp: Response<ProxyBody>, mut rec: AccessRecord, in_flight: InFlight,
 fn count(metrics: &Metrics, rec: &AccessRecord, bytes_out: u64) {
     let site = rec.site.clone().unwrap_or_else(|| "-".into());
     let method = MethodClass::of(&rec.method);
-    metrics.requests.get_or_create(&RequestLabels { site: site.clone(), method, status: rec.status.as_u16() }).inc();
-    let bytes_in = rec.request_body.as_ref().map_or(0, |p| p.bytes.load(std::sync::atomic::Ordering::Relaxed));
-    metrics.bytes_in.get_or_create(&SiteLabel { site: site.clone() }).inc_by(bytes_in);
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            site: site.clone(),
+            method,
+            status: rec.status.as_u16(),
+        })
+        .inc();
+    let bytes_in = rec
+        .request_body
+        .as_ref()
+        .map_or(0, |p| p.bytes.load(std::sync::atomic::Ordering::Relaxed));
+    metrics
+        .bytes_in
+        .get_or_create(&SiteLabel { site: site.clone() })
+        .inc_by(bytes_in);
     metrics.bytes_out.get_or_create(&SiteLabel { site }).inc_by(bytes_out);
     if let (Some(by_user), Some(user)) = (&metrics.requests_by_user, &rec.user) {
         by_user.get_or_create(&UserLabel { user: user.clone() }).inc();

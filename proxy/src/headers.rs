@@ -86,7 +86,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: &[Cidr], cl
             .filter_map(|v| v.to_str().ok())
             .map(str::to_owned)
             .collect();
-        let chain = if prior.is_empty() { peer_str } else { format!("{}, {peer_str}", prior.join(", ")) };
+        let chain = if prior.is_empty() {
+            peer_str
+        } else {
+            format!("{}, {peer_str}", prior.join(", "))
+        };
         if let Ok(v) = HeaderValue::from_str(&chain) {
             headers.insert(X_FORWARDED_FOR, v);
         }
@@ -118,7 +122,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         m
     }
@@ -143,7 +150,11 @@ mod tests {
 
     #[test]
     fn underscored_names_are_dropped() {
-        let mut h = map(&[("x_forwarded_user", "admin"), ("X-Forwarded_Host", "evil"), ("x-fine", "1")]);
+        let mut h = map(&[
+            ("x_forwarded_user", "admin"),
+            ("X-Forwarded_Host", "evil"),
+            ("x-fine", "1"),
+        ]);
         drop_underscored(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-fine"));

@@ -54,7 +54,10 @@ async fn get(addr: SocketAddr) -> Result<(), HealthError> {
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = ServerName::try_from("localhost").expect("valid name");
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.map_err(conn)?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(conn)?;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         guard_config::serve::HEALTH_PATH
@@ -112,6 +115,8 @@ impl ServerCertVerifier for AnyCertificate {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::tls::provider().signature_verification_algorithms.supported_schemes()
+        crate::tls::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

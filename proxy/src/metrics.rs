@@ -128,16 +128,32 @@ impl Metrics {
     pub fn new(user_labels: bool) -> Self {
         let mut registry = Registry::with_prefix("guard");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Requests answered, by site, method class and status", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by site, method class and status",
+            requests.clone(),
+        );
         let requests_by_user = user_labels.then(|| {
             let f = Family::<UserLabel, Counter>::default();
-            registry.register("requests_by_user", "Authenticated requests by user or token name", f.clone());
+            registry.register(
+                "requests_by_user",
+                "Authenticated requests by user or token name",
+                f.clone(),
+            );
             f
         });
         let auth_failures = Family::<ReasonLabel, Counter>::default();
-        registry.register("auth_failures", "Authentication failures by reason", auth_failures.clone());
+        registry.register(
+            "auth_failures",
+            "Authentication failures by reason",
+            auth_failures.clone(),
+        );
         let lockouts = Counter::default();
-        registry.register("lockouts", "Client addresses locked out after repeated failures", lockouts.clone());
+        registry.register(
+            "lockouts",
+            "Client addresses locked out after repeated failures",
+            lockouts.clone(),
+        );
         let upstream_latency: HistogramFamily =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 18)));
         registry.register(
@@ -150,13 +166,29 @@ impl Metrics {
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open client connections", open_connections.clone());
         let bytes_in = Family::<SiteLabel, Counter>::default();
-        registry.register("request_bytes", "Request body bytes received from clients", bytes_in.clone());
+        registry.register(
+            "request_bytes",
+            "Request body bytes received from clients",
+            bytes_in.clone(),
+        );
         let bytes_out = Family::<SiteLabel, Counter>::default();
-        registry.register("response_bytes", "Response body bytes sent to clients", bytes_out.clone());
+        registry.register(
+            "response_bytes",
+            "Response body bytes sent to clients",
+            bytes_out.clone(),
+        );
         let cache_hits = Counter::default();
-        registry.register("auth_cache_hits", "Password checks answered from the cache", cache_hits.clone());
+        registry.register(
+            "auth_cache_hits",
+            "Password checks answered from the cache",
+            cache_hits.clone(),
+        );
         let cache_misses = Counter::default();
-        registry.register("auth_cache_misses", "Password checks that ran the hash", cache_misses.clone());
+        registry.register(
+            "auth_cache_misses",
+            "Password checks that ran the hash",
+            cache_misses.clone(),
+        );
         let cert_expiry = Family::<CertLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -192,7 +224,9 @@ impl Metrics {
 pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -233,11 +267,25 @@ mod tests {
     #[test]
     fn counters_appear_in_the_exposition_with_their_labels() {
         let m = Metrics::new(false);
-        m.requests.get_or_create(&RequestLabels { site: "mlflow".into(), method: MethodClass::Write, status: 200 }).inc();
-        m.auth_failures.get_or_create(&ReasonLabel { reason: "bad_password" }).inc();
+        m.requests
+            .get_or_create(&RequestLabels {
+                site: "mlflow".into(),
+                method: MethodClass::Write,
+                status: 200,
+            })
+            .inc();
+        m.auth_failures
+            .get_or_create(&ReasonLabel { reason: "bad_password" })
+            .inc();
         let text = m.encode();
-        assert!(text.contains("guard_requests_total{site=\"mlflow\",method=\"Write\",status=\"200\"} 1"), "{text}");
-        assert!(text.contains("guard_auth_failures_total{reason=\"bad_password\"} 1"), "{text}");
+        assert!(
+            text.contains("guard_requests_total{site=\"mlflow\",method=\"Write\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("guard_auth_failures_total{reason=\"bad_password\"} 1"),
+            "{text}"
+        );
         assert!(!text.contains("requests_by_user"), "user labels are off by default");
     }
 }

@@ -53,12 +53,7 @@ impl Redirect {
     }
 
     /// The response to one plain request.
-    pub fn respond(
-        &self,
-        method: &Method,
-        uri: &http::Uri,
-        host: Option<&str>,
-    ) -> Response<Full<Bytes>> {
+    pub fn respond(&self, method: &Method, uri: &http::Uri, host: Option<&str>) -> Response<Full<Bytes>> {
         let path = uri.path();
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
             // Matched on the path alone: validators send `Host: name:port`.
@@ -74,10 +69,7 @@ impl Redirect {
             };
         }
         let location = self.location(uri, host);
-        let mut resp = plain(
-            StatusCode::PERMANENT_REDIRECT,
-            format!("moved to {location}\n"),
-        );
+        let mut resp = plain(StatusCode::PERMANENT_REDIRECT, format!("moved to {location}\n"));
         match HeaderValue::from_str(&location) {
             Ok(v) => {
                 resp.headers_mut().insert(header::LOCATION, v);
@@ -95,11 +87,7 @@ impl Redirect {
             .map(str::to_ascii_lowercase);
         let host = match asked {
             Some(h) if self.domains.contains(&h) => h,
-            _ => self
-                .domains
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "localhost".into()),
+            _ => self.domains.first().cloned().unwrap_or_else(|| "localhost".into()),
         };
         let port = if self.https_port == 443 {
             String::new()
@@ -163,10 +151,7 @@ pub async fn serve(listener: TcpListener, redirect: Arc<Redirect>) {
     }
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    redirect: Arc<Redirect>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<Incoming>, redirect: Arc<Redirect>) -> Result<Response<Full<Bytes>>, Infallible> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -174,9 +159,7 @@ async fn answer(
         .map(str::to_owned);
     let resp = redirect.respond(req.method(), req.uri(), host.as_deref());
     if resp.status() == StatusCode::PERMANENT_REDIRECT {
-        let _ = Limited::new(req.into_body(), DISCARD_BODY_BYTES)
-            .collect()
-            .await;
+        let _ = Limited::new(req.into_body(), DISCARD_BODY_BYTES).collect().await;
     }
     Ok(resp)
 }
@@ -187,19 +170,10 @@ mod tests {
 
     fn redirect(port: u16) -> Redirect {
         let answers = Arc::new(Http01Answers::default());
-        Redirect::new(
-            answers,
-            vec!["mlflow.example.com".into(), "b.example.com".into()],
-            port,
-        )
+        Redirect::new(answers, vec!["mlflow.example.com".into(), "b.example.com".into()], port)
     }
 
-    fn location(
-        r: &Redirect,
-        method: Method,
-        target: &str,
-        host: Option<&str>,
-    ) -> (u16, Option<String>) {
+    fn location(r: &Redirect, method: Method, target: &str, host: Option<&str>) -> (u16, Option<String>) {
         let resp = r.respond(&method, &target.parse().unwrap(), host);
         let loc = resp
             .headers()

@@ -59,7 +59,10 @@ impl std::fmt::Display for SiteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (site, what) = match self {
             SiteError::Auth { site, source } => (site, source.to_string()),
-            SiteError::HeaderName { site, name } => (site, format!("forwarded user header {name:?} is not a valid header name")),
+            SiteError::HeaderName { site, name } => (
+                site,
+                format!("forwarded user header {name:?} is not a valid header name"),
+            ),
         };
         if site == FLAGS_SITE {
             f.write_str(&what)
@@ -77,8 +80,10 @@ impl Site {
     pub fn build(s: &SiteSettings, limits: &Limits, metrics: &Arc<Metrics>) -> Result<Site, SiteError> {
         let forwarded_user = match &s.auth.forwarded_user_header {
             Some(name) => Some(
-                HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| SiteError::HeaderName { site: s.name.clone(), name: name.clone() })?,
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| SiteError::HeaderName {
+                    site: s.name.clone(),
+                    name: name.clone(),
+                })?,
             ),
             None => None,
         };
@@ -86,7 +91,10 @@ impl Site {
             tracing::warn!(site = %s.name, "authentication is off (--dangerous-no-auth): anyone who reaches this port reaches the upstream");
             None
         } else {
-            let a = Authenticator::load(s.auth.clone(), metrics.clone()).map_err(|source| SiteError::Auth { site: s.name.clone(), source })?;
+            let a = Authenticator::load(s.auth.clone(), metrics.clone()).map_err(|source| SiteError::Auth {
+                site: s.name.clone(),
+                source,
+            })?;
             Some(Arc::new(a))
         };
         let authority = s.upstream.authority();
@@ -148,7 +156,11 @@ impl Router {
                 by_host.entry(h.to_ascii_lowercase()).or_insert(i);
             }
         }
-        Ok(Router { sites: built, by_host, fallback })
+        Ok(Router {
+            sites: built,
+            by_host,
+            fallback,
+        })
     }
 
     /// Every site.
@@ -193,7 +205,10 @@ fn normalize_host(h: &str) -> String {
     let bare = if let Some(rest) = h.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
-        h.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map(|(n, _)| n).unwrap_or(h)
+        h.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(n, _)| n)
+            .unwrap_or(h)
     };
     bare.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -219,13 +234,31 @@ mod tests {
 
     #[tokio::test]
     async fn requests_route_by_host_and_sni_and_unknown_hosts_get_nothing() {
-        let r = Router::build(&[site("mlflow", &["mlflow.example.com"]), site("notebook", &["nb.example.com"])], &Limits::default(), &Arc::new(Metrics::new(false))).unwrap();
+        let r = Router::build(
+            &[
+                site("mlflow", &["mlflow.example.com"]),
+                site("notebook", &["nb.example.com"]),
+            ],
+            &Limits::default(),
+            &Arc::new(Metrics::new(false)),
+        )
+        .unwrap();
         assert_eq!(r.pick(Some("mlflow.example.com:443"), None).unwrap().name, "mlflow");
-        assert_eq!(r.pick(Some("NB.example.com"), Some("nb.example.com")).unwrap().name, "notebook");
+        assert_eq!(
+            r.pick(Some("NB.example.com"), Some("nb.example.com")).unwrap().name,
+            "notebook"
+        );
         assert_eq!(r.pick(None, Some("nb.example.com")).unwrap().name, "notebook");
-        assert_eq!(r.pick(Some("other.example.com"), None).unwrap_err(), Misroute::UnknownHost);
+        assert_eq!(
+            r.pick(Some("other.example.com"), None).unwrap_err(),
+            Misroute::UnknownHost
+        );
         assert_eq!(r.pick(None, None).unwrap_err(), Misroute::UnknownHost);
-        assert_eq!(r.pick(Some("mlflow.example.com"), Some("localhost")).unwrap().name, "mlflow", "an SNI naming no site has no say");
+        assert_eq!(
+            r.pick(Some("mlflow.example.com"), Some("localhost")).unwrap().name,
+            "mlflow",
+            "an SNI naming no site has no say"
+        );
         assert_eq!(
             r.pick(Some("mlflow.example.com"), Some("nb.example.com")).unwrap_err(),
             Misroute::HostDisagreesWithSni
@@ -242,7 +275,14 @@ mod tests {
         assert!(s.is_public("/static/app.js"));
         assert!(!s.is_public("/staticky"));
         assert!(!s.is_public("/api/static"));
-        for sneaky in ["/static/../api/2.0/mlflow/runs/create", "/static/%2e%2e/api", "/static/..%2fapi", "/static//x", "/static/./x", "/static\\..\\api"] {
+        for sneaky in [
+            "/static/../api/2.0/mlflow/runs/create",
+            "/static/%2e%2e/api",
+            "/static/..%2fapi",
+            "/static//x",
+            "/static/./x",
+            "/static\\..\\api",
+        ] {
             assert!(!s.is_public(sneaky), "{sneaky}");
         }
     }

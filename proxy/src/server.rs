@@ -89,7 +89,10 @@ pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
 impl Prepared {
     /// A handle to reload files and replace sites while serving.
     pub fn handle(&self) -> Handle {
-        Handle { state: self.state.clone(), reload: self.reload.clone() }
+        Handle {
+            state: self.state.clone(),
+            reload: self.reload.clone(),
+        }
     }
 
     /// Where the plain-HTTP listener should be bound, when ACME is on.
@@ -151,8 +154,20 @@ fn watch_sites(router: &Router, reload: &watch::Sender<u64>) {
 /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish for up
 /// to the shutdown grace. Users, tokens and certificate files are re-read whenever they change,
 /// and at once on [`Handle::reload_files`].
-pub async fn serve(prepared: Prepared, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let Prepared { settings, resolver, state, reload, plain, metrics_listener, .. } = prepared;
+pub async fn serve(
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let Prepared {
+        settings,
+        resolver,
+        state,
+        reload,
+        plain,
+        metrics_listener,
+        ..
+    } = prepared;
     if let Some(listener) = metrics_listener {
         crate::metrics::serve(listener, state.metrics.clone());
     }
@@ -164,7 +179,12 @@ pub async fn serve(prepared: Prepared, listener: TcpListener, shutdown: impl Fut
     watch_sites(&state.router.load(), &reload);
     // Ordering and renewal run beside the accept loop and stop when `serve` returns.
     let _acme = match &settings.tls {
-        TlsSource::Acme(acme) => Some(crate::acme::start(acme.clone(), &settings.state_dir, resolver.clone(), plain)),
+        TlsSource::Acme(acme) => Some(crate::acme::start(
+            acme.clone(),
+            &settings.state_dir,
+            resolver.clone(),
+            plain,
+        )),
         _ => None,
     };
     let acceptor = tls::Acceptor::new(resolver);
@@ -228,13 +248,24 @@ fn spawn_expiry_gauge(resolver: Arc<CertResolver>, metrics: Arc<crate::metrics::
     tokio::spawn(async move {
         let mut last: Option<String> = None;
         loop {
-            if let Some(v) = resolver.current().and_then(|ck| ck.cert.first().and_then(tls::validity)) {
+            if let Some(v) = resolver
+                .current()
+                .and_then(|ck| ck.cert.first().and_then(tls::validity))
+            {
                 let name = v.names.first().cloned().unwrap_or_else(|| "-".into());
-                let secs = v.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                let secs = v
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
                 if last.as_ref().is_some_and(|l| *l != name) {
-                    metrics.cert_expiry.remove(&crate::metrics::CertLabel { name: last.clone().unwrap_or_default() });
+                    metrics.cert_expiry.remove(&crate::metrics::CertLabel {
+                        name: last.clone().unwrap_or_default(),
+                    });
                 }
-                metrics.cert_expiry.get_or_create(&crate::metrics::CertLabel { name: name.clone() }).set(secs);
+                metrics
+                    .cert_expiry
+                    .get_or_create(&crate::metrics::CertLabel { name: name.clone() })
+                    .set(secs);
                 last = Some(name);
             }
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -245,7 +276,11 @@ fn spawn_expiry_gauge(resolver: Arc<CertResolver>, metrics: Arc<crate::metrics::
 /// Opens a listening socket with a deep accept queue: the default of 128 drops connection
 /// attempts in a burst, and each dropped one costs the client a 1 s SYN retry.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
@@ -360,7 +395,11 @@ pub struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Activity { in_flight: AtomicUsize::new(0), last_end_ms: AtomicU64::new(0), epoch: Instant::now() }
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
@@ -378,7 +417,8 @@ impl Activity {
             let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
                 timeout
             } else {
-                let idle = Duration::from_millis(self.now_ms().saturating_sub(self.last_end_ms.load(Ordering::Acquire)));
+                let idle =
+                    Duration::from_millis(self.now_ms().saturating_sub(self.last_end_ms.load(Ordering::Acquire)));
                 match timeout.checked_sub(idle) {
                     Some(left) if !left.is_zero() => left,
                     _ => return,

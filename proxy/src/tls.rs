@@ -139,12 +139,18 @@ impl CertResolver {
 
     /// Answers TLS-ALPN-01 validations for `name` with `cert` until removed.
     pub fn set_challenge(&self, name: &str, cert: Arc<CertifiedKey>) {
-        self.challenges.write().expect("challenges lock").insert(name.to_ascii_lowercase(), cert);
+        self.challenges
+            .write()
+            .expect("challenges lock")
+            .insert(name.to_ascii_lowercase(), cert);
     }
 
     /// Stops answering TLS-ALPN-01 validations for `name`.
     pub fn remove_challenge(&self, name: &str) {
-        self.challenges.write().expect("challenges lock").remove(&name.to_ascii_lowercase());
+        self.challenges
+            .write()
+            .expect("challenges lock")
+            .remove(&name.to_ascii_lowercase());
     }
 
     /// Waits up to `limit` for a certificate; whether there is one.
@@ -169,7 +175,9 @@ impl ResolvesServerCert for CertResolver {
 
 /// Whether the client offers ALPN `acme-tls/1`, which only ACME validators do.
 fn offers_acme_tls(hello: &ClientHello<'_>) -> bool {
-    hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ALPN_ACME_TLS))
+    hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_ACME_TLS))
 }
 
 /// Completes TLS handshakes: reads the ClientHello, holds it while there is no certificate yet
@@ -184,7 +192,10 @@ pub struct Acceptor {
 impl Acceptor {
     /// Handshakes with [`server_config`] over `resolver`.
     pub fn new(resolver: Arc<CertResolver>) -> Self {
-        Acceptor { config: server_config(resolver.clone()), resolver }
+        Acceptor {
+            config: server_config(resolver.clone()),
+            resolver,
+        }
     }
 
     /// One handshake; `timeout` bounds the client's part, and the wait for a first certificate
@@ -197,9 +208,14 @@ impl Acceptor {
             && !offers_acme_tls(&start.client_hello())
             && !self.resolver.wait_ready(FIRST_CERTIFICATE_WAIT).await
         {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no certificate yet: still being issued"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no certificate yet: still being issued",
+            ));
         }
-        tokio::time::timeout(timeout, start.into_stream(self.config.clone())).await.map_err(timed_out)?
+        tokio::time::timeout(timeout, start.into_stream(self.config.clone()))
+            .await
+            .map_err(timed_out)?
     }
 }
 
@@ -230,8 +246,14 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Arc<ServerConfig> {
 
 /// Reads a PEM chain and key and checks that they belong together.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read { path: cert.into(), source })?;
-    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read { path: key.into(), source })?;
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        path: cert.into(),
+        source,
+    })?;
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+        path: key.into(),
+        source,
+    })?;
     certified_key(&cert_pem, &key_pem, cert, key)
 }
 
@@ -280,19 +302,30 @@ pub fn self_signed(state_dir: &Path) -> Result<SelfSigned, TlsError> {
     if ca_path.exists() && cert_path.exists() && key_path.exists() {
         if let Ok(key) = load_pair(&cert_path, &key_path) {
             if still_fits(&key, &names) {
-                return Ok(SelfSigned { key, ca_path, created: false });
+                return Ok(SelfSigned {
+                    key,
+                    ca_path,
+                    created: false,
+                });
             }
         }
     }
     let (ca_pem, chain_pem, key_pem) = generate_self_signed(&names)?;
     let write = |path: &Path, bytes: &[u8], mode: u32| {
-        guard_config::fsutil::write_atomic(path, bytes, mode).map_err(|source| TlsError::Write { path: path.into(), source })
+        guard_config::fsutil::write_atomic(path, bytes, mode).map_err(|source| TlsError::Write {
+            path: path.into(),
+            source,
+        })
     };
     write(&key_path, key_pem.as_bytes(), 0o600)?;
     write(&cert_path, chain_pem.as_bytes(), 0o644)?;
     write(&ca_path, ca_pem.as_bytes(), 0o644)?;
     let key = certified_key(chain_pem.as_bytes(), key_pem.as_bytes(), &cert_path, &key_path)?;
-    Ok(SelfSigned { key, ca_path, created: true })
+    Ok(SelfSigned {
+        key,
+        ca_path,
+        created: true,
+    })
 }
 
 /// Names the self-signed leaf covers.
@@ -309,7 +342,9 @@ fn self_signed_names() -> Vec<String> {
 
 /// Whether a stored leaf is still valid for a week and names every wanted host.
 fn still_fits(key: &CertifiedKey, names: &[String]) -> bool {
-    let Some(v) = key.cert.first().and_then(validity) else { return false };
+    let Some(v) = key.cert.first().and_then(validity) else {
+        return false;
+    };
     let week = Duration::from_secs(7 * 86400);
     if v.not_after < SystemTime::now() + week {
         return false;
@@ -382,7 +417,9 @@ pub fn leaf_not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
 
 /// Makes a CA and a leaf signed by it; returns (CA PEM, leaf+CA chain PEM, leaf key PEM).
 fn generate_self_signed(names: &[String]) -> Result<(String, String, String), TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let err = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let now = time::OffsetDateTime::now_utc();
 
@@ -390,7 +427,11 @@ fn generate_self_signed(names: &[String]) -> Result<(String, String, String), Tl
     let mut ca = CertificateParams::default();
     ca.distinguished_name.push(DnType::CommonName, "guard self-signed CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca.not_before = now - time::Duration::days(1);
     ca.not_after = now + time::Duration::days(3650);
     let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
@@ -409,7 +450,11 @@ fn generate_self_signed(names: &[String]) -> Result<(String, String, String), Tl
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(err)?;
 
     let ca_pem = ca_cert.pem();
-    Ok((ca_pem.clone(), format!("{}{}", leaf_cert.pem(), ca_pem), leaf_key.serialize_pem()))
+    Ok((
+        ca_pem.clone(),
+        format!("{}{}", leaf_cert.pem(), ca_pem),
+        leaf_key.serialize_pem(),
+    ))
 }
 
 /// The certificate files a resolver is fed from.
@@ -426,13 +471,21 @@ struct FileSource {
 pub fn watch_files(resolver: Arc<CertResolver>, cert: PathBuf, key: PathBuf, force: crate::watch::ReloadSignal) {
     let paths = vec![cert.clone(), key.clone()];
     let source = Arc::new(FileSource { resolver, cert, key });
-    crate::watch::spawn(paths, force, Arc::downgrade(&source), |s: &FileSource| match load_pair(&s.cert, &s.key) {
-        Ok(ck) => {
-            s.resolver.set(ck);
-            tracing::info!(cert = %s.cert.display(), "certificate reloaded from disk");
-        }
-        Err(e) => tracing::error!("certificate not reloaded, the previous one keeps serving: {}", error_chain(&e)),
-    });
+    crate::watch::spawn(
+        paths,
+        force,
+        Arc::downgrade(&source),
+        |s: &FileSource| match load_pair(&s.cert, &s.key) {
+            Ok(ck) => {
+                s.resolver.set(ck);
+                tracing::info!(cert = %s.cert.display(), "certificate reloaded from disk");
+            }
+            Err(e) => tracing::error!(
+                "certificate not reloaded, the previous one keeps serving: {}",
+                error_chain(&e)
+            ),
+        },
+    );
     // The watcher holds only a weak reference; tie the source's life to the resolver's.
     source.resolver.clone().keep_alive(source);
 }
@@ -466,7 +519,8 @@ mod tests {
         let na = leaf_not_after(&first.key.cert[0]).unwrap();
         let days = na.duration_since(SystemTime::now()).unwrap().as_secs() / 86400;
         assert!((395..=397).contains(&days), "{days}");
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("tls/key.pem")).unwrap().permissions());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("tls/key.pem")).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -478,7 +532,11 @@ mod tests {
         let ss = self_signed(&dir).unwrap();
         let v = validity(&ss.key.cert[0]).unwrap();
         assert!(v.names.iter().any(|n| n == "localhost"), "{:?}", v.names);
-        assert!(v.names.iter().any(|n| n == "127.0.0.1") && v.names.iter().any(|n| n == "::1"), "{:?}", v.names);
+        assert!(
+            v.names.iter().any(|n| n == "127.0.0.1") && v.names.iter().any(|n| n == "::1"),
+            "{:?}",
+            v.names
+        );
         let life = v.not_after.duration_since(v.not_before).unwrap();
         assert_eq!(life.as_secs(), 398 * 86400, "one day back, 397 ahead");
         assert_eq!(v.not_after.duration_since(v.renew_at()).unwrap(), life / 3);

@@ -46,10 +46,7 @@ pub fn venv() -> Option<PathBuf> {
 fn clean_command(program: &Path, venv: &Path, home: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.env_clear()
-        .env(
-            "PATH",
-            format!("{}:/usr/bin:/bin", venv.join("bin").display()),
-        )
+        .env("PATH", format!("{}:/usr/bin:/bin", venv.join("bin").display()))
         .env("HOME", home)
         .env("TMPDIR", home)
         .env("LANG", "C.UTF-8")
@@ -126,9 +123,7 @@ impl MlflowServer {
             .stderr(Stdio::piped())
             // Its own process group, so drop can stop uvicorn and any worker with one signal.
             .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {command}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {command}: {e}"));
         let stdout = Captured::spawn(child.stdout.take().unwrap(), None);
         let stderr = Captured::spawn(child.stderr.take().unwrap(), None);
         // Health alone could be answered by another server that won the port; uvicorn's own
@@ -152,8 +147,7 @@ impl MlflowServer {
                     tail(&err, 80)
                 );
             }
-            if health_ok(addr) && (stderr.text().contains(&bound) || stdout.text().contains(&bound))
-            {
+            if health_ok(addr) && (stderr.text().contains(&bound) || stdout.text().contains(&bound)) {
                 return Ok(MlflowServer {
                     child,
                     addr,
@@ -290,8 +284,7 @@ impl ClientRun {
     /// The JSON summary: the script's last line on stdout.
     pub fn json(&self) -> serde_json::Value {
         let line = self.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("no JSON summary ({e}) from mlflow_client.py:\n{self}"))
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON summary ({e}) from mlflow_client.py:\n{self}"))
     }
 
     /// Panics with the script's output unless it exited 0.

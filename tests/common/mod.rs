@@ -121,7 +121,10 @@ impl Guard {
             p
         };
         let mut cmd = Command::new(guard_bin());
-        cmd.args(&all).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.env("GUARD_LOG", "info,guard_proxy=debug");
         for (k, v) in env {
             cmd.env(k, v);
@@ -157,7 +160,16 @@ impl Guard {
                 }
             }
         }
-        Guard { child, args: all, addr: addr.unwrap(), ca, stdout, stderr, state, _state_dir: own_state }
+        Guard {
+            child,
+            args: all,
+            addr: addr.unwrap(),
+            ca,
+            stdout,
+            stderr,
+            state,
+            _state_dir: own_state,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -166,7 +178,11 @@ impl Guard {
 
     /// Sends a signal by name (`TERM`, `HUP`, ...).
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -177,7 +193,11 @@ impl Guard {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "guard did not exit in {timeout:?}\nstderr:\n{}", self.stderr.text());
+            assert!(
+                Instant::now() < deadline,
+                "guard did not exit in {timeout:?}\nstderr:\n{}",
+                self.stderr.text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -261,13 +281,19 @@ pub struct PatternBody {
 
 impl PatternBody {
     pub fn new(len: u64) -> Self {
-        PatternBody { remaining: len, offset: 0 }
+        PatternBody {
+            remaining: len,
+            offset: 0,
+        }
     }
 }
 
 /// The pattern byte at `i`.
 fn pattern_chunk(offset: u64, len: usize) -> Bytes {
-    (0..len as u64).map(|i| ((offset + i) % 251) as u8).collect::<Vec<u8>>().into()
+    (0..len as u64)
+        .map(|i| ((offset + i) % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 /// SHA-256 of the first `len` pattern bytes.
@@ -356,14 +382,20 @@ pub fn client_config(ca: &Path, alpn: &[&[u8]]) -> rustls::ClientConfig {
     for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     cfg
 }
 
 impl Client {
     pub fn new(addr: SocketAddr, ca: &Path, sni: &str) -> Self {
-        Client { addr, config: Arc::new(client_config(ca, &[b"http/1.1"])), sni: sni.into() }
+        Client {
+            addr,
+            config: Arc::new(client_config(ca, &[b"http/1.1"])),
+            sni: sni.into(),
+        }
     }
 
     pub fn with_alpn(mut self, alpn: &[&[u8]]) -> Self {
@@ -396,7 +428,9 @@ impl Client {
         let c = self.clone().with_alpn(&[b"h2"]);
         let tls = c.tls().await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "guard negotiated h2");
-        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         send
     }
@@ -437,7 +471,11 @@ impl Seen {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -485,7 +523,12 @@ impl Echo {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("the upstream saw a request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
     }
 }
 
@@ -499,14 +542,25 @@ async fn echo(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let path = req.uri().path().to_string();
     if req.headers().get("upgrade").is_some() {
         let on = hyper::upgrade::on(&mut req);
-        seen.lock().unwrap().push(Seen { method, uri, headers, body_len: 0, body_sha256: String::new() });
+        seen.lock().unwrap().push(Seen {
+            method,
+            uri,
+            headers,
+            body_len: 0,
+            body_sha256: String::new(),
+        });
         tokio::spawn(async move {
             if let Ok(up) = on.await {
                 let io = TokioIo::new(up);
@@ -522,11 +576,20 @@ async fn echo(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result
             .unwrap());
     }
     let (body_len, body_sha256) = drain_hash(req.into_body()).await;
-    let rec = Seen { method, uri, headers, body_len, body_sha256 };
+    let rec = Seen {
+        method,
+        uri,
+        headers,
+        body_len,
+        body_sha256,
+    };
     seen.lock().unwrap().push(rec.clone());
     if let Some(n) = path.strip_prefix("/download/") {
         let n: u64 = n.parse().unwrap();
-        return Ok(Response::builder().header("content-length", n).body(PatternBody::new(n).boxed()).unwrap());
+        return Ok(Response::builder()
+            .header("content-length", n)
+            .body(PatternBody::new(n).boxed())
+            .unwrap());
     }
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;

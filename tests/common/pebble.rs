@@ -35,25 +35,17 @@ pub struct PebbleSetup {
 
 impl PebbleSetup {
     pub fn new() -> PebbleSetup {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        };
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
         let dir = TempDir::new("pebble");
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::default();
-        ca.distinguished_name
-            .push(DnType::CommonName, "pebble test CA");
+        ca.distinguished_name.push(DnType::CommonName, "pebble test CA");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let leaf_cert = leaf
-            .signed_by(&leaf_key, &Issuer::new(ca, &ca_key))
-            .unwrap();
+        let leaf_cert = leaf.signed_by(&leaf_key, &Issuer::new(ca, &ca_key)).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(dir.path().join("localhost.pem"), leaf_cert.pem()).unwrap();
         std::fs::write(dir.path().join("localhost.key"), leaf_key.serialize_pem()).unwrap();
@@ -143,11 +135,7 @@ impl PebbleSetup {
                 Ok(_) => {}
                 Err(_) => {
                     let _ = pebble.child.kill();
-                    panic!(
-                        "pebble did not start\nconfig: {}\n{}",
-                        pebble.config,
-                        pebble.output()
-                    );
+                    panic!("pebble did not start\nconfig: {}\n{}", pebble.config, pebble.output());
                 }
             }
         }
@@ -183,9 +171,7 @@ impl Pebble {
     /// The root that signs what this pebble issues (new on every start), written to `dir`.
     pub async fn root(&self, dir: &Path) -> PathBuf {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.management).parse().unwrap();
-        let (status, pem) = Client::new(addr, &self.ca, "localhost")
-            .get("/roots/0")
-            .await;
+        let (status, pem) = Client::new(addr, &self.ca, "localhost").get("/roots/0").await;
         assert_eq!(status, 200, "pebble's management port: {pem}");
         let path = dir.join(format!("pebble-root-{}.pem", self.management));
         std::fs::write(&path, pem).unwrap();
@@ -219,10 +205,7 @@ impl Drop for Pebble {
 pub fn start_guard(args: &[String], state: &Path) -> (Guard, SocketAddr) {
     let mut all: Vec<String> = vec!["serve".into()];
     all.extend(args.iter().cloned());
-    for (flag, default) in [
-        ("--listen", "127.0.0.1:0"),
-        ("--http-listen", "127.0.0.1:0"),
-    ] {
+    for (flag, default) in [("--listen", "127.0.0.1:0"), ("--http-listen", "127.0.0.1:0")] {
         if !args.iter().any(|a| a == flag) {
             all.extend([flag.into(), default.into()]);
         }

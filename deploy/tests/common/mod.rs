@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use guard_deploy::{
-    render, Artifacts, Backend, Deployment, Layout, RenderedFile, Secret, Secrets, Target, Tls,
-    DEFAULT_MLFLOW_VERSION,
+    render, Artifacts, Backend, Deployment, Layout, RenderedFile, Secret, Secrets, Target, Tls, DEFAULT_MLFLOW_VERSION,
 };
 
 /// One target and option combination, named like its golden directory.
@@ -95,10 +94,7 @@ pub fn cases() -> Vec<Case> {
         "compose-sqlite-s3-selfsigned",
         deployment(Compose, Tls::SelfSigned, Sqlite, s3()),
     ));
-    cases.push(c(
-        "compose-sqlite-s3-domain",
-        deployment(Compose, acme(), Sqlite, s3()),
-    ));
+    cases.push(c("compose-sqlite-s3-domain", deployment(Compose, acme(), Sqlite, s3())));
     cases.push(c(
         "compose-sqlite-hostdir-domain",
         deployment(
@@ -158,10 +154,7 @@ pub fn cases() -> Vec<Case> {
 
 /// The cases for one target.
 pub fn cases_for(target: Target) -> Vec<Case> {
-    cases()
-        .into_iter()
-        .filter(|c| c.deployment.target == target)
-        .collect()
+    cases().into_iter().filter(|c| c.deployment.target == target).collect()
 }
 
 /// Renders a case with the fixed secrets.
@@ -178,10 +171,7 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "guard-deploy-{name}-{}-{nanos:x}",
-            std::process::id()
-        ));
+        let p = std::env::temp_dir().join(format!("guard-deploy-{name}-{}-{nanos:x}", std::process::id()));
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -229,9 +219,7 @@ pub fn require_program(candidates: &[PathBuf], what: &str, install: &str) -> Opt
 
 /// Runs a command, returning (success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
