@@ -235,9 +235,6 @@ impl Layout {
     }
 }
 
-/// The longest DNS name (RFC 1035 section 2.3.4, without the root's trailing dot).
-const MAX_DOMAIN_LEN: usize = 253;
-
 /// Checks a public DNS name for `--domain` and returns it lowercased.
 ///
 /// Rules: RFC 1123 labels (letters, digits, inner hyphens, 1 to 63 characters), 253 characters
@@ -246,78 +243,29 @@ const MAX_DOMAIN_LEN: usize = 253;
 /// Let's Encrypt cannot validate them, and without `--domain` guard already serves a
 /// self-signed certificate for local use.
 pub fn parse_domain(s: &str) -> Result<String, String> {
-    let name = s.trim().to_ascii_lowercase();
-    if name.is_empty() {
-        return Err("empty domain name".into());
-    }
-    if name.parse::<std::net::IpAddr>().is_ok() {
-        return Err(format!(
-            "{s:?} is an IP address; certificates need a DNS name (omit --domain for a self-signed certificate)"
-        ));
-    }
-    if name.starts_with("*.") {
-        return Err(format!(
-            "{s:?}: wildcard names need DNS-01 validation, which guard does not do; list each name"
-        ));
-    }
-    if name.ends_with('.') {
-        return Err(format!("{s:?}: drop the trailing dot"));
-    }
-    if name.len() > MAX_DOMAIN_LEN {
-        return Err(format!("{s:?} is longer than {MAX_DOMAIN_LEN} characters"));
-    }
-    let labels: Vec<&str> = name.split('.').collect();
-    for label in &labels {
-        if label.is_empty() {
-            return Err(format!("{s:?} has an empty label"));
-        }
-        if label.len() > 63 {
-            return Err(format!("{s:?}: label {label:?} is longer than 63 characters"));
-        }
-        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
-            return Err(format!(
-                "{s:?} is not a valid domain name: {c:?} is not allowed (letters, digits, '-' and '.')"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("{s:?}: label {label:?} starts or ends with '-'"));
-        }
-    }
-    if labels.len() < 2 {
+    // The syntax is guard serve's own (RFC 1123, no IP, no wildcard); a deployment on the public
+    // internet also needs a dot and a real top-level label.
+    let name = guard_config::acme::parse_domain(s)?;
+    if !name.contains('.') {
         return Err(format!(
             "{s:?} is not a public domain name (it needs a dot, e.g. mlflow.example.com; omit --domain for local use)"
         ));
     }
-    if labels.last().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
         return Err(format!("{s:?}: the top-level label is all digits"));
     }
     Ok(name)
 }
 
-/// Checks an ACME contact address for `--acme-email`: `local@domain`, where the local part uses
-/// letters, digits and `._+-` (no quoting, `%` or `$`, which would need escaping in the files),
-/// and the domain passes [`parse_domain`].
+/// Checks an ACME contact address for `--acme-email`: what `guard serve` accepts (a plain local
+/// part of letters, digits and `._+-`, which needs no escaping in the rendered files, and a
+/// public domain).
 pub fn parse_email(s: &str) -> Result<String, String> {
-    let t = s.trim();
-    let (local, domain) = t
-        .rsplit_once('@')
-        .ok_or_else(|| format!("{s:?} is not an email address (expected name@example.com)"))?;
-    if local.is_empty() || local.len() > 64 {
-        return Err(format!("{s:?}: the part before '@' must be 1 to 64 characters"));
-    }
-    if let Some(c) = local
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-')))
-    {
-        return Err(format!(
-            "{s:?}: {c:?} is not allowed before '@' (letters, digits and . _ + -)"
-        ));
-    }
-    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
-        return Err(format!("{s:?}: misplaced '.' before '@'"));
-    }
-    let domain = parse_domain(domain).map_err(|e| format!("{s:?}: domain part: {e}"))?;
-    Ok(format!("{local}@{domain}"))
+    guard_config::acme::parse_email(s)
 }
 
 /// Checks `--artifacts`: a directory path, or `s3://bucket[/prefix]`. Any other URI scheme
@@ -444,7 +392,8 @@ mod tests {
             ("mlflow", "needs a dot"),
             ("10.0.0.1", "IP address"),
             ("::1", "IP address"),
-            ("1.2.3.999", "all digits"),
+            ("1.2.3.999", "IP address"),
+            ("mlflow.example.123", "all digits"),
             ("*.example.com", "wildcard"),
             ("example.com.", "trailing dot"),
             ("-a.example.com", "starts or ends"),
