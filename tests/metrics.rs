@@ -16,6 +16,28 @@ fn basic(user: &str, pw: &str) -> String {
     )
 }
 
+/// The metrics address guard printed; that line comes after the listening line the fixture
+/// waits for, so wait for it too.
+fn metrics_addr(g: &Guard) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(a) = g
+            .stdout
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("guard: metrics on http://"))
+        {
+            return a.trim_end_matches("/metrics").to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics address printed:\n{}",
+            g.stdout.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// GETs `/metrics` over plain HTTP and returns the exposition.
 async fn scrape(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,12 +90,7 @@ async fn metrics_count_what_was_sent() {
         "--lockout-failures",
         "0",
     ]);
-    let stdout = g.stdout.text();
-    let addr = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("guard: metrics on http://"))
-        .map(|l| l.trim_end_matches("/metrics").to_string())
-        .expect("metrics address printed");
+    let addr = metrics_addr(&g);
     assert!(addr.starts_with("127.0.0.1:"));
 
     let c = g.client();
@@ -192,14 +209,7 @@ async fn user_labels_are_opt_in() {
         "127.0.0.1:0",
         "--metrics-user-labels",
     ]);
-    let addr = g
-        .stdout
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix("guard: metrics on http://"))
-        .unwrap()
-        .trim_end_matches("/metrics")
-        .to_string();
+    let addr = metrics_addr(&g);
     let req = Request::get("/")
         .header("host", "localhost")
         .header("authorization", basic("bob", "pw"))

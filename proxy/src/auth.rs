@@ -297,19 +297,21 @@ impl Authenticator {
             return Ok(true);
         }
         self.metrics.cache_misses.inc();
-        let cell = self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .entry(key)
-            .or_default()
-            .clone();
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _queued = Decrement(&self.waiting);
-        if queued >= MAX_WAITING_CHECKS && !cell.initialized() {
-            return Err(AuthFailure::Busy);
-        }
-        let ok = *cell
+        let pending = {
+            let mut map = self.pending.lock().expect("pending lock");
+            // Past the queue bound only an identical check already under way may be joined;
+            // anything new is turned away before it takes a place in the map.
+            let cell = match map.get(&key) {
+                Some(cell) => cell.clone(),
+                None if queued >= MAX_WAITING_CHECKS => return Err(AuthFailure::Busy),
+                None => map.entry(key).or_default().clone(),
+            };
+            Pending { auth: self, key, cell }
+        };
+        let ok = *pending
+            .cell
             .get_or_init(|| async {
                 let Ok(permit) = self.bcrypt_slots.clone().acquire_owned().await else {
                     return false;
@@ -323,7 +325,7 @@ impl Authenticator {
                 .unwrap_or(false)
             })
             .await;
-        self.pending.lock().expect("pending lock").remove(&key);
+        drop(pending);
         if ok {
             self.remember(key);
         }
@@ -409,6 +411,24 @@ impl Authenticator {
     }
 }
 
+/// One waiter on a shared check. The last one to leave, finished or cancelled (a client that
+/// hung up), removes the entry, so a flood of distinct wrong passwords leaves nothing behind.
+struct Pending<'a> {
+    auth: &'a Authenticator,
+    key: [u8; 32],
+    cell: Arc<OnceCell<bool>>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let mut map = self.auth.pending.lock().expect("pending lock");
+        // Two references: the map's and this waiter's.
+        if map.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) && Arc::strong_count(&self.cell) <= 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
 struct Decrement<'a>(&'a AtomicUsize);
 
 impl Drop for Decrement<'_> {
@@ -483,6 +503,45 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(&"x".repeat(9000)).unwrap());
         assert_eq!(parse_authorization(&h), Err(AuthFailure::Malformed));
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_wrong_passwords_leaves_no_pending_checks_behind() {
+        let dir = std::env::temp_dir().join(format!("guard-auth-pending-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("users");
+        let hash = guard_config::htpasswd::hash_password("right", 4).unwrap();
+        std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
+        let mut settings = AuthSettings::defaults(&dir);
+        settings.users_file = users;
+        settings.lockout_failures = 0;
+        let auth = Arc::new(Authenticator::load(settings, Arc::new(Metrics::new(false))).unwrap());
+        let peer: IpAddr = "127.0.0.2".parse().unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let auth = auth.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut h = HeaderMap::new();
+                let v = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("alice:guess{i}"))
+                );
+                h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+                auth.authenticate(&h, peer).await
+            }));
+        }
+        // Cancel half of them mid-check, as clients that hang up.
+        for t in tasks.iter().step_by(2) {
+            t.abort();
+        }
+        for t in tasks {
+            if let Ok(r) = t.await {
+                assert!(matches!(r, Err(AuthFailure::BadPassword | AuthFailure::Busy)), "{r:?}");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(auth.pending.lock().unwrap().is_empty(), "pending checks leaked");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
