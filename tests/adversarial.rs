@@ -2169,7 +2169,12 @@ async fn tls_versions_below_1_2_are_refused_and_1_2_and_1_3_are_accepted() {
         let run = run.clone();
         let (ok, text) = tokio::task::spawn_blocking(move || run(version)).await.unwrap();
         assert!(ok, "-{version} failed:\n{text}");
-        assert!(text.contains(&format!("Protocol  : {protocol}")), "-{version}:\n{text}");
+        // "New, TLSv1.3, Cipher is ..." is always printed; the "Protocol :" line only comes with
+        // a session ticket, which a client that hangs up at once may not wait for.
+        assert!(
+            text.contains(&format!("New, {protocol}, Cipher is")),
+            "-{version}:\n{text}"
+        );
         assert!(text.contains("Verify return code: 0 (ok)"), "-{version}:\n{text}");
         assert!(!text.contains("Cipher is (NONE)"), "-{version}:\n{text}");
     }
