@@ -9,7 +9,6 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -232,32 +231,12 @@ const COLON_PASSWORD: &str = "pa:ss:word";
 /// Its Basic credential holds `/` and `+`, so the URL-safe base64 alphabet spells it differently.
 const URL_PASSWORD: &str = "??>>~~";
 
-fn basic(user: &str, pw: &str) -> String {
-    basic_raw(format!("{user}:{pw}").as_bytes())
-}
-
 fn basic_raw(decoded: &[u8]) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(decoded))
 }
 
 fn alice() -> String {
     basic("alice", ALICE_PASSWORD)
-}
-
-fn adduser(users: &Path, name: &str, pw: &str) {
-    let (code, out, err) = run_guard(
-        &[
-            "adduser",
-            name,
-            "--users",
-            users.to_str().unwrap(),
-            "--password-stdin",
-            "--cost",
-            "4",
-        ],
-        Some(&format!("{pw}\n")),
-    );
-    assert_eq!(code, 0, "adduser {name}: {out}{err}");
 }
 
 /// guard with authentication on (users `alice`, `colon` and `url`, lockout off) in front of a

@@ -9,16 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use common::*;
 use http::Request;
-
-fn basic(user: &str, pw: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
-    )
-}
 
 fn with_auth(path: &str, auth: &str) -> Request<TestBody> {
     Request::get(path)
@@ -26,23 +18,6 @@ fn with_auth(path: &str, auth: &str) -> Request<TestBody> {
         .header("authorization", auth)
         .body(empty())
         .unwrap()
-}
-
-/// `guard adduser` with a password on stdin; cost 4 keeps tests fast.
-fn adduser(users: &Path, name: &str, pw: &str) {
-    let (code, out, err) = run_guard(
-        &[
-            "adduser",
-            name,
-            "--users",
-            users.to_str().unwrap(),
-            "--password-stdin",
-            "--cost",
-            "4",
-        ],
-        Some(&format!("{pw}\n")),
-    );
-    assert_eq!(code, 0, "adduser {name}: {out}{err}");
 }
 
 /// `guard token create`, returning the token.

@@ -9,16 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use common::*;
 use http::Request;
-
-fn basic(user: &str, pw: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
-    )
-}
 
 fn req(host: &str, path: &str, auth: Option<&str>) -> Request<TestBody> {
     let mut r = Request::get(path).header("host", host);
@@ -26,22 +18,6 @@ fn req(host: &str, path: &str, auth: Option<&str>) -> Request<TestBody> {
         r = r.header("authorization", a);
     }
     r.body(empty()).unwrap()
-}
-
-fn adduser(users: &Path, name: &str, pw: &str) {
-    let (code, out, err) = run_guard(
-        &[
-            "adduser",
-            name,
-            "--users",
-            users.to_str().unwrap(),
-            "--password-stdin",
-            "--cost",
-            "4",
-        ],
-        Some(&format!("{pw}\n")),
-    );
-    assert_eq!(code, 0, "{out}{err}");
 }
 
 fn two_sites_yaml(mlflow: &str, notebook: &str, extra_site: &str) -> String {

@@ -5,16 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use common::*;
 use http::Request;
-
-fn basic(user: &str, pw: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
-    )
-}
 
 /// The metrics address guard printed; that line comes after the listening line the fixture
 /// waits for, so wait for it too.
@@ -64,19 +56,7 @@ async fn metrics_count_what_was_sent() {
     let dir = TempDir::new("metrics");
     let users = dir.path().join("users");
     let tokens = dir.path().join("tokens.json");
-    let (code, ..) = run_guard(
-        &[
-            "adduser",
-            "alice",
-            "--users",
-            users.to_str().unwrap(),
-            "--password-stdin",
-            "--cost",
-            "4",
-        ],
-        Some("pw\n"),
-    );
-    assert_eq!(code, 0);
+    adduser(&users, "alice", "pw");
     let up = Echo::start().await;
     let g = Guard::start(&[
         "--upstream",
@@ -187,19 +167,7 @@ async fn user_labels_are_opt_in() {
     let up = Echo::start().await;
     let dir = TempDir::new("metrics-users");
     let users = dir.path().join("users");
-    let (code, ..) = run_guard(
-        &[
-            "adduser",
-            "bob",
-            "--users",
-            users.to_str().unwrap(),
-            "--password-stdin",
-            "--cost",
-            "4",
-        ],
-        Some("pw\n"),
-    );
-    assert_eq!(code, 0);
+    adduser(&users, "bob", "pw");
     let g = Guard::start(&[
         "--upstream",
         &up.authority(),

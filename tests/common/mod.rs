@@ -271,6 +271,32 @@ pub fn run_guard(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 pub mod mlflow;
 pub mod pebble;
 
+/// An HTTP Basic `Authorization` value.
+pub fn basic(user: &str, pw: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+    )
+}
+
+/// `guard adduser` with the password on stdin; cost 4 keeps tests fast.
+pub fn adduser(users: &Path, name: &str, pw: &str) {
+    let (code, out, err) = run_guard(
+        &[
+            "adduser",
+            name,
+            "--users",
+            users.to_str().unwrap(),
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
+        Some(&format!("{pw}\n")),
+    );
+    assert_eq!(code, 0, "adduser {name}: {out}{err}");
+}
+
 // ---------------------------------------------------------------- bodies
 
 /// A deterministic body of `len` bytes, generated in 64 KiB chunks without holding it.
