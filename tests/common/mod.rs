@@ -257,7 +257,10 @@ pub fn run_guard(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         .unwrap();
     let mut sin = child.stdin.take().unwrap();
     if let Some(s) = stdin {
-        sin.write_all(s.as_bytes()).unwrap();
+        // A command refused before it reads stdin (a bad flag) has closed it: not an error here.
+        if let Err(e) = sin.write_all(s.as_bytes()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing guard's stdin: {e}");
+        }
     }
     drop(sin);
     let out = child.wait_with_output().unwrap();
