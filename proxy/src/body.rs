@@ -49,15 +49,22 @@ pin_project_lite::pin_project! {
         inner: B,
         limit: Option<u64>,
         progress: Arc<BodyProgress>,
-        done: watch::Sender<bool>,
+        // `None` for a body that was empty from the start: nobody needs telling.
+        done: Option<watch::Sender<bool>>,
     }
 }
 
 impl<B: Body> RequestBody<B> {
-    /// Wraps `inner`; the receiver turns `true` once the whole body has been handed on.
-    pub fn new(inner: B, limit: Option<u64>) -> (Self, Arc<BodyProgress>, watch::Receiver<bool>) {
+    /// Wraps `inner`; the receiver turns `true` once the whole body has been handed on. An
+    /// empty body (most requests) has no receiver: it is sent with the head.
+    pub fn new(inner: B, limit: Option<u64>) -> (Self, Arc<BodyProgress>, Option<watch::Receiver<bool>>) {
         let progress = Arc::new(BodyProgress::default());
-        let (done, rx) = watch::channel(inner.is_end_stream());
+        let (done, rx) = if inner.is_end_stream() {
+            (None, None)
+        } else {
+            let (tx, rx) = watch::channel(false);
+            (Some(tx), Some(rx))
+        };
         (
             RequestBody {
                 inner,
@@ -96,7 +103,9 @@ where
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into()))))),
             Poll::Ready(None) => {
-                this.done.send_replace(true);
+                if let Some(done) = this.done {
+                    done.send_replace(true);
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -105,8 +114,8 @@ where
 
     fn is_end_stream(&self) -> bool {
         let end = self.inner.is_end_stream();
-        if end {
-            self.done.send_replace(true);
+        if let (true, Some(done)) = (end, &self.done) {
+            done.send_replace(true);
         }
         end
     }

@@ -22,7 +22,7 @@ use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers;
-use crate::metrics::{MethodClass, Metrics, ReasonLabel, RequestLabels, SiteLabel, UpstreamErrorLabels, UserLabel};
+use crate::metrics::{MethodClass, Metrics, ReasonLabel, RequestLabels, UpstreamErrorLabels, UserLabel};
 use crate::route::Router;
 use crate::server::InFlight;
 
@@ -100,7 +100,7 @@ async fn route(
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let site = router.pick(host, conn.sni.as_deref()).map_err(ProxyError::Misrouted)?;
-    rec.site = Some(site.name.clone());
+    rec.site = Some(site.clone());
     // Nothing below this line runs for a request that did not authenticate.
     let principal = match &site.auth {
         Some(auth) if !site.is_public(path) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
@@ -121,8 +121,6 @@ async fn route(
         },
         _ => None,
     };
-    rec.user = principal.as_ref().map(|p| p.name.clone());
-
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
@@ -184,6 +182,7 @@ async fn route(
     if let Some(proto) = upgrade.clone() {
         headers::restore_upgrade(&mut parts.headers, proto);
     }
+    rec.user = principal.map(|p| p.name);
     let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     parts.uri = Uri::try_from(format!("http://{}{}", site.upstream_authority, pq))
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
@@ -194,7 +193,7 @@ async fn route(
     rec.request_body = Some(progress);
     let started = Instant::now();
     let resp = forward(
-        &site.client,
+        site.upstream.client(),
         Request::from_parts(parts, body),
         body_sent,
         state.limits.upstream_response_timeout,
@@ -220,13 +219,7 @@ async fn route(
     })?;
     let upstream_time = started.elapsed();
     rec.upstream_time = Some(upstream_time);
-    state
-        .metrics
-        .upstream_latency
-        .get_or_create(&SiteLabel {
-            site: site.name.clone(),
-        })
-        .observe(upstream_time.as_secs_f64());
+    site.metrics.upstream_latency.observe(upstream_time.as_secs_f64());
 
     let mut resp = resp;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -332,25 +325,23 @@ fn finish(
 
 /// Adds one finished request to the metrics.
 fn count(metrics: &Metrics, rec: &AccessRecord, bytes_out: u64) {
-    let site = rec.site.clone().unwrap_or_else(|| "-".into());
     let method = MethodClass::of(&rec.method);
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            site: site.clone(),
-            method,
-            status: rec.status.as_u16(),
-        })
-        .inc();
-    let bytes_in = rec
-        .request_body
-        .as_ref()
-        .map_or(0, |p| p.bytes.load(std::sync::atomic::Ordering::Relaxed));
-    metrics
-        .bytes_in
-        .get_or_create(&SiteLabel { site: site.clone() })
-        .inc_by(bytes_in);
-    metrics.bytes_out.get_or_create(&SiteLabel { site }).inc_by(bytes_out);
+    let status = rec.status.as_u16();
+    match &rec.site {
+        Some(site) => {
+            site.metrics.count_request(method, status);
+            site.metrics.bytes_in.inc_by(rec.bytes_in());
+            site.metrics.bytes_out.inc_by(bytes_out);
+        }
+        // Refused before routing (limits, reserved paths, unknown hosts): no site, no body.
+        None => {
+            let site = "-".to_owned();
+            metrics
+                .requests
+                .get_or_create(&RequestLabels { site, method, status })
+                .inc();
+        }
+    }
     if let (Some(by_user), Some(user)) = (&metrics.requests_by_user, &rec.user) {
         by_user.get_or_create(&UserLabel { user: user.clone() }).inc();
     }

@@ -93,6 +93,58 @@ pub struct CertLabel {
 
 type HistogramFamily = Family<SiteLabel, Histogram, fn() -> Histogram>;
 
+/// One site's series, looked up once when the site is built rather than on every request (a
+/// family lookup hashes the label set and takes a lock).
+#[derive(Debug)]
+pub struct SiteMetrics {
+    /// `guard_request_bytes_total` for the site.
+    pub bytes_in: Counter,
+    /// `guard_response_bytes_total` for the site.
+    pub bytes_out: Counter,
+    /// `guard_upstream_response_seconds` for the site.
+    pub upstream_latency: Histogram,
+    /// `guard_requests_total` by method class and status, filled in on first use.
+    requests: Box<[std::sync::OnceLock<Counter>]>,
+    site: String,
+    family: Family<RequestLabels, Counter>,
+}
+
+/// Statuses with a slot of their own in [`SiteMetrics`]; others go through the family.
+const STATUSES: std::ops::Range<u16> = 100..600;
+
+impl SiteMetrics {
+    /// The series of site `site` in `metrics`.
+    pub fn new(metrics: &Metrics, site: &str) -> Self {
+        let label = SiteLabel { site: site.to_owned() };
+        let slots = 3 * STATUSES.len();
+        SiteMetrics {
+            bytes_in: metrics.bytes_in.get_or_create(&label).clone(),
+            bytes_out: metrics.bytes_out.get_or_create(&label).clone(),
+            upstream_latency: metrics.upstream_latency.get_or_create(&label).clone(),
+            requests: (0..slots).map(|_| std::sync::OnceLock::new()).collect(),
+            site: site.to_owned(),
+            family: metrics.requests.clone(),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, method: MethodClass, status: u16) {
+        let labels = || RequestLabels {
+            site: self.site.clone(),
+            method,
+            status,
+        };
+        if !STATUSES.contains(&status) {
+            self.family.get_or_create(&labels()).inc();
+            return;
+        }
+        let slot = method as usize * STATUSES.len() + usize::from(status - STATUSES.start);
+        self.requests[slot]
+            .get_or_init(|| self.family.get_or_create(&labels()).clone())
+            .inc();
+    }
+}
+
 /// Every metric guard keeps.
 #[derive(Debug)]
 pub struct Metrics {

@@ -9,8 +9,8 @@ use guard_config::serve::{Limits, SiteSettings};
 use http::header::{HeaderName, HeaderValue};
 
 use crate::auth::{AuthError, Authenticator};
-use crate::forward::UpstreamClient;
-use crate::metrics::Metrics;
+use crate::forward::Upstream;
+use crate::metrics::{Metrics, SiteMetrics};
 
 /// A site ready to serve: its upstream client, its authenticator, its rules.
 #[derive(Debug)]
@@ -21,8 +21,8 @@ pub struct Site {
     pub upstream_authority: String,
     /// `upstream_authority` as a header value.
     pub upstream_host: HeaderValue,
-    /// The pooled client for this upstream.
-    pub client: UpstreamClient,
+    /// The pooled clients for this upstream.
+    pub upstream: Upstream,
     /// Forward the client's `Host`.
     pub preserve_host: bool,
     /// `None` only with `--dangerous-no-auth`.
@@ -31,6 +31,8 @@ pub struct Site {
     pub forwarded_user: Option<HeaderName>,
     /// Path prefixes that skip authentication.
     pub public_paths: Vec<String>,
+    /// This site's metric series.
+    pub metrics: SiteMetrics,
 }
 
 /// A site could not be built from its settings.
@@ -102,11 +104,12 @@ impl Site {
             name: s.name.clone(),
             upstream_host: HeaderValue::from_str(&authority).expect("a validated authority is a header value"),
             upstream_authority: authority,
-            client: crate::forward::client(limits.upstream_connect_timeout),
+            upstream: Upstream::new(limits.upstream_connect_timeout),
             preserve_host: s.preserve_host,
             auth,
             forwarded_user,
             public_paths: s.public_paths.clone(),
+            metrics: SiteMetrics::new(metrics, &s.name),
         })
     }
 

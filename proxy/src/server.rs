@@ -34,6 +34,9 @@ pub enum ServeError {
     /// ACME cannot be set up (a configuration error).
     #[error(transparent)]
     Acme(#[from] crate::acme::AcmeError),
+    /// The worker threads could not be started (a runtime failure).
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Everything loaded before the listener opens, so configuration errors come first.
@@ -152,7 +155,7 @@ fn watch_sites(router: &Router, reload: &watch::Sender<u64>) {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish for up
-/// to the shutdown grace. Users, tokens and certificate files are re-read whenever they change,
+/// to the shutdown grace. This task accepts; [`worker_count`] worker threads serve. Users, tokens and certificate files are re-read whenever they change,
 /// and at once on [`Handle::reload_files`].
 pub async fn serve(
     prepared: Prepared,
@@ -192,6 +195,29 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    let (done_tx, done_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    let mut threads = Vec::new();
+    for index in 0..worker_count() {
+        let (handoff, incoming) = mpsc::unbounded_channel();
+        let worker = Worker {
+            index,
+            acceptor: acceptor.clone(),
+            builder: builder.clone(),
+            state: state.clone(),
+            stop: stop_rx.clone(),
+            drain: drain_tx.clone(),
+            done: done_rx.clone(),
+            load: Arc::new(AtomicUsize::new(0)),
+        };
+        workers.push(WorkerHandle {
+            handoff,
+            load: worker.load.clone(),
+        });
+        threads.push(worker.start(incoming).map_err(ServeError::Workers)?);
+    }
+    drop(drain_tx);
+
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -212,26 +238,24 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let conn = Connection {
-            tcp,
-            peer,
-            acceptor: acceptor.clone(),
-            builder: builder.clone(),
-            state: state.clone(),
-            stop: stop_rx.clone(),
-            _drain: drain_tx.clone(),
-            _permit: permit,
-        };
-        tokio::spawn(conn.run());
+        let Ok(tcp) = tcp.into_std() else { continue };
+        let worker = workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+            .expect("there is at least one worker");
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        // A worker's receiver lives until its runtime ends, after this loop.
+        let _ = worker.handoff.send(Accepted { tcp, peer, permit });
     }
     drop(listener);
+    // Closing the handoff channels ends each worker's accept loop.
+    drop(workers);
     let open = limits.max_connections - permits.available_permits();
     tracing::info!(
         "shutting down: no new connections; waiting up to {}s for {open} open connection(s)",
         settings.shutdown_grace.as_secs()
     );
     stop_tx.send_replace(true);
-    drop(drain_tx);
     match tokio::time::timeout(settings.shutdown_grace, drain_rx.recv()).await {
         Ok(_) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!(
@@ -239,7 +263,103 @@ pub async fn serve(
             limits.max_connections - permits.available_permits()
         ),
     }
+    // Each worker's runtime ends here, dropping whatever it still runs.
+    done_tx.send_replace(true);
+    let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
     Ok(())
+}
+
+/// How many worker threads serve connections: one per CPU this process may use (cgroup quotas and
+/// affinity included), fixed at the first call.
+pub fn worker_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+thread_local! {
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling worker thread's index (0 on any other thread).
+pub fn worker_index() -> usize {
+    WORKER_INDEX.with(std::cell::Cell::get)
+}
+
+/// A connection accepted by the accept loop, on its way to a worker.
+struct Accepted {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The accept loop's side of a worker.
+struct WorkerHandle {
+    handoff: mpsc::UnboundedSender<Accepted>,
+    /// Connections the worker has open; new ones go to the least loaded worker.
+    load: Arc<AtomicUsize>,
+}
+
+/// One worker thread: a single-threaded runtime that runs every connection handed to it, with
+/// that connection's upstream requests, to the end. Nothing on the request path crosses threads
+/// (nginx's worker model); only the accepted socket does, once.
+struct Worker {
+    index: usize,
+    acceptor: tls::Acceptor,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+    // Dropped when the handoff channel closes; connections hold clones until they close.
+    drain: mpsc::Sender<()>,
+    // Turns true when the drain is over: the runtime may end.
+    done: watch::Receiver<bool>,
+    load: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn start(self, incoming: mpsc::UnboundedReceiver<Accepted>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new()
+            .name(format!("guard-worker-{}", self.index))
+            .spawn(move || {
+                WORKER_INDEX.with(|w| w.set(self.index));
+                let mut done = self.done.clone();
+                runtime.block_on(async move {
+                    crate::accesslog::buffer_on_this_worker();
+                    self.run(incoming).await;
+                    let _ = done.wait_for(|d| *d).await;
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                crate::accesslog::flush();
+            })
+    }
+
+    async fn run(self, mut incoming: mpsc::UnboundedReceiver<Accepted>) {
+        while let Some(Accepted { tcp, peer, permit }) = incoming.recv().await {
+            let load = Load(self.load.clone());
+            let Ok(tcp) = TcpStream::from_std(tcp) else { continue };
+            let conn = Connection {
+                tcp,
+                peer,
+                acceptor: self.acceptor.clone(),
+                builder: self.builder.clone(),
+                state: self.state.clone(),
+                stop: self.stop.clone(),
+                _drain: self.drain.clone(),
+                _permit: permit,
+                _load: load,
+            };
+            tokio::spawn(conn.run());
+        }
+    }
+}
+
+/// One connection counted in its worker's load until dropped.
+struct Load(Arc<AtomicUsize>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Keeps `guard_certificate_expiry_timestamp_seconds` current for whatever certificate is
@@ -289,6 +409,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Accept queue length requested from the kernel (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// hyper's own limit on HTTP/1.1 header count when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// hyper's server settings from the limits. Timers are required for the timeouts to work.
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -296,8 +419,12 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
         .keep_alive(true);
+    // hyper parses into a stack array of its default size, but with any other limit it fills a
+    // fresh vector of that many entries for every request head.
+    if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.http1().max_headers(limits.max_headers);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_h2_streams)
@@ -318,6 +445,7 @@ struct Connection {
     // frees a connection slot.
     _drain: mpsc::Sender<()>,
     _permit: OwnedSemaphorePermit,
+    _load: Load,
 }
 
 impl Connection {
