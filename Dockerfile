@@ -6,7 +6,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 # --locked: exactly the dependency versions in Cargo.lock, never a silent update.
-RUN cargo build --release --locked --bin guard
+RUN cargo build --profile dist --locked --bin guard
 
 # Runtime: Debian slim with CA certificates (for the ACME directory), guard, and a non-root user.
 FROM debian:bookworm-slim
@@ -16,7 +16,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/guard \
         --shell /usr/sbin/nologin guard \
     && install -d -o guard -g guard -m 0700 /var/lib/guard
-COPY --from=build /src/target/release/guard /usr/local/bin/guard
+COPY --from=build /src/target/dist/guard /usr/local/bin/guard
 USER guard
 # Explicit: for a non-root user guard would otherwise default to ~/.local/state/guard.
 ENV GUARD_STATE_DIR=/var/lib/guard

@@ -45,8 +45,8 @@ die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "# $*" >&2; }
 
 # The binary under test: a private copy, so a concurrent `cargo build` cannot swap it mid-run.
-GUARD_SRC_BIN=${GUARD_BIN:-$REPO/target/release/guard}
-[ -x "$GUARD_SRC_BIN" ] || die "no guard binary at $GUARD_SRC_BIN (cd $REPO && cargo build --release)"
+GUARD_SRC_BIN=${GUARD_BIN:-$REPO/target/dist/guard}
+[ -x "$GUARD_SRC_BIN" ] || die "no guard binary at $GUARD_SRC_BIN (cd $REPO && cargo build --profile dist --bin guard)"
 cp "$GUARD_SRC_BIN" "$BENCH_DIR/guard"
 GUARD="$BENCH_DIR/guard"
 

@@ -11,12 +11,11 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use tokio::sync::Notify;
 
 use crate::body::BodyProgress;
@@ -39,12 +38,12 @@ pub fn set_json(json: bool) {
 pub struct AccessRecord {
     /// When the request head arrived.
     pub start: Instant,
-    /// The client's address.
-    pub peer: SocketAddr,
+    /// The client's IP as text.
+    pub peer: HeaderValue,
     /// Request method.
     pub method: Method,
-    /// Request path, without the query string.
-    pub path: String,
+    /// Request target; only its path is logged, never the query string.
+    pub uri: http::Uri,
     /// HTTP version as the client spoke it.
     pub version: http::Version,
     /// Final status.
@@ -61,12 +60,13 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     /// Starts a record for a request that just arrived.
-    pub fn new(peer: SocketAddr, method: Method, path: &str, version: http::Version) -> Self {
+    pub fn new(peer: HeaderValue, method: Method, uri: &http::Uri, version: http::Version) -> Self {
         AccessRecord {
             start: Instant::now(),
             peer,
             method,
-            path: truncate(path, 512),
+            // A reference-counted copy, not a new string.
+            uri: uri.clone(),
             version,
             status: StatusCode::OK,
             user: None,
@@ -89,13 +89,16 @@ impl AccessRecord {
         if !tracing::enabled!(target: "guard::access", tracing::Level::INFO) {
             return;
         }
+        let (path, cut) = truncate(self.uri.path(), MAX_PATH_BYTES);
         let line = Line {
             rec: &self,
+            path,
+            cut,
             user: self.user.as_deref().unwrap_or("-"),
             site: self.site.as_ref().map_or("-", |s| s.name.as_str()),
             bytes_out,
             complete,
-            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            duration: self.start.elapsed(),
         };
         BUFFER.with_borrow_mut(|b| {
             let start = b.bytes.len();
@@ -117,11 +120,25 @@ impl AccessRecord {
 /// One line being formatted.
 struct Line<'a> {
     rec: &'a AccessRecord,
+    /// The path, cut to [`MAX_PATH_BYTES`]; `cut` says whether it was.
+    path: &'a str,
+    cut: bool,
     user: &'a str,
     site: &'a str,
     bytes_out: u64,
     complete: bool,
-    duration_ms: f64,
+    duration: Duration,
+}
+
+/// A duration as milliseconds with one decimal, cut not rounded (integer formatting is several
+/// times cheaper than float formatting, and this runs for every request).
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tenths = self.0.as_micros() / 100;
+        write!(f, "{}.{}", tenths / 10, tenths % 10)
+    }
 }
 
 impl Line<'_> {
@@ -132,18 +149,19 @@ impl Line<'_> {
         timestamp(out);
         let _ = write!(
             out,
-            "  INFO guard::access: peer={} method={} path={} version={:?} status={} bytes_in={} bytes_out={} duration_ms={:.1} upstream_ms=",
-            r.peer.ip().to_canonical(),
+            "  INFO guard::access: peer={} method={} path={}{} version={:?} status={} bytes_in={} bytes_out={} duration_ms={} upstream_ms=",
+            r.peer.to_str().unwrap_or("-"),
             r.method,
-            r.path,
+            self.path,
+            if self.cut { "..." } else { "" },
             r.version,
             r.status.as_u16(),
             r.bytes_in(),
             self.bytes_out,
-            self.duration_ms,
+            Millis(self.duration),
         );
         match r.upstream_time {
-            Some(d) => drop(write!(out, "{:.1}", d.as_secs_f64() * 1000.0)),
+            Some(d) => drop(write!(out, "{}", Millis(d))),
             None => out.push('-'),
         }
         let _ = writeln!(
@@ -161,22 +179,25 @@ impl Line<'_> {
         let _ = write!(
             out,
             "\",\"level\":\"INFO\",\"peer\":\"{}\",\"method\":",
-            r.peer.ip().to_canonical()
+            r.peer.to_str().unwrap_or("-")
         );
         json_str(out, r.method.as_str());
         out.push_str(",\"path\":");
-        json_str(out, &r.path);
+        json_str(out, self.path);
+        if self.cut {
+            out.insert_str(out.len() - 1, "...");
+        }
         let _ = write!(
             out,
-            ",\"version\":\"{:?}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.1},\"upstream_ms\":",
+            ",\"version\":\"{:?}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{},\"upstream_ms\":",
             r.version,
             r.status.as_u16(),
             r.bytes_in(),
             self.bytes_out,
-            self.duration_ms,
+            Millis(self.duration),
         );
         match r.upstream_time {
-            Some(d) => drop(write!(out, "{:.1}", d.as_secs_f64() * 1000.0)),
+            Some(d) => drop(write!(out, "{}", Millis(d))),
             None => out.push_str("null"),
         }
         out.push_str(",\"user\":");
@@ -275,16 +296,19 @@ pub fn flush() {
     BUFFER.with_borrow_mut(Buffer::write_out);
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary (paths can be long and hostile).
-fn truncate(s: &str, max: usize) -> String {
+/// Paths longer than this are cut in the log (they can be long and hostile).
+const MAX_PATH_BYTES: usize = 512;
+
+/// `s` cut to at most `max` bytes on a character boundary, and whether it was cut.
+fn truncate(s: &str, max: usize) -> (&str, bool) {
     if s.len() <= max {
-        return s.to_owned();
+        return (s, false);
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}...", &s[..end])
+    (&s[..end], true)
 }
 
 #[cfg(test)]
@@ -293,9 +317,9 @@ mod tests {
 
     fn record() -> AccessRecord {
         let mut r = AccessRecord::new(
-            "[::ffff:10.0.0.1]:5000".parse().unwrap(),
+            HeaderValue::from_static("10.0.0.1"),
             Method::POST,
-            "/api/\"x\"\\y",
+            &"/api/x?secret=1".parse().unwrap(),
             http::Version::HTTP_2,
         );
         r.status = StatusCode::CREATED;
@@ -314,11 +338,13 @@ mod tests {
         let mut out = String::new();
         Line {
             rec: &record(),
+            path: "/api/\"x\"\\y",
+            cut: true,
             user: "alice",
             site: "default",
             bytes_out: 7,
             complete: true,
-            duration_ms: 3.25,
+            duration: Duration::from_micros(3250),
         }
         .json(&mut out);
         assert!(out.ends_with("}\n"));
@@ -327,7 +353,7 @@ mod tests {
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["peer"], "10.0.0.1");
         assert_eq!(v["method"], "POST");
-        assert_eq!(v["path"], "/api/\"x\"\\y");
+        assert_eq!(v["path"], "/api/\"x\"\\y...");
         assert_eq!(v["version"], "HTTP/2.0");
         assert_eq!(v["status"], 201);
         assert_eq!(v["bytes_in"], 0);
@@ -342,17 +368,27 @@ mod tests {
     }
 
     #[test]
+    fn long_paths_are_cut_on_a_character_boundary_and_queries_never_logged() {
+        assert_eq!(truncate("/abc", 4), ("/abc", false));
+        assert_eq!(truncate("/aé", 3), ("/a", true));
+        let rec = record();
+        assert_eq!(rec.uri.path(), "/api/x");
+    }
+
+    #[test]
     fn text_lines_match_the_rest_of_the_log() {
         let mut rec = record();
         rec.upstream_time = None;
         let mut out = String::new();
         Line {
             rec: &rec,
+            path: "/api/\"x\"\\y",
+            cut: false,
             user: "-",
             site: "default",
             bytes_out: 7,
             complete: false,
-            duration_ms: 0.04,
+            duration: Duration::from_micros(40),
         }
         .text(&mut out);
         let (ts, rest) = out.split_once("  ").unwrap();

@@ -46,8 +46,23 @@ pub struct State {
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as text (IPv4-mapped addresses as IPv4), for `X-Forwarded-For` and the
+    /// access log: formatted once per connection, not per request.
+    pub peer_ip: HeaderValue,
     /// The server name the client asked for in the TLS handshake.
     pub sni: Option<String>,
+}
+
+impl ConnInfo {
+    /// The facts of a connection from `peer`.
+    pub fn new(peer: SocketAddr, sni: Option<String>) -> Self {
+        let text = peer.ip().to_canonical().to_string();
+        ConnInfo {
+            peer,
+            peer_ip: HeaderValue::from_str(&text).expect("an IP address is a header value"),
+            sni,
+        }
+    }
 }
 
 /// Serves one request. Never fails: every error is already a response.
@@ -57,7 +72,7 @@ pub async fn handle(
     state: Arc<State>,
     in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut rec = AccessRecord::new(conn.peer, req.method().clone(), req.uri().path(), req.version());
+    let mut rec = AccessRecord::new(conn.peer_ip.clone(), req.method().clone(), req.uri(), req.version());
     let mut resp = match route(req, &conn, &state, &mut rec).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -171,6 +186,7 @@ async fn route(
     headers::set_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
+        &conn.peer_ip,
         &state.trusted_proxies,
         client_host.as_ref(),
     );
@@ -183,9 +199,17 @@ async fn route(
         headers::restore_upgrade(&mut parts.headers, proto);
     }
     rec.user = principal.map(|p| p.name);
-    let pq = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    parts.uri = Uri::try_from(format!("http://{}{}", site.upstream_authority, pq))
-        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(site.upstream_uri_authority.clone());
+    target.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    parts.uri = Uri::from_parts(target).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     // The upstream speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
 

@@ -28,17 +28,22 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Removes hop-by-hop headers: first every header the `Connection` header names, then the fixed
 /// list. Applied to requests and responses alike.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP.iter() {
+    // One pass over the few headers present instead of a hashed lookup per listed name; most
+    // messages have none of them.
+    let present: Vec<HeaderName> = headers.keys().filter(|k| HOP_BY_HOP.contains(k)).cloned().collect();
+    for name in present {
         headers.remove(name);
     }
 }
@@ -77,9 +82,17 @@ pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` from the real connection. A peer inside a
 /// trusted range keeps its own values and has its address appended; anyone else's copies (and
 /// any RFC 7239 `Forwarded` header) are dropped, so a client cannot spoof its origin.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: &[Cidr], client_host: Option<&HeaderValue>) {
-    let peer_str = peer.to_canonical().to_string();
+///
+/// `peer_text` is `peer` as text, IPv4-mapped addresses written as IPv4.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_text: &HeaderValue,
+    trusted: &[Cidr],
+    client_host: Option<&HeaderValue>,
+) {
     if trusted.iter().any(|c| c.contains(peer)) {
+        let peer_str = peer_text.to_str().unwrap_or_default().to_owned();
         let prior: Vec<String> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -106,9 +119,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: &[Cidr], cl
     }
     headers.remove(&FORWARDED);
     headers.remove(&X_FORWARDED_HOST);
-    if let Ok(v) = HeaderValue::from_str(&peer_str) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.insert(X_FORWARDED_FOR, peer_text.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(h) = client_host {
         headers.insert(X_FORWARDED_HOST, h.clone());
@@ -169,7 +180,13 @@ mod tests {
             ("forwarded", "for=1.2.3.4"),
         ]);
         let host = HeaderValue::from_static("mlflow.example.com");
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), &[], Some(&host));
+        set_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            &HeaderValue::from_static("127.0.0.1"),
+            &[],
+            Some(&host),
+        );
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "mlflow.example.com");
@@ -180,7 +197,13 @@ mod tests {
     fn trusted_peer_extends_the_chain() {
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "http")]);
         let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
-        set_forwarded(&mut h, "10.1.1.1".parse().unwrap(), &trusted, None);
+        set_forwarded(
+            &mut h,
+            "10.1.1.1".parse().unwrap(),
+            &HeaderValue::from_static("10.1.1.1"),
+            &trusted,
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

@@ -21,6 +21,8 @@ pub struct Site {
     pub upstream_authority: String,
     /// `upstream_authority` as a header value.
     pub upstream_host: HeaderValue,
+    /// `upstream_authority` as a URI part.
+    pub upstream_uri_authority: http::uri::Authority,
     /// The pooled clients for this upstream.
     pub upstream: Upstream,
     /// Forward the client's `Host`.
@@ -103,6 +105,7 @@ impl Site {
         Ok(Site {
             name: s.name.clone(),
             upstream_host: HeaderValue::from_str(&authority).expect("a validated authority is a header value"),
+            upstream_uri_authority: authority.parse().expect("a validated authority is a URI authority"),
             upstream_authority: authority,
             upstream: Upstream::new(limits.upstream_connect_timeout),
             preserve_host: s.preserve_host,
@@ -177,6 +180,10 @@ impl Router {
 
     /// Picks the site for a request from its `Host` (or `:authority`) and the connection's SNI.
     pub fn pick(&self, host: Option<&str>, sni: Option<&str>) -> Result<&Arc<Site>, Misroute> {
+        if self.by_host.is_empty() {
+            // No site names a host (guard on flags alone): every name gets the fallback.
+            return self.fallback.map(|i| &self.sites[i]).ok_or(Misroute::UnknownHost);
+        }
         let host = host.map(normalize_host);
         let sni = sni.map(|s| s.to_ascii_lowercase());
         let by_host = host.as_deref().map(|h| self.lookup(h));

@@ -468,7 +468,7 @@ impl Connection {
         }
         let activity = Arc::new(Activity::new());
         let sni = tls.get_ref().1.server_name().map(str::to_owned);
-        let info = Arc::new(ConnInfo { peer: self.peer, sni });
+        let info = Arc::new(ConnInfo::new(self.peer, sni));
         let (state, act) = (self.state.clone(), activity.clone());
         let svc = service_fn(move |req| handle(req, info.clone(), state.clone(), act.begin()));
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
@@ -477,6 +477,8 @@ impl Connection {
         let mut closing = false;
         loop {
             tokio::select! {
+                // In this order: the connection is polled on every wakeup, the rest rarely fire.
+                biased;
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(peer = %self.peer, "connection ended: {e}");
