@@ -809,7 +809,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let mut prepared = guard_proxy::prepare(settings).map_err(|e| Failure::Config(e.into()))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts connections and runs the housekeeping (reloads, ACME, metrics); the
+    // connections themselves run on guard_proxy's worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

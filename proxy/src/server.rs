@@ -155,8 +155,9 @@ fn watch_sites(router: &Router, reload: &watch::Sender<u64>) {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets open requests finish for up
-/// to the shutdown grace. This task accepts; [`worker_count`] worker threads serve. Users, tokens and certificate files are re-read whenever they change,
-/// and at once on [`Handle::reload_files`].
+/// to the shutdown grace. This task accepts; [`worker_count`] worker threads serve. Users, tokens
+/// and certificate files are re-read whenever they change, and at once on
+/// [`Handle::reload_files`].
 pub async fn serve(
     prepared: Prepared,
     listener: TcpListener,
@@ -244,8 +245,11 @@ pub async fn serve(
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
             .expect("there is at least one worker");
         worker.load.fetch_add(1, Ordering::Relaxed);
-        // A worker's receiver lives until its runtime ends, after this loop.
-        let _ = worker.handoff.send(Accepted { tcp, peer, permit });
+        // A worker's receiver lives until its runtime ends, after this loop; if it is gone
+        // anyway, the connection is closed and its slot freed.
+        if worker.handoff.send(Accepted { tcp, peer, permit }).is_err() {
+            worker.load.fetch_sub(1, Ordering::Relaxed);
+        }
     }
     drop(listener);
     // Closing the handoff channels ends each worker's accept loop.
