@@ -357,7 +357,8 @@ fn count(metrics: &Metrics, rec: &AccessRecord, bytes_out: u64) {
             site.metrics.bytes_in.inc_by(rec.bytes_in());
             site.metrics.bytes_out.inc_by(bytes_out);
         }
-        // Refused before routing (limits, reserved paths, unknown hosts): no site, no body.
+        // Answered before routing (limits, reserved paths, unknown hosts): counted under site
+        // "-" by status only; nothing was forwarded either way.
         None => {
             let site = "-".to_owned();
             metrics
