@@ -8,6 +8,7 @@
 //! threads lines are collected and written at most [`FLUSH_AFTER`] later, in one write, as
 //! nginx's `access_log ... buffer= flush=` does; elsewhere each line is written at once.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -89,11 +90,9 @@ impl AccessRecord {
         if !tracing::enabled!(target: "guard::access", tracing::Level::INFO) {
             return;
         }
-        let (path, cut) = truncate(self.uri.path(), MAX_PATH_BYTES);
         let line = Line {
             rec: &self,
-            path,
-            cut,
+            path: truncate(self.uri.path(), MAX_PATH_BYTES),
             user: self.user.as_deref().unwrap_or("-"),
             site: self.site.as_ref().map_or("-", |s| s.name.as_str()),
             bytes_out,
@@ -120,9 +119,8 @@ impl AccessRecord {
 /// One line being formatted.
 struct Line<'a> {
     rec: &'a AccessRecord,
-    /// The path, cut to [`MAX_PATH_BYTES`]; `cut` says whether it was.
-    path: &'a str,
-    cut: bool,
+    /// The path, cut to [`MAX_PATH_BYTES`] and marked `...` when it was.
+    path: Cow<'a, str>,
     user: &'a str,
     site: &'a str,
     bytes_out: u64,
@@ -149,11 +147,10 @@ impl Line<'_> {
         timestamp(out);
         let _ = write!(
             out,
-            "  INFO guard::access: peer={} method={} path={}{} version={:?} status={} bytes_in={} bytes_out={} duration_ms={} upstream_ms=",
+            "  INFO guard::access: peer={} method={} path={} version={:?} status={} bytes_in={} bytes_out={} duration_ms={} upstream_ms=",
             r.peer.to_str().unwrap_or("-"),
             r.method,
             self.path,
-            if self.cut { "..." } else { "" },
             r.version,
             r.status.as_u16(),
             r.bytes_in(),
@@ -183,10 +180,7 @@ impl Line<'_> {
         );
         json_str(out, r.method.as_str());
         out.push_str(",\"path\":");
-        json_str(out, self.path);
-        if self.cut {
-            out.insert_str(out.len() - 1, "...");
-        }
+        json_str(out, &self.path);
         let _ = write!(
             out,
             ",\"version\":\"{:?}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{},\"upstream_ms\":",
@@ -299,16 +293,17 @@ pub fn flush() {
 /// Paths longer than this are cut in the log (they can be long and hostile).
 const MAX_PATH_BYTES: usize = 512;
 
-/// `s` cut to at most `max` bytes on a character boundary, and whether it was cut.
-fn truncate(s: &str, max: usize) -> (&str, bool) {
+/// `s` cut to at most `max` bytes on a character boundary, with `...` when it was cut (a copy
+/// only then).
+fn truncate(s: &str, max: usize) -> Cow<'_, str> {
     if s.len() <= max {
-        return (s, false);
+        return Cow::Borrowed(s);
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    (&s[..end], true)
+    Cow::Owned(format!("{}...", &s[..end]))
 }
 
 #[cfg(test)]
@@ -338,8 +333,7 @@ mod tests {
         let mut out = String::new();
         Line {
             rec: &record(),
-            path: "/api/\"x\"\\y",
-            cut: true,
+            path: "/api/\"x\"\\y...".into(),
             user: "alice",
             site: "default",
             bytes_out: 7,
@@ -369,8 +363,8 @@ mod tests {
 
     #[test]
     fn long_paths_are_cut_on_a_character_boundary_and_queries_never_logged() {
-        assert_eq!(truncate("/abc", 4), ("/abc", false));
-        assert_eq!(truncate("/aé", 3), ("/a", true));
+        assert_eq!(truncate("/abc", 4), "/abc");
+        assert_eq!(truncate("/aé", 3), "/a...");
         let rec = record();
         assert_eq!(rec.uri.path(), "/api/x");
     }
@@ -382,8 +376,7 @@ mod tests {
         let mut out = String::new();
         Line {
             rec: &rec,
-            path: "/api/\"x\"\\y",
-            cut: false,
+            path: "/api/\"x\"\\y".into(),
             user: "-",
             site: "default",
             bytes_out: 7,

@@ -201,7 +201,7 @@ async fn route(
     rec.user = principal.map(|p| p.name);
     let mut target = http::uri::Parts::default();
     target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(site.upstream_uri_authority.clone());
+    target.authority = Some(site.upstream_authority.clone());
     target.path_and_query = Some(
         parts
             .uri
@@ -221,7 +221,7 @@ async fn route(
         Request::from_parts(parts, body),
         body_sent,
         state.limits.upstream_response_timeout,
-        &site.upstream_authority,
+        site.upstream_authority.as_str(),
     )
     .await
     .inspect_err(|e| {
@@ -249,7 +249,7 @@ async fn route(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(client_side), Some(proto)) = (client_upgrade, upgrade) else {
             return Err(ProxyError::UpstreamFailed {
-                upstream: site.upstream_authority.clone(),
+                upstream: site.upstream_authority.to_string(),
                 source: "upstream switched protocols without being asked".into(),
             });
         };

@@ -18,11 +18,9 @@ pub struct Site {
     /// Name for logs.
     pub name: String,
     /// The upstream's authority, also the default `Host`.
-    pub upstream_authority: String,
+    pub upstream_authority: http::uri::Authority,
     /// `upstream_authority` as a header value.
     pub upstream_host: HeaderValue,
-    /// `upstream_authority` as a URI part.
-    pub upstream_uri_authority: http::uri::Authority,
     /// The pooled clients for this upstream.
     pub upstream: Upstream,
     /// Forward the client's `Host`.
@@ -105,8 +103,7 @@ impl Site {
         Ok(Site {
             name: s.name.clone(),
             upstream_host: HeaderValue::from_str(&authority).expect("a validated authority is a header value"),
-            upstream_uri_authority: authority.parse().expect("a validated authority is a URI authority"),
-            upstream_authority: authority,
+            upstream_authority: authority.parse().expect("a validated authority is a URI authority"),
             upstream: Upstream::new(limits.upstream_connect_timeout),
             preserve_host: s.preserve_host,
             auth,
