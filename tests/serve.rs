@@ -37,6 +37,63 @@ async fn bodies_pass_byte_exact_for_every_method() {
     );
 }
 
+/// A bare upstream that answers every bodiless request with `ok`, counting the connections it
+/// accepts; with `close` it says `Connection: close` and hangs up after each response.
+async fn counting_upstream(close: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let conn = if close { "close" } else { "keep-alive" };
+                        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: {conn}\r\n\r\nok");
+                        if tcp.write_all(resp.as_bytes()).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr.to_string(), accepted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_reused_and_closed_ones_replaced() {
+    for close in [false, true] {
+        let (upstream, accepted) = counting_upstream(close).await;
+        let g = Guard::start(&["--upstream", &upstream, "--dangerous-no-auth"]);
+        let mut c = g.client().h1().await;
+        for i in 0..20 {
+            let resp = c.send_request(get("/")).await.expect("response from guard");
+            assert_eq!(resp.status(), 200, "request {i}, upstream closing: {close}");
+            assert_eq!(text(resp.into_body()).await, "ok");
+        }
+        let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        if close {
+            assert_eq!(opened, 20, "a connection the upstream closed is never reused");
+        } else {
+            assert_eq!(
+                opened, 1,
+                "one keep-alive upstream connection serves a sequential client"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_client_reaches_an_http1_upstream() {
     let up = Echo::start().await;

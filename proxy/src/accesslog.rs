@@ -20,7 +20,7 @@ use http::{HeaderValue, Method, StatusCode};
 use tokio::sync::Notify;
 
 use crate::body::BodyProgress;
-use crate::route::Site;
+use crate::route::SiteLocal;
 
 /// The longest a buffered line waits before it is written.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
@@ -52,7 +52,7 @@ pub struct AccessRecord {
     /// Who was authenticated (user or token name).
     pub user: Option<String>,
     /// The site that served it.
-    pub site: Option<Arc<Site>>,
+    pub site: Option<Arc<SiteLocal>>,
     /// Time until the upstream's response head arrived.
     pub upstream_time: Option<Duration>,
     /// Request-body progress, when the request was forwarded.
@@ -128,14 +128,41 @@ struct Line<'a> {
     duration: Duration,
 }
 
-/// A duration as milliseconds with one decimal, cut not rounded (integer formatting is several
-/// times cheaper than float formatting, and this runs for every request).
-struct Millis(Duration);
+/// Appends an integer (itoa, not `core::fmt`: this runs several times for every request).
+fn push_int(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
 
-impl std::fmt::Display for Millis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tenths = self.0.as_micros() / 100;
-        write!(f, "{}.{}", tenths / 10, tenths % 10)
+/// Appends a duration as milliseconds with one decimal, cut not rounded (integer formatting is
+/// several times cheaper than float formatting).
+fn push_millis(out: &mut String, d: Duration) {
+    let tenths = d.as_micros() as u64 / 100;
+    push_int(out, tenths / 10);
+    out.push('.');
+    out.push(char::from(b'0' + (tenths % 10) as u8));
+}
+
+/// `HTTP/1.1` and friends, as `Version`'s `Debug` writes them.
+fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// Appends `s` quoted as `{:?}` writes it; printable ASCII without quotes or backslashes (every
+/// user and site name in practice) is copied as is.
+fn push_debug_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{s:?}");
     }
 }
 
@@ -145,27 +172,36 @@ impl Line<'_> {
     fn text(&self, out: &mut String) {
         let r = self.rec;
         timestamp(out);
-        let _ = write!(
-            out,
-            "  INFO guard::access: peer={} method={} path={} version={:?} status={} bytes_in={} bytes_out={} duration_ms={} upstream_ms=",
-            r.peer.to_str().unwrap_or("-"),
-            r.method,
-            self.path,
-            r.version,
-            r.status.as_u16(),
-            r.bytes_in(),
-            self.bytes_out,
-            Millis(self.duration),
-        );
+        out.push_str("  INFO guard::access: peer=");
+        out.push_str(r.peer.to_str().unwrap_or("-"));
+        out.push_str(" method=");
+        out.push_str(r.method.as_str());
+        out.push_str(" path=");
+        out.push_str(&self.path);
+        out.push_str(" version=");
+        out.push_str(version_str(r.version));
+        out.push_str(" status=");
+        out.push_str(r.status.as_str());
+        out.push_str(" bytes_in=");
+        push_int(out, r.bytes_in());
+        out.push_str(" bytes_out=");
+        push_int(out, self.bytes_out);
+        out.push_str(" duration_ms=");
+        push_millis(out, self.duration);
+        out.push_str(" upstream_ms=");
         match r.upstream_time {
-            Some(d) => drop(write!(out, "{}", Millis(d))),
+            Some(d) => push_millis(out, d),
             None => out.push('-'),
         }
-        let _ = writeln!(
-            out,
-            " user={:?} site={:?} complete={}",
-            self.user, self.site, self.complete
-        );
+        out.push_str(" user=");
+        push_debug_str(out, self.user);
+        out.push_str(" site=");
+        push_debug_str(out, self.site);
+        out.push_str(if self.complete {
+            " complete=true\n"
+        } else {
+            " complete=false\n"
+        });
     }
 
     /// One JSON object, with the fields of the text line plus `timestamp`, `level` and `target`.
@@ -173,44 +209,53 @@ impl Line<'_> {
         let r = self.rec;
         out.push_str("{\"timestamp\":\"");
         timestamp(out);
-        let _ = write!(
-            out,
-            "\",\"level\":\"INFO\",\"peer\":\"{}\",\"method\":",
-            r.peer.to_str().unwrap_or("-")
-        );
+        out.push_str("\",\"level\":\"INFO\",\"peer\":\"");
+        out.push_str(r.peer.to_str().unwrap_or("-"));
+        out.push_str("\",\"method\":");
         json_str(out, r.method.as_str());
         out.push_str(",\"path\":");
         json_str(out, &self.path);
-        let _ = write!(
-            out,
-            ",\"version\":\"{:?}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{},\"upstream_ms\":",
-            r.version,
-            r.status.as_u16(),
-            r.bytes_in(),
-            self.bytes_out,
-            Millis(self.duration),
-        );
+        out.push_str(",\"version\":\"");
+        out.push_str(version_str(r.version));
+        out.push_str("\",\"status\":");
+        out.push_str(r.status.as_str());
+        out.push_str(",\"bytes_in\":");
+        push_int(out, r.bytes_in());
+        out.push_str(",\"bytes_out\":");
+        push_int(out, self.bytes_out);
+        out.push_str(",\"duration_ms\":");
+        push_millis(out, self.duration);
+        out.push_str(",\"upstream_ms\":");
         match r.upstream_time {
-            Some(d) => drop(write!(out, "{}", Millis(d))),
+            Some(d) => push_millis(out, d),
             None => out.push_str("null"),
         }
         out.push_str(",\"user\":");
         json_str(out, self.user);
         out.push_str(",\"site\":");
         json_str(out, self.site);
-        let _ = writeln!(out, ",\"complete\":{},\"target\":\"guard::access\"}}", self.complete);
+        out.push_str(if self.complete {
+            ",\"complete\":true"
+        } else {
+            ",\"complete\":false"
+        });
+        out.push_str(",\"target\":\"guard::access\"}\n");
     }
 }
 
 /// Appends `s` as a JSON string.
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => drop(write!(out, "\\u{:04x}", c as u32)),
-            c => out.push(c),
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => drop(write!(out, "\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
         }
     }
     out.push('"');
@@ -244,7 +289,10 @@ fn timestamp(out: &mut String) {
         }
         out.push_str(text);
     });
-    let _ = write!(out, ".{:06}Z", since.subsec_micros());
+    // Six digits, zero-padded: 1,000,000 + micros formatted, leading '1' dropped.
+    out.push('.');
+    out.push_str(&itoa::Buffer::new().format(1_000_000 + since.subsec_micros())[1..]);
+    out.push('Z');
 }
 
 /// Lines not yet written, per thread.
@@ -367,6 +415,29 @@ mod tests {
         assert_eq!(truncate("/aé", 3), "/a...");
         let rec = record();
         assert_eq!(rec.uri.path(), "/api/x");
+    }
+
+    #[test]
+    fn hand_formatting_matches_core_fmt() {
+        for name in ["alice", "-", "a\"b", "back\\slash", "tab\there", "é"] {
+            let mut out = String::new();
+            push_debug_str(&mut out, name);
+            assert_eq!(out, format!("{name:?}"));
+        }
+        for (micros, text) in [
+            (0, "0.0"),
+            (99, "0.0"),
+            (100, "0.1"),
+            (3250, "3.2"),
+            (12_345_678, "12345.6"),
+        ] {
+            let mut out = String::new();
+            push_millis(&mut out, Duration::from_micros(micros));
+            assert_eq!(out, text);
+        }
+        for v in [http::Version::HTTP_10, http::Version::HTTP_11, http::Version::HTTP_2] {
+            assert_eq!(version_str(v), format!("{v:?}"));
+        }
     }
 
     #[test]

@@ -41,9 +41,13 @@ pub struct State {
     pub metrics: Arc<Metrics>,
 }
 
-/// Per-connection facts the pipeline needs.
+/// Per-connection facts the pipeline needs, and the shared state: each request clones this
+/// connection's `Arc` (a counter only its own worker touches) rather than the `State` every
+/// worker shares.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// What every connection shares.
+    pub state: Arc<State>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The client's IP as text (IPv4-mapped addresses as IPv4), for `X-Forwarded-For` and the
@@ -55,9 +59,10 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     /// The facts of a connection from `peer`.
-    pub fn new(peer: SocketAddr, sni: Option<String>) -> Self {
+    pub fn new(state: Arc<State>, peer: SocketAddr, sni: Option<String>) -> Self {
         let text = peer.ip().to_canonical().to_string();
         ConnInfo {
+            state,
             peer,
             peer_ip: HeaderValue::from_str(&text).expect("an IP address is a header value"),
             sni,
@@ -69,11 +74,11 @@ impl ConnInfo {
 pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
-    state: Arc<State>,
     in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let state = &conn.state;
     let mut rec = AccessRecord::new(conn.peer_ip.clone(), req.method().clone(), req.uri(), req.version());
-    let mut resp = match route(req, &conn, &state, &mut rec).await {
+    let mut resp = match route(req, &conn, state, &mut rec).await {
         Ok(resp) => resp,
         Err(e) => {
             e.log();
@@ -84,7 +89,7 @@ pub async fn handle(
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    Ok(finish(resp, rec, in_flight, state.metrics.clone()))
+    Ok(finish(resp, rec, in_flight, conn))
 }
 
 async fn route(
@@ -115,7 +120,7 @@ async fn route(
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let site = router.pick(host, conn.sni.as_deref()).map_err(ProxyError::Misrouted)?;
-    rec.site = Some(site.clone());
+    rec.site = Some(site.local().clone());
     // Nothing below this line runs for a request that did not authenticate.
     let principal = match &site.auth {
         Some(auth) if !site.is_public(path) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
@@ -192,24 +197,21 @@ async fn route(
     );
     let host = match (&client_host, site.preserve_host) {
         (Some(h), true) => h.clone(),
-        _ => site.upstream_host.clone(),
+        _ => site.upstream_host(),
     };
     parts.headers.insert(header::HOST, host);
     if let Some(proto) = upgrade.clone() {
         headers::restore_upgrade(&mut parts.headers, proto);
     }
     rec.user = principal.map(|p| p.name);
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(site.upstream_authority.clone());
-    target.path_and_query = Some(
+    // Origin form (`/path?query`), as HTTP/1.1 sends it to an origin server; `Host` says where.
+    parts.uri = Uri::from(
         parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
-    parts.uri = Uri::from_parts(target).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
     // The upstream speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
 
@@ -217,11 +219,10 @@ async fn route(
     rec.request_body = Some(progress);
     let started = Instant::now();
     let resp = forward(
-        site.upstream.client(),
+        &site.upstream,
         Request::from_parts(parts, body),
         body_sent,
         state.limits.upstream_response_timeout,
-        site.upstream_authority.as_str(),
     )
     .await
     .inspect_err(|e| {
@@ -243,13 +244,13 @@ async fn route(
     })?;
     let upstream_time = started.elapsed();
     rec.upstream_time = Some(upstream_time);
-    site.metrics.upstream_latency.observe(upstream_time.as_secs_f64());
+    site.local().metrics.upstream_latency.observe(upstream_time);
 
     let mut resp = resp;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(client_side), Some(proto)) = (client_upgrade, upgrade) else {
             return Err(ProxyError::UpstreamFailed {
-                upstream: site.upstream_authority.to_string(),
+                upstream: site.upstream.authority().to_owned(),
                 source: "upstream switched protocols without being asked".into(),
             });
         };
@@ -334,12 +335,12 @@ fn finish(
     resp: Response<ProxyBody>,
     mut rec: AccessRecord,
     in_flight: InFlight,
-    metrics: Arc<Metrics>,
+    conn: Arc<ConnInfo>,
 ) -> Response<ProxyBody> {
     rec.status = resp.status();
     resp.map(|body| {
         ResponseBody::new(body, move |bytes_out, complete| {
-            count(&metrics, &rec, bytes_out);
+            count(&conn.state.metrics, &rec, bytes_out);
             rec.emit(bytes_out, complete);
             drop(in_flight);
         })

@@ -7,7 +7,8 @@ use guard_config::model::Cidr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop and never travel further (RFC 9110 §7.6.1, plus the
-/// proxy-auth pair and the pre-standard `Proxy-Connection`).
+/// proxy-auth pair and the pre-standard `Proxy-Connection`). `Connection` comes first:
+/// [`strip_hop_by_hop`] reads its bit as bit 0.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
@@ -25,27 +26,79 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Removes hop-by-hop headers: first every header the `Connection` header names, then the fixed
-/// list. Applied to requests and responses alike.
+/// Removes hop-by-hop headers: every header the `Connection` header names, and the fixed list.
+/// Applied to requests and responses alike.
+///
+/// This runs twice per request, so it looks before it removes: one pass over the names present
+/// (usually a handful, and none or only `Connection` among them) finds what to remove, and a
+/// `Connection` naming only listed headers or `close` (nearly always) costs no allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+    // Bit i set: HOP_BY_HOP[i] is present.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    let mut named = Vec::new();
+    if present & 1 != 0 {
+        for value in &headers.get_all(header::CONNECTION) {
+            let value = value.as_bytes().trim_ascii();
+            // Nearly always a single token: `keep-alive`, `close` or `upgrade`.
+            if close_or_listed(value) {
+                continue;
+            }
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if !close_or_listed(token) {
+                    if let Ok(name) = HeaderName::from_bytes(token) {
+                        named.push(name);
+                    }
+                }
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    // One pass over the few headers present instead of a hashed lookup per listed name; most
-    // messages have none of them.
-    let present: Vec<HeaderName> = headers.keys().filter(|k| HOP_BY_HOP.contains(k)).cloned().collect();
-    for name in present {
+    for name in named {
         headers.remove(name);
     }
+}
+
+/// Where a lower-case header name is in [`HOP_BY_HOP`]. A `match` on the bytes is a length
+/// switch and one compare, where comparing `HeaderName`s one by one costs several per header.
+fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
+    let i = match name {
+        b"connection" => 0,
+        b"proxy-connection" => 1,
+        b"keep-alive" => 2,
+        b"te" => 3,
+        b"trailer" => 4,
+        b"transfer-encoding" => 5,
+        b"upgrade" => 6,
+        b"proxy-authorization" => 7,
+        b"proxy-authenticate" => 8,
+        _ => return None,
+    };
+    debug_assert_eq!(HOP_BY_HOP[i].as_str().as_bytes(), name);
+    Some(i)
+}
+
+/// Whether a `Connection` token is `close` or a name in [`HOP_BY_HOP`], in any case (lowered on
+/// the stack: no listed name is longer than 19 bytes).
+fn close_or_listed(token: &[u8]) -> bool {
+    let mut buf = [0u8; 20];
+    let Some(lower) = buf.get_mut(..token.len()) else {
+        return false;
+    };
+    lower.copy_from_slice(token);
+    lower.make_ascii_lowercase();
+    lower == b"close" || hop_by_hop_index(lower).is_some()
 }
 
 /// Drops request headers whose names contain `_`. CGI, WSGI and ASGI servers fold `-` and `_`
@@ -117,12 +170,15 @@ pub fn set_forwarded(
         }
         return;
     }
-    headers.remove(&FORWARDED);
-    headers.remove(&X_FORWARDED_HOST);
+    // `insert` replaces every copy the client sent.
+    if headers.keys().any(|k| k.as_str() == FORWARDED.as_str()) {
+        headers.remove(&FORWARDED);
+    }
     headers.insert(X_FORWARDED_FOR, peer_text.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    if let Some(h) = client_host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
+    match client_host {
+        Some(h) => drop(headers.insert(X_FORWARDED_HOST, h.clone())),
+        None => drop(headers.remove(&X_FORWARDED_HOST)),
     }
 }
 
@@ -157,6 +213,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn connection_close_and_keep_alive_remove_only_themselves() {
+        let mut h = map(&[("Connection", "Close"), ("server", "x"), ("content-length", "3")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("date", "x"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["date"]);
+        let mut h = map(&[("x-a", "1"), ("date", "x")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

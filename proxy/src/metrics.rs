@@ -4,18 +4,18 @@
 //! expiry. User and token names are label values only when the operator turns that on.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -91,22 +91,148 @@ pub struct CertLabel {
     pub name: String,
 }
 
-type HistogramFamily = Family<SiteLabel, Histogram, fn() -> Histogram>;
+type CounterFamily<L> = Family<L, LocalCounter, fn() -> LocalCounter>;
+type HistogramFamily = Family<SiteLabel, LocalHistogram, fn() -> LocalHistogram>;
+
+/// One worker's slot, alone on its cache line(s): two workers bumping neighbouring counters
+/// would pass the line back and forth on every request.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The calling thread's shard among `n` (worker threads have their own; others share the first).
+fn shard(n: usize) -> usize {
+    crate::server::worker_index() % n
+}
+
+/// A counter kept per worker thread and summed when scraped. Counters on the request path are
+/// bumped on every request by every worker; one shared atomic would cost a cross-core cache
+/// transfer each time, which nginx's per-process counters do not pay either.
+#[derive(Clone, Debug)]
+pub struct LocalCounter(Arc<[Padded<AtomicU64>]>);
+
+impl Default for LocalCounter {
+    fn default() -> Self {
+        LocalCounter((0..crate::server::worker_count()).map(|_| Padded::default()).collect())
+    }
+}
+
+impl LocalCounter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.inc_by(1);
+    }
+
+    /// Adds `v`.
+    pub fn inc_by(&self, v: u64) {
+        self.0[shard(self.0.len())].0.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// The total over every worker.
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for LocalCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for LocalCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Upper bounds of [`LocalHistogram`]'s buckets in seconds: 1 ms doubling up to about 131 s, as
+/// `exponential_buckets(0.001, 2.0, 18)`; past the last comes `+Inf`.
+const LATENCY_BUCKETS: usize = 18;
+
+fn bucket_bound(i: usize) -> f64 {
+    0.001 * f64::from(1u32 << i)
+}
+
+/// One worker's part of a [`LocalHistogram`].
+#[derive(Debug, Default)]
+struct HistogramShard {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// A latency histogram kept per worker thread and merged when scraped (prometheus-client's own
+/// takes a lock shared by every worker on each observation).
+#[derive(Clone, Debug)]
+pub struct LocalHistogram(Arc<[Padded<HistogramShard>]>);
+
+impl Default for LocalHistogram {
+    fn default() -> Self {
+        LocalHistogram((0..crate::server::worker_count()).map(|_| Padded::default()).collect())
+    }
+}
+
+impl LocalHistogram {
+    /// Records one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = (0..LATENCY_BUCKETS)
+            .find(|&i| secs <= bucket_bound(i))
+            .unwrap_or(LATENCY_BUCKETS);
+        let s = &self.0[shard(self.0.len())].0;
+        s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        s.count.fetch_add(1, Ordering::Relaxed);
+        s.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LocalHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LocalHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let total = |f: &dyn Fn(&HistogramShard) -> &AtomicU64| -> u64 {
+            self.0.iter().map(|s| f(&s.0).load(Ordering::Relaxed)).sum()
+        };
+        let buckets: Vec<(f64, u64)> = (0..=LATENCY_BUCKETS)
+            .map(|i| {
+                let bound = if i == LATENCY_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    bucket_bound(i)
+                };
+                (bound, total(&|s| &s.buckets[i]))
+            })
+            .collect();
+        let sum = total(&|s| &s.sum_micros) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, total(&|s| &s.count), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 /// One site's series, looked up once when the site is built rather than on every request (a
 /// family lookup hashes the label set and takes a lock).
 #[derive(Debug)]
 pub struct SiteMetrics {
     /// `guard_request_bytes_total` for the site.
-    pub bytes_in: Counter,
+    pub bytes_in: LocalCounter,
     /// `guard_response_bytes_total` for the site.
-    pub bytes_out: Counter,
+    pub bytes_out: LocalCounter,
     /// `guard_upstream_response_seconds` for the site.
-    pub upstream_latency: Histogram,
+    pub upstream_latency: LocalHistogram,
     /// `guard_requests_total` by method class and status, filled in on first use.
-    requests: Box<[std::sync::OnceLock<Counter>]>,
+    requests: Box<[std::sync::OnceLock<LocalCounter>]>,
     site: String,
-    family: Family<RequestLabels, Counter>,
+    family: CounterFamily<RequestLabels>,
 }
 
 /// Statuses with a slot of their own in [`SiteMetrics`]; others go through the family.
@@ -150,7 +276,7 @@ impl SiteMetrics {
 pub struct Metrics {
     registry: Registry,
     /// Requests answered.
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: CounterFamily<RequestLabels>,
     /// Requests by user (only with user labels on).
     pub requests_by_user: Option<Family<UserLabel, Counter>>,
     /// Authentication failures by reason.
@@ -164,9 +290,9 @@ pub struct Metrics {
     /// Open client connections.
     pub open_connections: Gauge,
     /// Request body bytes received from clients.
-    pub bytes_in: Family<SiteLabel, Counter>,
+    pub bytes_in: CounterFamily<SiteLabel>,
     /// Response body bytes sent to clients.
-    pub bytes_out: Family<SiteLabel, Counter>,
+    pub bytes_out: CounterFamily<SiteLabel>,
     /// Password checks answered from the cache.
     pub cache_hits: Counter,
     /// Password checks that ran bcrypt.
@@ -179,7 +305,7 @@ impl Metrics {
     /// Registers every metric. `user_labels` adds `guard_requests_by_user_total`.
     pub fn new(user_labels: bool) -> Self {
         let mut registry = Registry::with_prefix("guard");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests: CounterFamily<RequestLabels> = Family::new_with_constructor(LocalCounter::default);
         registry.register(
             "requests",
             "Requests answered, by site, method class and status",
@@ -206,8 +332,7 @@ impl Metrics {
             "Client addresses locked out after repeated failures",
             lockouts.clone(),
         );
-        let upstream_latency: HistogramFamily =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 18)));
+        let upstream_latency: HistogramFamily = Family::new_with_constructor(LocalHistogram::default);
         registry.register(
             "upstream_response_seconds",
             "Time from sending a request upstream to its response head",
@@ -217,13 +342,13 @@ impl Metrics {
         registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open client connections", open_connections.clone());
-        let bytes_in = Family::<SiteLabel, Counter>::default();
+        let bytes_in: CounterFamily<SiteLabel> = Family::new_with_constructor(LocalCounter::default);
         registry.register(
             "request_bytes",
             "Request body bytes received from clients",
             bytes_in.clone(),
         );
-        let bytes_out = Family::<SiteLabel, Counter>::default();
+        let bytes_out: CounterFamily<SiteLabel> = Family::new_with_constructor(LocalCounter::default);
         registry.register(
             "response_bytes",
             "Response body bytes sent to clients",
@@ -339,5 +464,33 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("requests_by_user"), "user labels are off by default");
+    }
+
+    #[test]
+    fn per_worker_series_add_up_when_scraped() {
+        let m = Metrics::new(false);
+        let site = SiteMetrics::new(&m, "mlflow");
+        site.bytes_out.inc_by(5);
+        site.bytes_out.inc_by(7);
+        site.count_request(MethodClass::Read, 200);
+        site.upstream_latency.observe(std::time::Duration::from_micros(1500));
+        site.upstream_latency.observe(std::time::Duration::from_millis(3));
+        site.upstream_latency.observe(std::time::Duration::from_secs(1000));
+        let text = m.encode();
+        for line in [
+            "guard_response_bytes_total{site=\"mlflow\"} 12",
+            "guard_requests_total{site=\"mlflow\",method=\"Read\",status=\"200\"} 1",
+            "guard_upstream_response_seconds_bucket{le=\"0.001\",site=\"mlflow\"} 0",
+            "guard_upstream_response_seconds_bucket{le=\"0.002\",site=\"mlflow\"} 1",
+            "guard_upstream_response_seconds_bucket{le=\"0.004\",site=\"mlflow\"} 2",
+            "guard_upstream_response_seconds_bucket{le=\"131.072\",site=\"mlflow\"} 2",
+            "guard_upstream_response_seconds_bucket{le=\"+Inf\",site=\"mlflow\"} 3",
+            "guard_upstream_response_seconds_count{site=\"mlflow\"} 3",
+            "guard_upstream_response_seconds_sum{site=\"mlflow\"} 1000.0045",
+            "# TYPE guard_upstream_response_seconds histogram",
+            "# TYPE guard_response_bytes counter",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

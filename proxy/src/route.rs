@@ -17,11 +17,10 @@ use crate::metrics::{Metrics, SiteMetrics};
 pub struct Site {
     /// Name for logs.
     pub name: String,
-    /// The upstream's authority, also the default `Host`.
-    pub upstream_authority: http::uri::Authority,
-    /// `upstream_authority` as a header value.
-    pub upstream_host: HeaderValue,
-    /// The pooled clients for this upstream.
+    /// The upstream's authority as a header value (the default `Host`), one copy per worker:
+    /// cloning a shared one would bump a reference count every worker writes to.
+    upstream_host: Box<[HeaderValue]>,
+    /// The upstream: its authority and its pooled connections.
     pub upstream: Upstream,
     /// Forward the client's `Host`.
     pub preserve_host: bool,
@@ -31,7 +30,18 @@ pub struct Site {
     pub forwarded_user: Option<HeaderName>,
     /// Path prefixes that skip authentication.
     pub public_paths: Vec<String>,
-    /// This site's metric series.
+    /// The name and metric series, one copy per worker (see [`SiteLocal`]).
+    local: Box<[Arc<SiteLocal>]>,
+}
+
+/// What a finished request needs of its site: its name for the log and its metric series. Each
+/// worker has its own copy, so the request's reference to it (held until the response ends)
+/// bumps a count only that worker touches, where an `Arc<Site>` would bounce between cores.
+#[derive(Debug)]
+pub struct SiteLocal {
+    /// Name for logs.
+    pub name: String,
+    /// The site's metric series.
     pub metrics: SiteMetrics,
 }
 
@@ -78,6 +88,16 @@ impl std::fmt::Display for SiteError {
 impl std::error::Error for SiteError {}
 
 impl Site {
+    /// The calling worker's copy of the name and metric series.
+    pub fn local(&self) -> &Arc<SiteLocal> {
+        &self.local[crate::server::worker_index() % self.local.len()]
+    }
+
+    /// The upstream's authority as a `Host` header value.
+    pub fn upstream_host(&self) -> HeaderValue {
+        self.upstream_host[crate::server::worker_index() % self.upstream_host.len()].clone()
+    }
+
     /// Builds a site, loading its users and tokens.
     pub fn build(s: &SiteSettings, limits: &Limits, metrics: &Arc<Metrics>) -> Result<Site, SiteError> {
         let forwarded_user = match &s.auth.forwarded_user_header {
@@ -102,14 +122,22 @@ impl Site {
         let authority = s.upstream.authority();
         Ok(Site {
             name: s.name.clone(),
-            upstream_host: HeaderValue::from_str(&authority).expect("a validated authority is a header value"),
-            upstream_authority: authority.parse().expect("a validated authority is a URI authority"),
-            upstream: Upstream::new(limits.upstream_connect_timeout),
+            upstream_host: (0..crate::server::worker_count())
+                .map(|_| HeaderValue::from_str(&authority).expect("a validated authority is a header value"))
+                .collect(),
+            upstream: Upstream::new(&authority, limits.upstream_connect_timeout),
             preserve_host: s.preserve_host,
             auth,
             forwarded_user,
             public_paths: s.public_paths.clone(),
-            metrics: SiteMetrics::new(metrics, &s.name),
+            local: (0..crate::server::worker_count())
+                .map(|_| {
+                    Arc::new(SiteLocal {
+                        name: s.name.clone(),
+                        metrics: SiteMetrics::new(metrics, &s.name),
+                    })
+                })
+                .collect(),
         })
     }
 

@@ -5,8 +5,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -472,32 +474,94 @@ impl Connection {
         }
         let activity = Arc::new(Activity::new());
         let sni = tls.get_ref().1.server_name().map(str::to_owned);
-        let info = Arc::new(ConnInfo::new(self.peer, sni));
-        let (state, act) = (self.state.clone(), activity.clone());
-        let svc = service_fn(move |req| handle(req, info.clone(), state.clone(), act.begin()));
+        let info = Arc::new(ConnInfo::new(self.state.clone(), self.peer, sni));
+        let act = activity.clone();
+        let svc = service_fn(move |req| handle(req, info.clone(), act.begin()));
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-        tokio::pin!(conn);
+        let mut conn = pin!(conn);
         let idle_timeout = limits.idle_timeout;
-        let mut closing = false;
-        loop {
+        let stop = &mut self.stop;
+        // Resolves when the connection should wind down: guard is stopping, or nothing has been
+        // in flight for the idle timeout.
+        let mut wind_down = pin!(async {
             tokio::select! {
-                // In this order: the connection is polled on every wakeup, the rest rarely fire.
-                biased;
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(peer = %self.peer, "connection ended: {e}");
-                    }
-                    return;
-                }
-                _ = self.stop.wait_for(|stop| *stop), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                () = activity.idle(idle_timeout), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
+                _ = stop.wait_for(|stop| *stop) => {}
+                () = activity.idle(idle_timeout) => {}
             }
+        });
+        let side = Arc::new(SideWake::new());
+        let side_waker = Waker::from(side.clone());
+        let mut closing = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %self.peer, "connection ended: {e}");
+                }
+                return Poll::Ready(());
+            }
+            if !closing
+                && side.take(cx.waker())
+                && wind_down
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&side_waker))
+                    .is_ready()
+            {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                // The connection acts on the shutdown when polled again.
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// Lets a connection's task poll its wind-down future only when that future's own waker fired.
+/// `tokio::select!` over the connection, the stop signal and the idle timer polled all three on
+/// every one of the two or three wakeups each request causes; this polls the connection alone.
+struct SideWake {
+    /// Starts true: the first poll registers the side's own wakers.
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl SideWake {
+    fn new() -> Self {
+        SideWake {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Whether the side needs polling now; if so, remembers `task` as the waker to pass its
+    /// wakeups on to.
+    fn take(&self, task: &Waker) -> bool {
+        let due = self.woken.swap(false, Ordering::AcqRel);
+        if due {
+            let mut t = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !t.as_ref().is_some_and(|w| w.will_wake(task)) {
+                *t = Some(task.clone());
+            }
+        }
+        due
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            task.wake_by_ref();
         }
     }
 }
