@@ -78,6 +78,8 @@ async fn upstream_connections_are_reused_and_closed_ones_replaced() {
         let g = Guard::start(&["--upstream", &upstream, "--dangerous-no-auth"]);
         let mut c = g.client().h1().await;
         for i in 0..20 {
+            // hyper's client refuses a request until its connection is ready for the next one.
+            c.ready().await.expect("guard keeps the client connection open");
             let resp = c.send_request(get("/")).await.expect("response from guard");
             assert_eq!(resp.status(), 200, "request {i}, upstream closing: {close}");
             assert_eq!(text(resp.into_body()).await, "ok");
