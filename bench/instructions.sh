@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, guard against nginx, counted by callgrind.
+#
+# req/s and CPU seconds on a shared 2-core VM move by ±20–30 % from minute to minute; the number
+# of instructions a server executes per request does not (valgrind counts them whatever else the
+# machine does). This is the measure to settle a small difference between two builds. It says
+# nothing about cycles per instruction (cache misses, cross-core traffic), so confirm a change
+# with bench/proxy.sh too.
+#
+# Each server runs alone under `valgrind --tool=callgrind` (guard with its worker threads, nginx
+# as one process: `master_process off`, one worker), proxying to the same plain-HTTP upstream as
+# proxy.sh, with its access log on unless ACCESS_LOG=off. wrk -t1 -c8 warms it for 3 s; the
+# counters are zeroed, wrk runs DURATION seconds more, the counters are dumped, and the
+# instructions of that window are divided by the requests wrk completed in it.
+#
+# Usage: bench/instructions.sh   (knobs: DURATION (10), ACCESS_LOG, KEEP, GUARD_BIN)
+DURATION=${DURATION:-10}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+for tool in valgrind callgrind_control; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is not installed (Debian: valgrind)" >&2; exit 2; }
+done
+
+make_certs
+start_upstream
+
+# count NAME PID PORT: the instructions per request of the callgrind-run server PID on PORT.
+declare -A REQS IPR
+count() {
+    local name=$1 pid=$2 port=$3 out=$BENCH_DIR/callgrind.$1
+    wrk -t1 -c8 -d3s "https://127.0.0.1:$port/" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    wrk -t1 -c8 -d"${DURATION}s" "https://127.0.0.1:$port/" >"$BENCH_DIR/wrk-$name.out"
+    callgrind_control -d "$pid" >/dev/null
+    REQS[$name]=$(awk '/requests in/ {print $1}' "$BENCH_DIR/wrk-$name.out")
+    local file total
+    # The dump asked for above is the newest file of this server's profile; callgrind adds up
+    # all of guard's threads in it. `summary:` is the total callgrind_annotate prints.
+    for _ in $(seq 50); do
+        file=$(ls -t "$out".* 2>/dev/null | head -1 || true)
+        [ -n "$file" ] && grep -q '^summary:' "$file" && break
+        sleep 0.2
+    done
+    total=$(awk '/^summary:/ {print $2}' "$file")
+    [ -n "$total" ] && [ "${REQS[$name]:-0}" -gt 0 ] || die "no count for $name (see $BENCH_DIR)"
+    IPR[$name]=$((total / REQS[$name]))
+    log "$name: ${REQS[$name]} requests, $total instructions"
+}
+
+# --- guard ---------------------------------------------------------------------------------
+d=$BENCH_DIR/guard-callgrind
+mkdir -p "$d/state"
+env_log=()
+[ "$ACCESS_LOG" = off ] && env_log=(GUARD_LOG="info,guard::access=off")
+: >"$d/stdout.log"
+env "${env_log[@]}" valgrind --tool=callgrind --callgrind-out-file="$BENCH_DIR/callgrind.guard.%p" \
+    "$GUARD" serve --upstream "127.0.0.1:$UPSTREAM_PORT" --listen 127.0.0.1:0 \
+    --tls-cert "$CERT" --tls-key "$KEY" --state-dir "$d/state" --dangerous-no-auth \
+    >"$d/stdout.log" 2>"$d/stderr.log" &
+GPID=$!
+BENCH_PIDS+=("$GPID")
+addr=
+for _ in $(seq 600); do
+    addr=$(sed -n 's/^guard: listening on \([0-9.]*:[0-9]*\).*/\1/p' "$d/stdout.log" | head -1) || true
+    [ -n "$addr" ] && break
+    kill -0 "$GPID" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$addr" ] || { cat "$d/stderr.log" >&2; die "guard did not start under valgrind"; }
+log "guard under callgrind on $addr"
+count guard "$GPID" "${addr##*:}"
+stop_pid "$GPID"
+
+# --- nginx: proxy.sh's configuration, one process -------------------------------------------
+start_nginx_proxy callgrind
+NPORT=$LAST_PORT
+stop_pid "$LAST_PID"
+d=$BENCH_DIR/nginx-callgrind
+sed -i 's/^worker_processes auto;/worker_processes 1;\nmaster_process off;/' "$d/nginx.conf"
+valgrind --tool=callgrind --callgrind-out-file="$BENCH_DIR/callgrind.nginx.%p" \
+    nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/valgrind.log" 2>&1 &
+NPID=$!
+BENCH_PIDS+=("$NPID")
+wait_http "https://127.0.0.1:$NPORT/" 200 60 "$NPID" || { cat "$d/valgrind.log" "$d/error.log" >&2; die "nginx did not start under valgrind"; }
+log "nginx under callgrind on 127.0.0.1:$NPORT"
+count nginx "$NPID" "$NPORT"
+stop_pid "$NPID"
+
+# --- report -------------------------------------------------------------------------------
+echo "## bench/instructions.sh  $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+echo "guard $("$GUARD" --version | awk '{print $2}') ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')), $(nginx -v 2>&1 | sed 's/.*: //'), $(valgrind --version)"
+echo "each server alone under callgrind; wrk -t1 -c8 over TLS, keep-alive, 1 KiB response;"
+echo "${DURATION}s counted after 3s of warmup; access logs: $ACCESS_LOG"
+echo
+echo "| server | requests counted | instructions per request | ÷ nginx |"
+echo "|---|---:|---:|---:|"
+for c in guard nginx; do
+    printf '| %s | %s | %s | %s |\n' "$c" "${REQS[$c]}" "${IPR[$c]}" \
+        "$(awk -v a="${IPR[$c]}" -v b="${IPR[nginx]}" 'BEGIN {printf "%.2f", a / b}')"
+done
