@@ -48,28 +48,11 @@ count() {
 }
 
 # --- guard ---------------------------------------------------------------------------------
-d=$BENCH_DIR/guard-callgrind
-mkdir -p "$d/state"
-env_log=()
-[ "$ACCESS_LOG" = off ] && env_log=(GUARD_LOG="info,guard::access=off")
-: >"$d/stdout.log"
-env "${env_log[@]}" valgrind --tool=callgrind --callgrind-out-file="$BENCH_DIR/callgrind.guard.%p" \
-    "$GUARD" serve --upstream "127.0.0.1:$UPSTREAM_PORT" --listen 127.0.0.1:0 \
-    --tls-cert "$CERT" --tls-key "$KEY" --state-dir "$d/state" --dangerous-no-auth \
-    >"$d/stdout.log" 2>"$d/stderr.log" &
-GPID=$!
-BENCH_PIDS+=("$GPID")
-addr=
-for _ in $(seq 600); do
-    addr=$(sed -n 's/^guard: listening on \([0-9.]*:[0-9]*\).*/\1/p' "$d/stdout.log" | head -1) || true
-    [ -n "$addr" ] && break
-    kill -0 "$GPID" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$addr" ] || { cat "$d/stderr.log" >&2; die "guard did not start under valgrind"; }
-log "guard under callgrind on $addr"
-count guard "$GPID" "${addr##*:}"
-stop_pid "$GPID"
+GUARD_WRAPPER=(valgrind --tool=callgrind --callgrind-out-file="$BENCH_DIR/callgrind.guard.%p")
+GUARD_START_SECS=60
+start_guard callgrind --dangerous-no-auth
+count guard "$LAST_PID" "$LAST_PORT"
+stop_pid "$LAST_PID"
 
 # --- nginx: proxy.sh's configuration, one process -------------------------------------------
 start_nginx_proxy callgrind

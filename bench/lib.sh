@@ -190,6 +190,10 @@ EOF
 # --- guard ---------------------------------------------------------------------------------
 
 # start_guard NAME [extra guard serve args...]; sets GUARD_PORT_<NAME>, GUARD_PID_<NAME>, LAST_PORT, LAST_PID.
+# GUARD_WRAPPER (an array, e.g. a valgrind command line) runs guard under another program;
+# GUARD_START_SECS (default 10) is how long it may take to start.
+GUARD_WRAPPER=()
+GUARD_START_SECS=10
 start_guard() {
     local name=$1; shift
     local d=$BENCH_DIR/guard-$name
@@ -197,13 +201,13 @@ start_guard() {
     local env_log=()
     [ "$ACCESS_LOG" = off ] && env_log=(GUARD_LOG="info,guard::access=off")
     : >"$d/stdout.log" # exists before the poll below reads it (the child opens it a bit later)
-    env "${env_log[@]}" "$GUARD" serve --upstream "127.0.0.1:$UPSTREAM_PORT" --listen 127.0.0.1:0 \
+    env "${env_log[@]}" "${GUARD_WRAPPER[@]}" "$GUARD" serve --upstream "127.0.0.1:$UPSTREAM_PORT" --listen 127.0.0.1:0 \
         --tls-cert "$CERT" --tls-key "$KEY" --state-dir "$d/state" "$@" \
         >"$d/stdout.log" 2>"$d/stderr.log" &
     LAST_PID=$!
     BENCH_PIDS+=("$LAST_PID")
     local i addr=
-    for i in $(seq 100); do
+    for i in $(seq $((GUARD_START_SECS * 10))); do
         addr=$(sed -n 's/^guard: listening on \([0-9.]*:[0-9]*\).*/\1/p' "$d/stdout.log" | head -1) || true
         [ -n "$addr" ] && break
         kill -0 "$LAST_PID" 2>/dev/null || break
@@ -214,7 +218,7 @@ start_guard() {
         die "guard ($name) did not start: $GUARD serve ... $*"
     fi
     LAST_PORT=${addr##*:}
-    wait_http "https://127.0.0.1:$LAST_PORT/_guard/health" 200 10 "$LAST_PID" \
+    wait_http "https://127.0.0.1:$LAST_PORT/_guard/health" 200 "$GUARD_START_SECS" "$LAST_PID" \
         || { cat "$d/stderr.log" >&2; die "guard ($name) does not answer /_guard/health"; }
     log "guard $name on 127.0.0.1:$LAST_PORT (pid $LAST_PID) $*"
 }

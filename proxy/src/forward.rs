@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::body::{BodyLimitExceeded, BoxError, ClientBodyError, RequestBody};
 use crate::error::ProxyError;
+use crate::server::PerWorker;
 
 /// The request body type sent upstream.
 pub type UpstreamBody = RequestBody<Incoming>;
@@ -43,7 +44,7 @@ pub struct Upstream {
     connect_timeout: Duration,
     /// One pool per worker, each behind its own `Arc`: a response's `Return` holds its worker's,
     /// so no reference count or lock is shared between workers.
-    pools: Box<[Arc<Pool>]>,
+    pools: PerWorker<Arc<Pool>>,
 }
 
 /// One worker's idle connections, most recently used last. Aligned so two workers' pools never
@@ -64,18 +65,13 @@ impl Upstream {
         Upstream {
             authority: authority.to_owned(),
             connect_timeout,
-            pools: (0..crate::server::worker_count()).map(|_| Arc::default()).collect(),
+            pools: PerWorker::new(Arc::default),
         }
     }
 
     /// `host:port` as configured.
     pub fn authority(&self) -> &str {
         &self.authority
-    }
-
-    /// The calling worker's pool (the first pool off the worker threads).
-    fn pool(&self) -> &Arc<Pool> {
-        &self.pools[crate::server::worker_index() % self.pools.len()]
     }
 
     /// Opens a connection: resolve, connect (both within the connect timeout), `TCP_NODELAY`,
@@ -111,7 +107,7 @@ impl Upstream {
     /// before the request was written (keep-alive timeouts race) is replaced and the request sent
     /// again; nothing of it had reached the upstream.
     async fn send(&self, mut req: http::Request<UpstreamBody>) -> Result<http::Response<PooledBody>, ProxyError> {
-        let pool = self.pool();
+        let pool = self.pools.get();
         loop {
             let (mut sender, reused) = match pool.checkout() {
                 Some(s) => (s, true),

@@ -197,7 +197,7 @@ async fn route(
     );
     let host = match (&client_host, site.preserve_host) {
         (Some(h), true) => h.clone(),
-        _ => site.upstream_host(),
+        _ => site.local().upstream_host.clone(),
     };
     parts.headers.insert(header::HOST, host);
     if let Some(proto) = upgrade.clone() {

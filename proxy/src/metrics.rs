@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::body::{full, ProxyBody};
+use crate::server::PerWorker;
 
 /// Method classes: few label values, and the split operators care about.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -100,20 +101,15 @@ type HistogramFamily = Family<SiteLabel, LocalHistogram, fn() -> LocalHistogram>
 #[repr(align(128))]
 struct Padded<T>(T);
 
-/// The calling thread's shard among `n` (worker threads have their own; others share the first).
-fn shard(n: usize) -> usize {
-    crate::server::worker_index() % n
-}
-
 /// A counter kept per worker thread and summed when scraped. Counters on the request path are
 /// bumped on every request by every worker; one shared atomic would cost a cross-core cache
 /// transfer each time, which nginx's per-process counters do not pay either.
 #[derive(Clone, Debug)]
-pub struct LocalCounter(Arc<[Padded<AtomicU64>]>);
+pub struct LocalCounter(Arc<PerWorker<Padded<AtomicU64>>>);
 
 impl Default for LocalCounter {
     fn default() -> Self {
-        LocalCounter((0..crate::server::worker_count()).map(|_| Padded::default()).collect())
+        LocalCounter(Arc::new(PerWorker::new(Padded::default)))
     }
 }
 
@@ -125,7 +121,7 @@ impl LocalCounter {
 
     /// Adds `v`.
     pub fn inc_by(&self, v: u64) {
-        self.0[shard(self.0.len())].0.fetch_add(v, Ordering::Relaxed);
+        self.0.get().0.fetch_add(v, Ordering::Relaxed);
     }
 
     /// The total over every worker.
@@ -168,11 +164,11 @@ struct HistogramShard {
 /// A latency histogram kept per worker thread and merged when scraped (prometheus-client's own
 /// takes a lock shared by every worker on each observation).
 #[derive(Clone, Debug)]
-pub struct LocalHistogram(Arc<[Padded<HistogramShard>]>);
+pub struct LocalHistogram(Arc<PerWorker<Padded<HistogramShard>>>);
 
 impl Default for LocalHistogram {
     fn default() -> Self {
-        LocalHistogram((0..crate::server::worker_count()).map(|_| Padded::default()).collect())
+        LocalHistogram(Arc::new(PerWorker::new(Padded::default)))
     }
 }
 
@@ -183,7 +179,7 @@ impl LocalHistogram {
         let bucket = (0..LATENCY_BUCKETS)
             .find(|&i| secs <= bucket_bound(i))
             .unwrap_or(LATENCY_BUCKETS);
-        let s = &self.0[shard(self.0.len())].0;
+        let s = &self.0.get().0;
         s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         s.count.fetch_add(1, Ordering::Relaxed);
         s.sum_micros

@@ -11,15 +11,13 @@ use http::header::{HeaderName, HeaderValue};
 use crate::auth::{AuthError, Authenticator};
 use crate::forward::Upstream;
 use crate::metrics::{Metrics, SiteMetrics};
+use crate::server::PerWorker;
 
 /// A site ready to serve: its upstream client, its authenticator, its rules.
 #[derive(Debug)]
 pub struct Site {
     /// Name for logs.
     pub name: String,
-    /// The upstream's authority as a header value (the default `Host`), one copy per worker:
-    /// cloning a shared one would bump a reference count every worker writes to.
-    upstream_host: Box<[HeaderValue]>,
     /// The upstream: its authority and its pooled connections.
     pub upstream: Upstream,
     /// Forward the client's `Host`.
@@ -30,15 +28,18 @@ pub struct Site {
     pub forwarded_user: Option<HeaderName>,
     /// Path prefixes that skip authentication.
     pub public_paths: Vec<String>,
-    /// The name and metric series, one copy per worker (see [`SiteLocal`]).
-    local: Box<[Arc<SiteLocal>]>,
+    /// What a request takes from the site, one copy per worker (see [`SiteLocal`]).
+    local: PerWorker<Arc<SiteLocal>>,
 }
 
-/// What a finished request needs of its site: its name for the log and its metric series. Each
-/// worker has its own copy, so the request's reference to it (held until the response ends)
-/// bumps a count only that worker touches, where an `Arc<Site>` would bounce between cores.
+/// What a request takes from its site: the `Host` value for the upstream, the name for the log
+/// and the metric series. Each worker has its own copy, so cloning the `Host` value or holding
+/// a reference until the response ends bumps counts only that worker touches, where sharing
+/// them would bounce cache lines between cores on every request.
 #[derive(Debug)]
 pub struct SiteLocal {
+    /// The upstream's authority as a header value: the default `Host`.
+    pub upstream_host: HeaderValue,
     /// Name for logs.
     pub name: String,
     /// The site's metric series.
@@ -88,14 +89,9 @@ impl std::fmt::Display for SiteError {
 impl std::error::Error for SiteError {}
 
 impl Site {
-    /// The calling worker's copy of the name and metric series.
+    /// The calling worker's copy of what a request takes from the site.
     pub fn local(&self) -> &Arc<SiteLocal> {
-        &self.local[crate::server::worker_index() % self.local.len()]
-    }
-
-    /// The upstream's authority as a `Host` header value.
-    pub fn upstream_host(&self) -> HeaderValue {
-        self.upstream_host[crate::server::worker_index() % self.upstream_host.len()].clone()
+        self.local.get()
     }
 
     /// Builds a site, loading its users and tokens.
@@ -122,22 +118,18 @@ impl Site {
         let authority = s.upstream.authority();
         Ok(Site {
             name: s.name.clone(),
-            upstream_host: (0..crate::server::worker_count())
-                .map(|_| HeaderValue::from_str(&authority).expect("a validated authority is a header value"))
-                .collect(),
             upstream: Upstream::new(&authority, limits.upstream_connect_timeout),
             preserve_host: s.preserve_host,
             auth,
             forwarded_user,
             public_paths: s.public_paths.clone(),
-            local: (0..crate::server::worker_count())
-                .map(|_| {
-                    Arc::new(SiteLocal {
-                        name: s.name.clone(),
-                        metrics: SiteMetrics::new(metrics, &s.name),
-                    })
+            local: PerWorker::new(|| {
+                Arc::new(SiteLocal {
+                    upstream_host: HeaderValue::from_str(&authority).expect("a validated authority is a header value"),
+                    name: s.name.clone(),
+                    metrics: SiteMetrics::new(metrics, &s.name),
                 })
-                .collect(),
+            }),
         })
     }
 

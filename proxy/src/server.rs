@@ -291,6 +291,29 @@ pub fn worker_index() -> usize {
     WORKER_INDEX.with(std::cell::Cell::get)
 }
 
+/// One `T` per worker thread, each used by its own worker (others use the first): what the
+/// request path writes (reference counts, counters, pools) is kept this way so two workers never
+/// write the same memory.
+#[derive(Debug)]
+pub struct PerWorker<T>(Box<[T]>);
+
+impl<T> PerWorker<T> {
+    /// One `make()` for each worker.
+    pub fn new(mut make: impl FnMut() -> T) -> Self {
+        PerWorker((0..worker_count()).map(|_| make()).collect())
+    }
+
+    /// The calling worker's own.
+    pub fn get(&self) -> &T {
+        &self.0[worker_index() % self.0.len()]
+    }
+
+    /// Every worker's, to add them up.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
 /// A connection accepted by the accept loop, on its way to a worker.
 struct Accepted {
     tcp: std::net::TcpStream,
