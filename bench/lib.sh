@@ -65,9 +65,24 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
-# A port the kernel just handed out on 127.0.0.1 (closed again, so a tiny race remains).
+# A free port on 127.0.0.1 below the kernel's ephemeral range, so that no port-0 bind or
+# outgoing connection can be handed it before the program it is meant for binds it.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+while True:
+    port = random.randrange(20000, low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+PY
 }
 
 # VmRSS of one PID, in KiB.

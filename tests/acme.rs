@@ -59,7 +59,7 @@ async fn http01_from_empty_state_gives_a_trusted_certificate_and_requests_are_pr
     let state = TempDir::new("acme-http01");
     let (g, plain) = start_guard(&acme_args(&up, &setup, &["--acme-challenge", "http-01"]), state.path());
     // guard first: pebble must be told the ports guard bound.
-    let ca = setup.start(plain.port(), pebble::free_port(), 3600);
+    let ca = setup.start(plain.port(), unused_port(), 3600);
     let root = ca.root(setup.dir.path()).await;
 
     let c = Client::new(g.addr, &root, "localhost");
@@ -98,7 +98,7 @@ async fn tls_alpn01_from_empty_state_is_answered_on_the_tls_listener() {
         state.path(),
     );
     // HTTP-01 pointed at a dead port: only the TLS listener can answer.
-    let ca = setup.start(pebble::free_port(), g.addr.port(), 3600);
+    let ca = setup.start(unused_port(), g.addr.port(), 3600);
     let root = ca.root(setup.dir.path()).await;
 
     let (status, body) = Client::new(g.addr, &root, "localhost").get("/x?y=1").await;
@@ -129,7 +129,7 @@ async fn by_default_a_failed_tls_alpn01_falls_back_to_http01_and_the_failure_is_
     let state = TempDir::new("acme-auto");
     let (g, plain) = start_guard(&acme_args(&up, &setup, &[]), state.path());
     // TLS-ALPN-01 validations go to a dead port and fail; HTTP-01 reaches guard.
-    let ca = setup.start(plain.port(), pebble::free_port(), 3600);
+    let ca = setup.start(plain.port(), unused_port(), 3600);
     let root = ca.root(setup.dir.path()).await;
 
     let (status, _) = Client::new(g.addr, &root, "localhost").get("/").await;
@@ -155,7 +155,7 @@ async fn restarts_reuse_the_stored_certificate_and_account_and_replace_an_accoun
     let state = TempDir::new("acme-restart");
     let args = acme_args(&up, &setup, &["--acme-challenge", "http-01"]);
     let (g, plain) = start_guard(&args, state.path());
-    let ca = setup.start(plain.port(), pebble::free_port(), 3600);
+    let ca = setup.start(plain.port(), unused_port(), 3600);
     let root = ca.root(setup.dir.path()).await;
     let first = serial(&Client::new(g.addr, &root, "localhost")).await;
     let dir = store_dir(state.path(), &setup);
@@ -193,7 +193,7 @@ async fn restarts_reuse_the_stored_certificate_and_account_and_replace_an_accoun
 
     // 3. pebble restarted (it forgets every account): the stored one is replaced.
     ca.stop();
-    let ca = setup.start(plain.port(), pebble::free_port(), 3600);
+    let ca = setup.start(plain.port(), unused_port(), 3600);
     let root = ca.root(setup.dir.path()).await;
     std::fs::remove_file(dir.join("cert.pem")).unwrap();
     std::fs::remove_file(dir.join("key.pem")).unwrap();
@@ -218,7 +218,7 @@ async fn short_lived_certificates_are_renewed_and_swapped_while_requests_keep_su
     let state = TempDir::new("acme-renew");
     let (g, plain) = start_guard(&acme_args(&up, &setup, &["--acme-challenge", "http-01"]), state.path());
     // 60 s certificates: renewal is due 40 s after issuance.
-    let ca = setup.start(plain.port(), pebble::free_port(), 60);
+    let ca = setup.start(plain.port(), unused_port(), 60);
     let root = ca.root(setup.dir.path()).await;
     // Full handshakes only: a resumed session shows the certificate of the session it resumes.
     let mut c = Client::new(g.addr, &root, "localhost");
@@ -307,7 +307,7 @@ async fn a_ca_down_at_start_is_retried_with_backoff_until_the_certificate_comes(
         "backoff grows: {log}"
     );
 
-    let ca = setup.start(plain.port(), pebble::free_port(), 3600);
+    let ca = setup.start(plain.port(), unused_port(), 3600);
     let root = ca.root(setup.dir.path()).await;
     // The handshake waits for the certificate, which comes at the next retry.
     let (status, _) = Client::new(g.addr, &root, "localhost").get("/").await;
@@ -357,7 +357,7 @@ async fn plain_listener_redirects_with_308_keeping_method_path_and_query() {
         "--acme-email",
         "ops@example.com",
         "--acme-directory",
-        &format!("https://localhost:{}/dir", pebble::free_port()),
+        &format!("https://localhost:{}/dir", unused_port()),
         "--https-port",
         "8443",
     ]

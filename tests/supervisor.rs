@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use common::mlflow::{run_client, venv};
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn ctl(conf: &Path, args: &[&str]) -> (i32, String) {
     let out = Command::new("supervisorctl")
         .arg("-c")
@@ -76,7 +68,7 @@ fn supervisord_runs_mlflow_and_guard_restarts_guard_and_stops_both() {
     let Some(venv) = venv() else { return };
     let dir = TempDir::new("supervisor");
     let base = dir.path().join("stack");
-    let (guard_port, mlflow_port) = (free_port(), free_port());
+    let (guard_port, mlflow_port) = (unused_port(), unused_port());
     let mut opts = guard_deploy::DeployOptions::new(guard_deploy::Target::Supervisor);
     opts.out_dir = dir.path().to_path_buf();
     opts.guard_bin = Some(guard_bin().into());

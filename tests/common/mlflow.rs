@@ -89,12 +89,9 @@ impl MlflowServer {
         let dir = TempDir::new("mlflow");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
-        // Binding port 0 and releasing it leaves a small window; a loss shows as a bind error.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Free when picked; another program could still take it first, which shows as a bind
+        // error and a retry.
+        let port = super::unused_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let args = [
             "server".to_string(),

@@ -667,10 +667,36 @@ impl Drop for Hang {
     }
 }
 
+/// A loopback port for a program that binds it itself (pebble, mlflow, supervisord's children),
+/// or for nothing to listen on. A port taken from a port-0 bind and released can be handed out
+/// again by the kernel to the next port-0 bind, such as guard's own `--listen 127.0.0.1:0` (CI
+/// once saw guard's plain listener get pebble's management port). So these come from below the
+/// kernel's ephemeral range, which neither port-0 binds nor outgoing connections use, are free
+/// when picked, and are never picked twice by one test binary.
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > LOW + 1000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - LOW;
+    // Test binaries in other processes start at different places.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{ephemeral_low}");
+}
+
 /// A loopback port nothing listens on.
 pub fn dead_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], unused_port()))
 }
 
 /// Fails the test when CI requires `program` and it is missing; otherwise returns whether it

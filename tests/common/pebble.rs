@@ -1,5 +1,5 @@
 //! pebble, the ACME test CA (Debian's `pebble` package), as a child process: its HTTPS
-//! certificate made here with rcgen (the package ships none), its ports picked free, its
+//! certificate made here with rcgen (the package ships none), its ports picked outside the kernel's ephemeral range, its
 //! validation ports pointed at the ports guard bound, its issuing root fetched from the
 //! management port. Also a launcher for `guard serve --domain`, which prints two addresses.
 
@@ -8,20 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Captured, Client, Guard, TempDir};
+use super::{unused_port, Captured, Client, Guard, TempDir};
 
 /// Whether pebble can run here: panics in CI (where `.ci/run` installs it), else prints a note.
 pub fn available() -> bool {
     super::require_program("pebble")
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// pebble's files and ports, fixed before it starts so guard can be pointed at it first.
@@ -52,8 +43,8 @@ impl PebbleSetup {
         PebbleSetup {
             ca: dir.path().join("ca.pem"),
             dir,
-            listen: free_port(),
-            management: free_port(),
+            listen: unused_port(),
+            management: unused_port(),
         }
     }
 
