@@ -79,7 +79,7 @@ pub struct AuthSettings {
     pub cache_ttl: Duration,
     /// Most cached verifications.
     pub cache_capacity: usize,
-    /// Failures from one client address that trigger a lockout.
+    /// Failures from one client (an IPv4 address, an IPv6 /64) that trigger a lockout.
     pub lockout_failures: u32,
     /// The window those failures are counted in.
     pub lockout_window: Duration,

@@ -4,7 +4,7 @@
 //! computation, and an address that keeps failing is locked out for a while.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -119,7 +119,7 @@ pub struct Authenticator {
     /// HMAC-SHA256 already keyed with a per-process random key: cloning it skips hashing the
     /// key pads on every request.
     cache_mac: Hmac<Sha256>,
-    lockout: Mutex<HashMap<IpAddr, Strikes>>,
+    lockout: Mutex<HashMap<Offender, Strikes>>,
     metrics: Arc<Metrics>,
 }
 
@@ -280,7 +280,7 @@ impl Authenticator {
             Ok(p) => {
                 let mut table = self.lockout.lock().expect("lockout lock");
                 if !table.is_empty() {
-                    table.remove(&peer);
+                    table.remove(&Offender::of(peer));
                 }
                 Ok(p)
             }
@@ -377,7 +377,7 @@ impl Authenticator {
         if table.is_empty() {
             return Ok(());
         }
-        match table.get(&peer).and_then(|s| s.locked_until) {
+        match table.get(&Offender::of(peer)).and_then(|s| s.locked_until) {
             Some(until) if until > now => Err(AuthFailure::LockedOut((until - now).as_secs().max(1))),
             _ => Ok(()),
         }
@@ -391,7 +391,8 @@ impl Authenticator {
         if table.len() > 100_000 {
             table.retain(|_, st| st.locked_until.is_some_and(|u| u > now) || now - st.window_start < s.lockout_window);
         }
-        let st = table.entry(peer).or_insert(Strikes {
+        let offender = Offender::of(peer);
+        let st = table.entry(offender).or_insert(Strikes {
             count: 0,
             window_start: now,
             locked_until: None,
@@ -409,13 +410,40 @@ impl Authenticator {
             self.metrics.lockouts.inc();
             tracing::warn!(
                 peer = %peer,
-                "locking out {peer} for {}s after {} failed logins in {}s",
+                "locking out {offender} for {}s after {} failed logins in {}s",
                 s.lockout_duration.as_secs(),
                 st.count,
                 s.lockout_window.as_secs()
             );
         }
         failure
+    }
+}
+
+/// What a lockout counts failures against: an IPv4 address, or an IPv6 /64, the smallest
+/// network a subscriber is given, so stepping through one's own addresses does not reset the
+/// count. An IPv4-mapped IPv6 peer counts as its IPv4 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Offender(IpAddr);
+
+impl Offender {
+    fn of(peer: IpAddr) -> Offender {
+        match peer {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Offender(IpAddr::V4(v4)),
+                None => Offender(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)))),
+            },
+            v4 => Offender(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for Offender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}"),
+            IpAddr::V6(net) => write!(f, "{net}/64"),
+        }
     }
 }
 
@@ -513,29 +541,40 @@ mod tests {
         assert_eq!(parse_authorization(&h), Err(AuthFailure::Malformed));
     }
 
-    #[tokio::test]
-    async fn a_flood_of_wrong_passwords_leaves_no_pending_checks_behind() {
-        let dir = std::env::temp_dir().join(format!("guard-auth-pending-{}", std::process::id()));
+    /// An authenticator whose users file, in a fresh directory, holds alice with password
+    /// "right" (cost 4), locking out after `lockout_failures`.
+    fn alice_only(test: &str, lockout_failures: u32) -> (Arc<Authenticator>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("guard-auth-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let users = dir.join("users");
         let hash = guard_config::htpasswd::hash_password("right", 4).unwrap();
         std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
         let mut settings = AuthSettings::defaults(&dir);
         settings.users_file = users;
-        settings.lockout_failures = 0;
-        let auth = Arc::new(Authenticator::load(settings, Arc::new(Metrics::new(false))).unwrap());
+        settings.lockout_failures = lockout_failures;
+        let auth = Authenticator::load(settings, Arc::new(Metrics::new(false))).unwrap();
+        (Arc::new(auth), dir)
+    }
+
+    fn alice_with(password: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"))
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_wrong_passwords_leaves_no_pending_checks_behind() {
+        let (auth, dir) = alice_only("pending", 0);
         let peer: IpAddr = "127.0.0.2".parse().unwrap();
         let mut tasks = Vec::new();
         for i in 0..200 {
             let auth = auth.clone();
             tasks.push(tokio::spawn(async move {
-                let mut h = HeaderMap::new();
-                let v = format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("alice:guess{i}"))
-                );
-                h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
-                auth.authenticate(&h, peer).await
+                auth.authenticate(&alice_with(&format!("guess{i}")), peer).await
             }));
         }
         // Cancel half of them mid-check, as clients that hang up.
@@ -549,6 +588,34 @@ mod tests {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(auth.pending.lock().unwrap().is_empty(), "pending checks leaked");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn lockout_counts_an_ipv6_64_as_one_client_and_mapped_ipv4_as_its_address() {
+        let (auth, dir) = alice_only("lockout64", 3);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let wrong = alice_with("wrong");
+        // Three addresses of one /64 each fail once: the whole /64 is locked out, even for the
+        // right password, and a neighbouring /64 is not.
+        for peer in ["2001:db8:0:7::1", "2001:db8:0:7::2", "2001:db8:0:7:ffff::3"] {
+            assert_eq!(auth.authenticate(&wrong, ip(peer)).await, Err(AuthFailure::BadPassword));
+        }
+        let locked = auth.authenticate(&alice_with("right"), ip("2001:db8:0:7::99")).await;
+        assert!(matches!(locked, Err(AuthFailure::LockedOut(_))), "{locked:?}");
+        let next = auth.authenticate(&alice_with("right"), ip("2001:db8:0:8::1")).await;
+        assert_eq!(next.map(|p| p.name), Ok("alice".to_string()));
+        // An IPv4 client reaching a dual-stack socket as ::ffff:a.b.c.d is the same client.
+        for peer in ["192.0.2.7", "::ffff:192.0.2.7", "192.0.2.7"] {
+            assert_eq!(auth.authenticate(&wrong, ip(peer)).await, Err(AuthFailure::BadPassword));
+        }
+        let locked = auth.authenticate(&wrong, ip("::ffff:192.0.2.7")).await;
+        assert!(matches!(locked, Err(AuthFailure::LockedOut(_))), "{locked:?}");
+        assert_eq!(
+            auth.authenticate(&wrong, ip("192.0.2.8")).await,
+            Err(AuthFailure::BadPassword)
+        );
+        assert_eq!(Offender::of(ip("2001:db8:0:7::1")).to_string(), "2001:db8:0:7::/64");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
