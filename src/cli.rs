@@ -93,33 +93,93 @@ struct DeployArgs {
     base_dir: Option<PathBuf>,
 }
 
-/// Where the users and tokens files are; the same defaults as `guard serve`.
+/// Where the users and tokens files are: the ones `guard serve` with the same flags, variables
+/// and configuration file would read.
 #[derive(Debug, Args)]
 struct FileArgs {
-    /// guard's state directory. [default: /var/lib/guard as root, else ~/.local/state/guard]
+    /// Configuration file (guard.yaml): use the files its site names (see --site).
+    #[arg(long, env = "GUARD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The site of --config whose files to use; needed when its sites name different files.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    site: Option<String>,
+    /// guard's state directory. [default: the file's state_dir, else /var/lib/guard as root,
+    /// else ~/.local/state/guard]
     #[arg(long, env = "GUARD_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// htpasswd users file. [default: STATE_DIR/users.htpasswd]
+    /// htpasswd users file; beats the file's. [default: the site's auth.users, else
+    /// STATE_DIR/users.htpasswd]
     #[arg(long, env = "GUARD_USERS", value_name = "FILE")]
     users: Option<PathBuf>,
-    /// Tokens file. [default: STATE_DIR/tokens.json]
+    /// Tokens file; beats the file's. [default: the site's auth.tokens, else
+    /// STATE_DIR/tokens.json]
     #[arg(long, env = "GUARD_TOKENS", value_name = "FILE")]
     tokens: Option<PathBuf>,
 }
 
 impl FileArgs {
-    fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    fn users(&self) -> Result<PathBuf, Failure> {
+        match &self.users {
+            Some(path) => Ok(path.clone()),
+            None => self.site_file("users", |a| &a.users_file),
+        }
     }
-    fn users(&self) -> PathBuf {
-        self.users
-            .clone()
-            .unwrap_or_else(|| self.state_dir().join(defaults::USERS_FILE_NAME))
+
+    fn tokens(&self) -> Result<PathBuf, Failure> {
+        match &self.tokens {
+            Some(path) => Ok(path.clone()),
+            None => self.site_file("tokens", |a| &a.tokens_file),
+        }
     }
-    fn tokens(&self) -> PathBuf {
-        self.tokens
-            .clone()
-            .unwrap_or_else(|| self.state_dir().join(defaults::TOKENS_FILE_NAME))
+
+    /// The `what` file of the chosen site, resolved as `guard serve` does (flags over the file
+    /// over the defaults), without the start-up checks: the file may not exist yet.
+    fn site_file(&self, what: &str, pick: fn(&defaults::AuthSettings) -> &PathBuf) -> Result<PathBuf, Failure> {
+        let flags = Overlay {
+            state_dir: self.state_dir.clone(),
+            ..Overlay::default()
+        };
+        let file = match &self.config {
+            Some(path) => guard_config::load_file(path).map_err(config_failure)?,
+            None => Overlay::default(),
+        };
+        let sites = guard_config::site_auth(&Overlay::merge(flags, file));
+        let config = || self.config.as_deref().unwrap_or(Path::new("")).display();
+        let names = || sites.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+        let chosen: Vec<_> = match &self.site {
+            Some(name) => sites.iter().filter(|(n, _)| n == name).collect(),
+            None => sites.iter().collect(),
+        };
+        let Some((_, first)) = chosen.first() else {
+            return Err(Failure::Config(match &self.site {
+                Some(site) => anyhow::anyhow!(
+                    "--site {site:?}: {} has no such site (its sites: {})",
+                    config(),
+                    names()
+                ),
+                None => anyhow::anyhow!("{}: sites: the list is empty", config()),
+            }));
+        };
+        if chosen.iter().any(|(_, a)| pick(a) != pick(first)) {
+            let listed: Vec<String> = chosen
+                .iter()
+                .map(|(n, a)| format!("{n}: {}", pick(a).display()))
+                .collect();
+            return Err(Failure::Config(anyhow::anyhow!(
+                "{}: its sites name different {what} files ({}); choose one with --site NAME",
+                config(),
+                listed.join(", ")
+            )));
+        }
+        if chosen.iter().all(|(_, a)| a.disabled) {
+            eprintln!(
+                "guard: note: authentication is off for {} in {} (dangerous_no_auth), so guard \
+                 serve does not read this file",
+                chosen.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                config()
+            );
+        }
+        Ok(pick(first).clone())
     }
 }
 
@@ -281,7 +341,8 @@ struct ServeArgs {
     #[arg(long, env = "GUARD_AUTH_CACHE_SIZE", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     auth_cache_size: Option<u32>,
 
-    /// Failed logins from one address before it is locked out; 0 turns lockout off. [default: 10]
+    /// Failed logins from one client (an IPv4 address, an IPv6 /64) before it is locked out; 0
+    /// turns lockout off. [default: 10]
     #[arg(long, env = "GUARD_LOCKOUT_FAILURES", value_name = "N")]
     lockout_failures: Option<u32>,
 
@@ -404,27 +465,27 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Adduser(args) => {
-            let (path, name) = (args.user.files.users(), args.user.name.clone());
+            let (path, name) = (args.user.files.users()?, args.user.name.clone());
             let password = read_password(&args)?;
             guard_config::users::add_user(&path, &name, &password, cost(&args)).map_err(users_failure)?;
             println!("guard: added user {name:?} to {}", path.display());
             Ok(())
         }
         Command::Passwd(args) => {
-            let (path, name) = (args.user.files.users(), args.user.name.clone());
+            let (path, name) = (args.user.files.users()?, args.user.name.clone());
             let password = read_password(&args)?;
             guard_config::users::set_password(&path, &name, &password, cost(&args)).map_err(users_failure)?;
             println!("guard: changed the password of {name:?} in {}", path.display());
             Ok(())
         }
         Command::Deluser(args) => {
-            let path = args.files.users();
+            let path = args.files.users()?;
             guard_config::users::delete_user(&path, &args.name).map_err(users_failure)?;
             println!("guard: removed user {:?} from {}", args.name, path.display());
             Ok(())
         }
         Command::Users(files) => {
-            let path = files.users();
+            let path = files.users()?;
             let names = match guard_config::users::list_users(&path) {
                 Err(guard_config::users::UsersError::NotFound { .. }) => Vec::new(),
                 other => other.map_err(users_failure)?,
@@ -579,7 +640,7 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
     use guard_config::tokens;
     match cmd {
         TokenCommand::Create { name, expires, files } => {
-            let path = files.tokens();
+            let path = files.tokens()?;
             let token = tokens::create_token(&path, &name, expires, unix_now()).map_err(tokens_failure)?;
             eprintln!(
                 "guard: created token {name:?} in {}; it is shown once, store it now:",
@@ -590,7 +651,7 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
         }
         TokenCommand::List { files } => {
             let now = unix_now();
-            for t in tokens::list_tokens(&files.tokens()).map_err(tokens_failure)? {
+            for t in tokens::list_tokens(&files.tokens()?).map_err(tokens_failure)? {
                 let expires = t
                     .expires
                     .map(tokens::format_unix_time)
@@ -606,28 +667,11 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
             Ok(())
         }
         TokenCommand::Revoke { name, files } => {
-            let path = files.tokens();
+            let path = files.tokens()?;
             tokens::revoke_token(&path, &name, unix_now()).map_err(tokens_failure)?;
             println!("guard: revoked token {name:?} in {}", path.display());
             Ok(())
         }
-    }
-}
-
-/// The default state directory: system-wide as root, per-user otherwise, so `guard adduser`
-/// and `guard serve` agree without flags.
-fn default_state_dir() -> PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let is_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if is_root {
-        return PathBuf::from(defaults::DEFAULT_STATE_DIR);
-    }
-    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(x).join("guard");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".local/state/guard"),
-        None => PathBuf::from(defaults::DEFAULT_STATE_DIR),
     }
 }
 

@@ -143,6 +143,86 @@ async fn flags_beat_the_environment_which_beats_the_file() {
     assert_eq!(g.client().send(post(2_500_000)).await.status(), 200, "the flag's 3M");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn user_and_token_commands_write_the_files_the_config_names_and_serve_reads() {
+    let dir = TempDir::new("cfg-users");
+    let (mlflow, notebook) = (Echo::start().await, Echo::start().await);
+    let cfg = dir.path().join("guard.yaml");
+    let yaml = two_sites_yaml(&mlflow.authority(), &notebook.authority(), "");
+    std::fs::write(&cfg, format!("state_dir: state\n{yaml}")).unwrap();
+    let c = cfg.to_str().unwrap();
+    let add = |name: &str, extra: &[&str]| {
+        let mut args = vec!["adduser", name, "--password-stdin", "--cost", "4"];
+        args.extend(extra);
+        run_guard(&args, Some(&format!("{name}-pw\n")))
+    };
+
+    // Two sites with two users files: guard will not guess, and writes nothing.
+    let (code, _, err) = add("ml", &["--config", c]);
+    assert_eq!(code, 2, "{err}");
+    let files = format!(
+        "its sites name different users files (mlflow: {}, notebook: {}); choose one with --site NAME",
+        dir.path().join("mlflow.htpasswd").display(),
+        dir.path().join("notebook.htpasswd").display()
+    );
+    assert!(err.contains(&format!("{c}: {files}")), "{err}");
+    let (code, _, err) = add("ml", &["--config", c, "--site", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "--site \"nope\": {c} has no such site (its sites: mlflow, notebook)"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = add("ml", &["--site", "mlflow"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--config <FILE>"), "--site without --config: {err}");
+    assert!(!dir.path().join("mlflow.htpasswd").exists() && !dir.path().join("notebook.htpasswd").exists());
+
+    // Each site's own file, paths relative to the config file's directory.
+    let (code, out, err) = add("ml", &["--config", c, "--site", "mlflow"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&dir.path().join("mlflow.htpasswd").display().to_string()),
+        "{out}"
+    );
+    let (code, _, err) = add("nb", &["--config", c, "--site", "notebook"]);
+    assert_eq!(code, 0, "{err}");
+    // GUARD_CONFIG, as a deployment's environment sets it, works like --config.
+    let out = std::process::Command::new(guard_bin())
+        .args(["users", "--site", "notebook"])
+        .env("GUARD_CONFIG", c)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nb\n", "{out:?}");
+    // --users beats the file, as it does for `guard serve`.
+    let other = dir.path().join("other.htpasswd");
+    let (code, _, err) = add("other", &["--config", c, "--users", other.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(other.exists());
+    // Both sites share the tokens file (the file's state_dir): no --site needed.
+    let (code, token, err) = run_guard(&["token", "create", "ci", "--config", c], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.path().join("state/tokens.json").exists(), "{err}");
+
+    // guard serve on the same file lets each user into its own site, and the token into both.
+    let state = dir.path().join("state");
+    let g = Guard::start(&["--config", c, "--state-dir", state.to_str().unwrap()]);
+    let client = g.client();
+    let bearer = format!("Bearer {}", token.trim());
+    for (host, auth, want) in [
+        ("mlflow.test", basic("ml", "ml-pw"), 200),
+        ("notebook.test", basic("nb", "nb-pw"), 200),
+        ("notebook.test", basic("ml", "ml-pw"), 401),
+        ("mlflow.test", basic("other", "other-pw"), 401),
+        ("mlflow.test", bearer.clone(), 200),
+        ("notebook.test", bearer.clone(), 200),
+    ] {
+        let resp = client.send(req(host, "/api/x", Some(&auth))).await;
+        assert_eq!(resp.status(), want, "{host} with {}", &auth[..auth.len().min(12)]);
+    }
+}
+
 #[test]
 fn guard_check_summarises_a_good_file_and_lists_every_error_of_a_bad_one_with_exit_2() {
     let dir = TempDir::new("check");

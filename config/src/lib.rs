@@ -21,7 +21,7 @@ mod yaml;
 pub use error::{ConfigError, ConfigErrors, Position};
 pub use overlay::Overlay;
 pub use summary::summary;
-pub use validate::{finish, load_file, parse_str};
+pub use validate::{finish, load_file, parse_str, site_auth};
 
 #[cfg(test)]
 mod testutil;

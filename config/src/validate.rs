@@ -361,6 +361,23 @@ fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSet
     out
 }
 
+/// Each site's name and auth settings as [`finish`] resolves them, without its checks: the
+/// users and tokens files may not exist yet (`guard adduser --config` writes the first user).
+/// A file without `sites` has one site, `default`.
+pub fn site_auth(o: &Overlay) -> Vec<(String, AuthSettings)> {
+    let state_dir = o.state_dir.clone().unwrap_or_else(default_state_dir);
+    match &o.sites {
+        None => vec![(
+            DEFAULT_SITE_NAME.into(),
+            resolve_auth(&AuthOverlay::default(), &o.auth, &state_dir),
+        )],
+        Some(list) => list
+            .iter()
+            .map(|s| (site_name(s), resolve_auth(&s.auth, &o.auth, &state_dir)))
+            .collect(),
+    }
+}
+
 fn site_name(s: &SiteOverlay) -> String {
     s.name
         .clone()
