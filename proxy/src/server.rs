@@ -222,6 +222,12 @@ pub async fn serve(
     drop(drain_tx);
 
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let peak = Arc::new(crate::memory::Peak::default());
+    let open = {
+        let (permits, max) = (permits.clone(), limits.max_connections);
+        move || max - permits.available_permits()
+    };
+    crate::memory::spawn_trimmer(peak.clone(), open.clone());
     tokio::pin!(shutdown);
     loop {
         // Past the connection limit new clients wait in the kernel's accept queue.
@@ -242,6 +248,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(tcp) = tcp.into_std() else { continue };
+        peak.saw(open());
         let worker = workers
             .iter()
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
@@ -256,17 +263,17 @@ pub async fn serve(
     drop(listener);
     // Closing the handoff channels ends each worker's accept loop.
     drop(workers);
-    let open = limits.max_connections - permits.available_permits();
     tracing::info!(
-        "shutting down: no new connections; waiting up to {}s for {open} open connection(s)",
-        settings.shutdown_grace.as_secs()
+        "shutting down: no new connections; waiting up to {}s for {} open connection(s)",
+        settings.shutdown_grace.as_secs(),
+        open()
     );
     stop_tx.send_replace(true);
     match tokio::time::timeout(settings.shutdown_grace, drain_rx.recv()).await {
         Ok(_) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!(
             "shutdown grace expired with {} connection(s) still open; closing them",
-            limits.max_connections - permits.available_permits()
+            open()
         ),
     }
     // Each worker's runtime ends here, dropping whatever it still runs.
