@@ -153,7 +153,8 @@ pub struct Auth {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lockout {
-    /// Failed logins from one address before it is locked out, a count; 0 turns lockout off.
+    /// Failed logins from one client (an IPv4 address, an IPv6 /64) before it is locked out, a
+    /// count; 0 turns lockout off.
     /// Default: 10.
     pub failures: Option<u64>,
     /// Duration in which those failures are counted. Default: `1m`.
