@@ -499,7 +499,8 @@ impl Connection {
         if tls::is_acme_validation(&tls) {
             // A TLS-ALPN-01 validation: the handshake itself was the answer (RFC 8737 §3).
             tracing::debug!(peer = %self.peer, "answered a tls-alpn-01 validation");
-            tls::close(tls).await;
+            // Boxed, as the connection below is: the TLS state would otherwise size the task.
+            Box::pin(tls::close(tls)).await;
             return;
         }
         let activity = Arc::new(Activity::new());
@@ -507,8 +508,10 @@ impl Connection {
         let info = Arc::new(ConnInfo::new(self.state.clone(), self.peer, sni));
         let act = activity.clone();
         let svc = service_fn(move |req| handle(req, info.clone(), act.begin()));
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-        let mut conn = pin!(conn);
+        // On the heap: the connection's state (TLS included) is most of this task's size, and a
+        // task is allocated at its largest. Boxed, a client that connects and never completes a
+        // handshake costs the task's small pre-handshake state instead.
+        let mut conn = Box::pin(self.builder.serve_connection_with_upgrades(TokioIo::new(tls), svc));
         let idle_timeout = limits.idle_timeout;
         let stop = &mut self.stop;
         // Resolves when the connection should wind down: guard is stopping, or nothing has been
