@@ -139,11 +139,7 @@ impl FileArgs {
             state_dir: self.state_dir.clone(),
             ..Overlay::default()
         };
-        let file = match &self.config {
-            Some(path) => guard_config::load_file(path).map_err(config_failure)?,
-            None => Overlay::default(),
-        };
-        let sites = guard_config::site_auth(&Overlay::merge(flags, file));
+        let sites = guard_config::site_auth(&layered(&flags, self.config.as_deref()).map_err(config_failure)?);
         let config = || self.config.as_deref().unwrap_or(Path::new("")).display();
         let names = || sites.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
         let chosen: Vec<_> = match &self.site {
@@ -810,11 +806,16 @@ fn config_failure(errors: guard_config::ConfigErrors) -> Failure {
 
 /// Flags over the file over the defaults, validated.
 fn resolve(flags: &Overlay, config: Option<&Path>) -> Result<ServeSettings, guard_config::ConfigErrors> {
+    guard_config::finish(layered(flags, config)?)
+}
+
+/// Flags over the file, not yet validated.
+fn layered(flags: &Overlay, config: Option<&Path>) -> Result<Overlay, guard_config::ConfigErrors> {
     let file = match config {
         Some(path) => guard_config::load_file(path)?,
         None => Overlay::default(),
     };
-    guard_config::finish(Overlay::merge(flags.clone(), file))
+    Ok(Overlay::merge(flags.clone(), file))
 }
 
 /// Logs go to stderr; `GUARD_LOG` (or `RUST_LOG`) filters them, `info` by default.
