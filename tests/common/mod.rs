@@ -273,6 +273,7 @@ pub fn run_guard(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 
 pub mod mlflow;
 pub mod pebble;
+pub mod raw;
 
 /// An HTTP Basic `Authorization` value.
 pub fn basic(user: &str, pw: &str) -> String {
