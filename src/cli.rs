@@ -329,6 +329,12 @@ struct ServeArgs {
     #[arg(long, env = "GUARD_FORWARDED_USER_HEADER", value_name = "NAME")]
     forwarded_user_header: Option<String>,
 
+    /// An origin other than the site's own whose browser pages may send POST, PUT, PATCH and
+    /// DELETE (repeatable), e.g. https://dashboard.example.com. Any other origin gets 403.
+    /// [default: none]
+    #[arg(long = "allowed-origin", env = "GUARD_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN", value_parser = guard_config::validate::parse_origin)]
+    allowed_origins: Vec<String>,
+
     /// How long a verified password is remembered. [default: 5m]
     #[arg(long, env = "GUARD_AUTH_CACHE_TTL", value_name = "DURATION", value_parser = model::parse_duration)]
     auth_cache_ttl: Option<Duration>,
@@ -730,6 +736,7 @@ fn overlay_from(args: &ServeArgs) -> Overlay {
                 "off" | "" => None,
                 name => Some(name.to_owned()),
             }),
+            allowed_origins: (!args.allowed_origins.is_empty()).then(|| args.allowed_origins.clone()),
             cache_ttl: args.auth_cache_ttl,
             cache_capacity: args.auth_cache_size.map(|n| n as usize),
             lockout_failures: args.lockout_failures,
@@ -777,6 +784,7 @@ fn flag_for(key: &str) -> Option<&'static str> {
         "auth.tokens" => "--tokens",
         "auth.realm" => "--realm",
         "auth.forwarded_user_header" => "--forwarded-user-header",
+        "auth.allowed_origins" => "--allowed-origin",
         "auth.cache_ttl" => "--auth-cache-ttl",
         "auth.cache_size" => "--auth-cache-size",
         "auth.lockout.failures" => "--lockout-failures",

@@ -373,3 +373,85 @@ fn wrong_password_fails_at_once_and_creates_nothing() {
         "only the direct counts reached mlflow: {seen:#?}"
     );
 }
+
+/// Sends one HTTP/1.1 request as raw bytes to `addr` (plain TCP) and returns the status line's
+/// code and the body.
+fn plain_request(addr: &str, bytes: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    tcp.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+/// The MLflow UI's "create experiment" as the browser sends it from `origin` to `host`.
+fn ui_create_experiment(host: &str, origin: &str, name: &str, auth: Option<&str>) -> Vec<u8> {
+    let body = format!("{{\"name\":\"{name}\"}}");
+    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    format!(
+        "POST /ajax-api/2.0/mlflow/experiments/create HTTP/1.1\r\nHost: {host}\r\n{auth}Origin: {origin}\r\n\
+         Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn the_ui_can_write_under_any_host_name_and_pages_of_other_origins_cannot() {
+    let Some(venv) = venv() else { return };
+    let mlflow = MlflowServer::start(&venv);
+    let creds = Credentials::new(Some(4));
+    let g = creds.guard(&mlflow);
+    let host = format!("mlflow.test:{}", g.addr.port());
+    let own = format!("https://{host}");
+    let before = mlflow.count_experiments();
+
+    // What MLflow does on its own with the browser's Origin: the reason for the check at the edge.
+    let (status, body) = plain_request(
+        &mlflow.upstream(),
+        &ui_create_experiment(&mlflow.upstream(), &own, "direct", None),
+    );
+    assert_eq!(status, 403, "MLflow refuses a non-localhost Origin itself: {body}");
+    assert!(body.contains("Cross-origin"), "{body}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let send = |bytes: Vec<u8>| {
+        let c = g.client();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tls = c.tls().await;
+            tls.write_all(&bytes).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tls.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let auth = basic(USER, PASSWORD);
+
+    // Through guard, from the site's own page under a real host name: created.
+    let resp = send(ui_create_experiment(&host, &own, "from-the-ui", Some(&auth)));
+    assert!(resp.starts_with("HTTP/1.1 200"), "the UI's write goes through: {resp}");
+    assert!(resp.contains("experiment_id"), "{resp}");
+    assert_eq!(mlflow.count_experiments(), before + 1, "one experiment created");
+
+    // From a page of another origin, with the user's credentials replayed: refused by guard.
+    let resp = send(ui_create_experiment(&host, "https://evil.test", "forged", Some(&auth)));
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(resp.contains("PERMISSION_DENIED"), "{resp}");
+    assert_eq!(mlflow.count_experiments(), before + 1, "nothing more was created");
+    assert!(
+        mlflow.api_requests().iter().all(|l| !l.contains("403")),
+        "the forged write never reached MLflow: {:#?}",
+        mlflow.api_requests()
+    );
+}

@@ -130,6 +130,8 @@ pub struct AuthOverlay {
     pub realm: Option<String>,
     /// `forwarded_user_header`, `--forwarded-user-header`; `Some(None)` sends none.
     pub forwarded_user_header: Option<Option<String>>,
+    /// `allowed_origins`, `--allowed-origin`.
+    pub allowed_origins: Option<Vec<String>>,
     /// `cache_ttl`, `--auth-cache-ttl`.
     pub cache_ttl: Option<Duration>,
     /// `cache_size`, `--auth-cache-size`.
@@ -394,6 +396,7 @@ fn merge_auth(h: AuthOverlay, l: AuthOverlay, at: &str, o: &mut Origins) -> Auth
             &p("forwarded_user_header"),
             o,
         ),
+        allowed_origins: pick(h.allowed_origins, l.allowed_origins, &p("allowed_origins"), o),
         cache_ttl: pick(h.cache_ttl, l.cache_ttl, &p("cache_ttl"), o),
         cache_capacity: pick(h.cache_capacity, l.cache_capacity, &p("cache_size"), o),
         lockout_failures: pick(h.lockout_failures, l.lockout_failures, &p("lockout.failures"), o),

@@ -138,6 +138,10 @@ pub struct Auth {
     /// Header naming the authenticated user or token to the upstream, or `false` (or `off`) to
     /// send none. Client-sent copies are always removed. Default: `X-Forwarded-User`.
     pub forwarded_user_header: Option<HeaderChoice>,
+    /// Origins besides the site's own (`https://` and the host the client used) whose browser
+    /// pages may send POST, PUT, PATCH and DELETE here, e.g. `https://dashboard.example.com`.
+    /// Default: none.
+    pub allowed_origins: Option<Vec<String>>,
     /// Duration a verified password is remembered. Default: `5m`.
     pub cache_ttl: Option<String>,
     /// Most remembered verifications, a count. Default: 10000.

@@ -75,6 +75,9 @@ pub struct AuthSettings {
     pub realm: String,
     /// Header that tells the upstream who was authenticated; `None` sends nothing.
     pub forwarded_user_header: Option<String>,
+    /// Origins other than the site's own whose pages may send state-changing requests
+    /// (normalised as [`crate::validate::parse_origin`] writes them).
+    pub allowed_origins: Vec<String>,
     /// How long a verified password stays in the cache.
     pub cache_ttl: Duration,
     /// Most cached verifications.
@@ -105,6 +108,7 @@ impl AuthSettings {
             tokens_file: state_dir.join(TOKENS_FILE_NAME),
             realm: DEFAULT_REALM.into(),
             forwarded_user_header: Some(DEFAULT_FORWARDED_USER_HEADER.into()),
+            allowed_origins: Vec::new(),
             cache_ttl: Duration::from_secs(300),
             cache_capacity: 10_000,
             lockout_failures: 10,

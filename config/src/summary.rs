@@ -79,6 +79,9 @@ pub fn summary(s: &ServeSettings) -> String {
                 count_tokens(&site.auth.tokens_file)
             );
         }
+        if !site.auth.allowed_origins.is_empty() {
+            let _ = writeln!(line, "  origins: {}", site.auth.allowed_origins.join(", "));
+        }
         if !site.public_paths.is_empty() {
             let _ = writeln!(line, "  public:  {}", site.public_paths.join(", "));
         }

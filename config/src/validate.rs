@@ -218,6 +218,7 @@ fn auth_from_raw(a: raw::Auth, at: &str, c: &mut Check<'_>) -> AuthOverlay {
             raw::HeaderChoice::Off => Ok(None),
             raw::HeaderChoice::Name(n) => parse_header_name(&n).map(Some),
         }),
+        allowed_origins: c.values(&p("allowed_origins"), a.allowed_origins, parse_origin),
         cache_ttl: c.value(&p("cache_ttl"), a.cache_ttl.as_deref(), parse_duration),
         cache_capacity: c.value(&p("cache_size"), a.cache_size, |n| count_usize(n, 1, u32::MAX.into())),
         lockout_failures: c.value(&p("lockout.failures"), lockout.failures, |n| count_u32(n, 0)),
@@ -464,6 +465,11 @@ fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> Auth
             .clone()
             .or_else(|| top.forwarded_user_header.clone())
             .unwrap_or(d.forwarded_user_header),
+        allowed_origins: site
+            .allowed_origins
+            .clone()
+            .or_else(|| top.allowed_origins.clone())
+            .unwrap_or(d.allowed_origins),
         cache_ttl: site.cache_ttl.or(top.cache_ttl).unwrap_or(d.cache_ttl),
         cache_capacity: site.cache_capacity.or(top.cache_capacity).unwrap_or(d.cache_capacity),
         lockout_failures: site
@@ -831,6 +837,55 @@ fn parse_public_path(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// An origin as browsers send it in `Origin`: `http` or `https`, a host name or IP address, an
+/// optional port; no path, query, fragment or credentials. Kept in the form browsers send
+/// (lowercase, without the scheme's default port), so the proxy compares plain strings.
+pub fn parse_origin(s: &str) -> Result<String, String> {
+    let bad =
+        |why: &str| format!("{s:?}: {why}; an origin is scheme://host[:port], e.g. https://dashboard.example.com");
+    let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return Err(bad("the scheme must be http or https")),
+    };
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@', '*'])
+        || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad("only a host and a port may follow the scheme"));
+    }
+    let authority = rest.to_ascii_lowercase();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && (!h.starts_with('[') || h.ends_with(']')) => (h, Some(p)),
+        _ => (authority.as_str(), None),
+    };
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    match bare {
+        Some(v6) => {
+            v6.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| bad("not an IPv6 address in brackets"))?;
+        }
+        None => {
+            parse_host(host).map_err(|e| bad(&e))?;
+        }
+    }
+    match port {
+        None => Ok(format!("{scheme}://{host}")),
+        Some(p) if p == default_port => Ok(format!("{scheme}://{host}")),
+        Some(p) => {
+            let n: u16 = p
+                .parse()
+                .map_err(|_| bad(&format!("{p:?} is not a valid port (1-65535)")))?;
+            if n == 0 {
+                return Err(bad("port 0 is not a valid port"));
+            }
+            Ok(format!("{scheme}://{host}:{n}"))
+        }
+    }
+}
+
 fn parse_realm(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("empty realm".into());
@@ -939,6 +994,35 @@ mod tests {
         assert!(parse_public_path("/static/").is_ok());
         for bad in ["static/", "/", "/a/../b", "/a%2f", "/a?b", "//a"] {
             assert!(parse_public_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origins_are_kept_as_browsers_send_them() {
+        for (given, kept) in [
+            ("https://dash.example.com", "https://dash.example.com"),
+            ("HTTPS://Dash.Example.COM:443", "https://dash.example.com"),
+            ("http://localhost:3000", "http://localhost:3000"),
+            ("http://127.0.0.1:80", "http://127.0.0.1"),
+            ("https://[::1]:8443", "https://[::1]:8443"),
+        ] {
+            assert_eq!(parse_origin(given).as_deref(), Ok(kept), "{given}");
+        }
+        for bad in [
+            "dash.example.com",
+            "ftp://dash.example.com",
+            "https://",
+            "https://dash.example.com/",
+            "https://dash.example.com/path",
+            "https://user@dash.example.com",
+            "https://*.example.com",
+            "https://dash.example.com:0",
+            "https://dash.example.com:99999",
+            "https://[::1",
+            "null",
+        ] {
+            let e = parse_origin(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: the error names the value: {e}");
         }
     }
 

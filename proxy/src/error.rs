@@ -65,6 +65,9 @@ pub enum ProxyError {
     /// No site serves the request's host, or its `Host` disagrees with its SNI.
     #[error("misrouted request: {0:?}")]
     Misrouted(Misroute),
+    /// A write from a browser page of another origin (CSRF).
+    #[error("{0}")]
+    CrossOrigin(crate::origin::CrossOrigin),
     /// The request did not authenticate.
     #[error("authentication failed: {}", failure.reason())]
     Auth {
@@ -120,6 +123,11 @@ impl ProxyError {
                 "ENDPOINT_NOT_FOUND",
                 "this server does not serve that host name",
             ),
+            ProxyError::CrossOrigin(_) => (
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "cross-origin request refused: this origin may not change anything here",
+            ),
             // Never a 5xx: the MLflow client retries those, five times, POSTs included.
             ProxyError::Auth { failure, .. } => match failure {
                 AuthFailure::LockedOut(_) => (
@@ -168,6 +176,8 @@ impl ProxyError {
             | ProxyError::UriTooLong(_)
             | ProxyError::Misrouted(_)
             | ProxyError::Auth { .. } => tracing::debug!("{self}{chain}"),
+            // Worth seeing: an attack, or a page that needs `allowed_origins`.
+            ProxyError::CrossOrigin(_) => tracing::info!("refused {self}"),
             _ => tracing::warn!("{self}{chain}"),
         }
     }

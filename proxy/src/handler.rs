@@ -1,4 +1,5 @@
-//! The request pipeline, one straight line: guard's reserved paths → authentication → body limit
+//! The request pipeline, one straight line: guard's reserved paths → site → origin check →
+//! authentication → body limit
 //! → upstream headers → forward → downstream headers → access log. Every failure becomes a
 //! response in `error`; nothing here writes a status code of its own for an error.
 
@@ -23,6 +24,7 @@ use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers;
 use crate::metrics::{MethodClass, Metrics, ReasonLabel, RequestLabels, UpstreamErrorLabels, UserLabel};
+use crate::origin::{self, Verdict};
 use crate::route::Router;
 use crate::server::InFlight;
 
@@ -121,6 +123,15 @@ async fn route(
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let site = router.pick(host, conn.sni.as_deref()).map_err(ProxyError::Misrouted)?;
     rec.site = Some(site.local().clone());
+    // Before authentication: a cross-site write is refused whoever's credentials the browser
+    // attached to it.
+    let (strip_origin, cors) = match origin::check(req.method(), req.headers(), host, &site.allowed_origins) {
+        Verdict::Unchecked => (false, None),
+        Verdict::SameOrigin => (true, None),
+        Verdict::Allowed(o) => (true, Some(o)),
+        Verdict::Preflight(o) => return Ok(origin::preflight(req.headers(), o)),
+        Verdict::Refused(why) => return Err(ProxyError::CrossOrigin(why)),
+    };
     // Nothing below this line runs for a request that did not authenticate.
     let principal = match &site.auth {
         Some(auth) if !site.is_public(path) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
@@ -176,6 +187,10 @@ async fn route(
     }
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::drop_underscored(&mut parts.headers);
+    if strip_origin {
+        // guard vouched for it; MLflow refuses any Origin but localhost and its own list.
+        parts.headers.remove(header::ORIGIN);
+    }
     if let Some(name) = &site.forwarded_user {
         parts.headers.remove(name);
         if let Some(p) = &principal {
@@ -264,6 +279,9 @@ async fn route(
     headers::strip_hop_by_hop(&mut parts.headers);
     // The upstream's software and version are nobody's business.
     parts.headers.remove(header::SERVER);
+    if let Some(o) = cors {
+        origin::allow(&mut parts.headers, o);
+    }
     Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
 }
 

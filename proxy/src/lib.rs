@@ -13,6 +13,7 @@ pub mod headers;
 pub mod healthcheck;
 pub mod memory;
 pub mod metrics;
+pub mod origin;
 pub mod redirect;
 pub mod route;
 pub mod server;

@@ -28,6 +28,8 @@ pub struct Site {
     pub forwarded_user: Option<HeaderName>,
     /// Path prefixes that skip authentication.
     pub public_paths: Vec<String>,
+    /// Origins besides the site's own whose pages may send writes.
+    pub allowed_origins: Vec<String>,
     /// What a request takes from the site, one copy per worker (see [`SiteLocal`]).
     local: PerWorker<Arc<SiteLocal>>,
 }
@@ -123,6 +125,7 @@ impl Site {
             auth,
             forwarded_user,
             public_paths: s.public_paths.clone(),
+            allowed_origins: s.auth.allowed_origins.clone(),
             local: PerWorker::new(|| {
                 Arc::new(SiteLocal {
                     upstream_host: HeaderValue::from_str(&authority).expect("a validated authority is a header value"),

@@ -78,6 +78,20 @@ impl Captured {
     pub fn text(&self) -> String {
         self.0.lock().unwrap().clone()
     }
+
+    /// Waits up to `timeout` for `needle` to appear; whether it did.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.text().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// The path of the built guard binary.
