@@ -533,11 +533,20 @@ impl Htpasswd {
         self.entries.get(user)
     }
 
-    /// Checks a login. An unknown user costs the same work as a known one (a check against
-    /// [`Htpasswd::dummy_entry`]) and then fails, so timing does not tell who exists.
+    /// Checks a login. Every check costs at least the file's costliest entry: an unknown user is
+    /// checked against [`Htpasswd::dummy_entry`] and fails, and a user whose hash is cheaper
+    /// (`{SHA}`, `$apr1$`, a lower bcrypt cost) is also checked against it, so timing tells
+    /// neither who exists nor whose hash is weak.
     pub fn verify_user(&self, user: &str, password: &[u8]) -> bool {
         match self.entries.get(user) {
-            Some(entry) => entry.verify(password),
+            Some(entry) => {
+                let ok = entry.verify(password);
+                // The dummy is the slowest scheme in the file: any other scheme is cheaper.
+                if entry.scheme() != self.dummy.scheme() {
+                    let _ = self.dummy.verify(password);
+                }
+                ok
+            }
             None => {
                 // The result is irrelevant; only the time spent matters.
                 let _ = self.dummy.verify(password);
