@@ -1,11 +1,13 @@
 //! Authentication of every forwarded request: HTTP Basic against the htpasswd users file, Bearer
 //! against the tokens file. bcrypt runs off the async threads on a small bounded pool, successful
 //! checks are cached (HMAC-keyed, with a TTL), concurrent identical checks share one
-//! computation, and an address that keeps failing is locked out for a while.
+//! computation, and an address that keeps failing is locked out for a while. The lockout table
+//! and the bcrypt pool are one [`Defence`] for the whole process, shared by every site and kept
+//! across reloads.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -106,20 +108,50 @@ pub fn parse_authorization(headers: &HeaderMap) -> Result<Option<Credential>, Au
         .ok_or(AuthFailure::Malformed)
 }
 
-/// The authentication state of a running guard: current users and tokens, the cache of
-/// verified passwords, the bcrypt pool and the lockout table.
+/// What the whole process shares against password guessing: one lockout table and one bcrypt
+/// pool with one queue. Made once at start and handed to every site's [`Authenticator`], so N
+/// sites still use half the cores, and neither a reload nor a second site resets a count.
+/// Each site's own lockout thresholds apply to the checks made on that site.
+pub struct Defence {
+    lockout: Mutex<HashMap<Offender, Strikes>>,
+    bcrypt_slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+impl std::fmt::Debug for Defence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Defence").finish_non_exhaustive()
+    }
+}
+
+impl Defence {
+    /// An empty lockout table and a bcrypt pool of half the cores: the other half keeps serving
+    /// authenticated traffic while a flood of wrong passwords is being checked.
+    pub fn new() -> Arc<Defence> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Arc::new(Defence {
+            lockout: Mutex::new(HashMap::new()),
+            bcrypt_slots: Arc::new(Semaphore::new((cores / 2).max(1))),
+            waiting: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// The authentication state of one site: current users and tokens, the cache of verified
+/// passwords, and the process's [`Defence`].
 pub struct Authenticator {
     settings: AuthSettings,
     users: ArcSwap<Htpasswd>,
     tokens: ArcSwap<TokenSet>,
+    /// Whether the last reload of each file failed, so the set in use is older than the file.
+    users_stale: AtomicBool,
+    tokens_stale: AtomicBool,
     cache: Mutex<HashMap<[u8; 32], Instant>>,
     pending: Mutex<HashMap<[u8; 32], Arc<OnceCell<bool>>>>,
-    bcrypt_slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
     /// HMAC-SHA256 already keyed with a per-process random key: cloning it skips hashing the
     /// key pads on every request.
     cache_mac: Hmac<Sha256>,
-    lockout: Mutex<HashMap<Offender, Strikes>>,
+    defence: Arc<Defence>,
     metrics: Arc<Metrics>,
 }
 
@@ -139,7 +171,11 @@ struct Strikes {
 
 impl Authenticator {
     /// Loads the users and tokens files. Refuses to start when neither lets anyone in.
-    pub fn load(settings: AuthSettings, metrics: Arc<Metrics>) -> Result<Authenticator, AuthError> {
+    pub fn load(
+        settings: AuthSettings,
+        defence: Arc<Defence>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Authenticator, AuthError> {
         let users = match guard_config::users::load(&settings.users_file) {
             Ok((users, warnings)) => {
                 for w in warnings {
@@ -170,19 +206,16 @@ impl Authenticator {
         );
         let mut cache_key = [0u8; 32];
         getrandom::fill(&mut cache_key).expect("the OS random source works");
-        // bcrypt may use half the cores: the other half keeps serving authenticated traffic
-        // while a flood of wrong passwords is being checked.
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Authenticator {
             settings,
             users: ArcSwap::from_pointee(users),
             tokens: ArcSwap::from_pointee(tokens),
+            users_stale: AtomicBool::new(false),
+            tokens_stale: AtomicBool::new(false),
             cache: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            bcrypt_slots: Arc::new(Semaphore::new((cores / 2).max(1))),
-            waiting: AtomicUsize::new(0),
             cache_mac: <Hmac<Sha256> as KeyInit>::new_from_slice(&cache_key).expect("HMAC takes any key length"),
-            lockout: Mutex::new(HashMap::new()),
+            defence,
             metrics,
         })
     }
@@ -211,6 +244,7 @@ impl Authenticator {
                     self.settings.users_file.display()
                 );
                 self.users.store(Arc::new(users));
+                self.users_stale.store(false, Ordering::Relaxed);
             }
             Err(UsersError::NotFound { .. }) => {
                 tracing::warn!(
@@ -219,21 +253,47 @@ impl Authenticator {
                 );
                 self.users
                     .store(Arc::new(Htpasswd::parse("", &self.settings.users_file).0));
+                self.users_stale.store(false, Ordering::Relaxed);
             }
-            Err(e) => tracing::error!(
-                "users not reloaded, the previous set stays: {}",
-                crate::tls::error_chain(&e)
-            ),
+            Err(e) => {
+                // Loud on purpose: a removed user who can still log in must never go unnoticed.
+                self.users_stale.store(true, Ordering::Relaxed);
+                self.metrics.auth_reload_errors.inc();
+                tracing::error!(
+                    "users NOT reloaded, the previous set stays in use (removed users can still log in): {}",
+                    crate::tls::error_chain(&e)
+                );
+            }
         }
-        match guard_config::tokens::load(&self.settings.tokens_file) {
-            Ok(tokens) => self.tokens.store(Arc::new(tokens)),
-            Err(TokensError::NotFound { .. }) => self.tokens.store(Arc::new(TokenSet::default())),
-            Err(e) => tracing::error!(
-                "tokens not reloaded, the previous set stays: {}",
-                crate::tls::error_chain(&e)
-            ),
+        let tokens = match guard_config::tokens::load(&self.settings.tokens_file) {
+            Ok(tokens) => Ok(tokens),
+            Err(TokensError::NotFound { .. }) => Ok(TokenSet::default()),
+            Err(e) => Err(e),
+        };
+        match tokens {
+            Ok(tokens) => {
+                self.tokens.store(Arc::new(tokens));
+                self.tokens_stale.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.tokens_stale.store(true, Ordering::Relaxed);
+                self.metrics.auth_reload_errors.inc();
+                tracing::error!(
+                    "tokens NOT reloaded, the previous set stays in use (revoked tokens still work): {}",
+                    crate::tls::error_chain(&e)
+                );
+            }
         }
         self.cache.lock().expect("cache lock").clear();
+    }
+
+    /// Whether the users and the tokens in use are older than their files (the last reload
+    /// failed), for `/_guard/health`.
+    pub fn stale(&self) -> (bool, bool) {
+        (
+            self.users_stale.load(Ordering::Relaxed),
+            self.tokens_stale.load(Ordering::Relaxed),
+        )
     }
 
     /// Watches both files and reloads on change or when `force` fires, until dropped.
@@ -242,8 +302,11 @@ impl Authenticator {
         crate::watch::spawn(paths, force, Arc::downgrade(self), Authenticator::reload);
     }
 
-    /// Decides whether a request may pass. The lockout is checked first so a locked-out address
-    /// learns nothing, not even from the cache.
+    /// Decides whether a request may pass; `peer` is the client (behind a trusted proxy, the
+    /// address it forwarded for). The lockout is checked first so a locked-out address learns
+    /// nothing, not even from the cache. A password check that misses the cache takes a strike
+    /// before it runs and gives it back only if it succeeds: a success never clears earlier
+    /// failures, and a burst of concurrent guesses cannot run past the threshold.
     pub async fn authenticate(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Principal, AuthFailure> {
         let credential = match parse_authorization(headers) {
             Ok(Some(c)) => c,
@@ -257,11 +320,11 @@ impl Authenticator {
         self.check_lockout(peer)?;
         let result = match credential {
             Credential::Basic { user, password } => {
-                if self.verify_password(&user, &password).await? {
-                    Ok(Principal { name: user })
-                } else {
-                    Err(AuthFailure::BadPassword)
-                }
+                return match self.verify_password(&user, &password, peer).await? {
+                    true => Ok(Principal { name: user }),
+                    // The strike was taken before the check.
+                    false => Err(self.settle(peer, AuthFailure::BadPassword)),
+                };
             }
             Credential::Bearer(token) => {
                 let now = SystemTime::now()
@@ -276,21 +339,12 @@ impl Authenticator {
                 }
             }
         };
-        match result {
-            Ok(p) => {
-                let mut table = self.lockout.lock().expect("lockout lock");
-                if !table.is_empty() {
-                    table.remove(&Offender::of(peer));
-                }
-                Ok(p)
-            }
-            Err(f) => Err(self.failed(peer, f)),
-        }
+        result.map_err(|f| self.failed(peer, f))
     }
 
     /// Checks a password, from the cache when this exact user, password and stored hash were
     /// verified within the TTL; otherwise on the bcrypt pool, shared with identical checks.
-    async fn verify_password(&self, user: &str, password: &[u8]) -> Result<bool, AuthFailure> {
+    async fn verify_password(&self, user: &str, password: &[u8], peer: IpAddr) -> Result<bool, AuthFailure> {
         let users = self.users.load_full();
         let stored = users
             .get(user)
@@ -302,15 +356,20 @@ impl Authenticator {
             return Ok(true);
         }
         self.metrics.cache_misses.inc();
-        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _queued = Decrement(&self.waiting);
+        let strike = self.reserve(peer)?;
+        let queued = self.defence.waiting.fetch_add(1, Ordering::AcqRel);
+        let _queued = Decrement(&self.defence.waiting);
         let pending = {
             let mut map = self.pending.lock().expect("pending lock");
             // Past the queue bound only an identical check already under way may be joined;
             // anything new is turned away before it takes a place in the map.
             let cell = match map.get(&key) {
                 Some(cell) => cell.clone(),
-                None if queued >= MAX_WAITING_CHECKS => return Err(AuthFailure::Busy),
+                None if queued >= MAX_WAITING_CHECKS => {
+                    drop(map);
+                    self.give_back(strike);
+                    return Err(AuthFailure::Busy);
+                }
                 None => map.entry(key).or_default().clone(),
             };
             Pending { auth: self, key, cell }
@@ -318,7 +377,7 @@ impl Authenticator {
         let ok = *pending
             .cell
             .get_or_init(|| async {
-                let Ok(permit) = self.bcrypt_slots.clone().acquire_owned().await else {
+                let Ok(permit) = self.defence.bcrypt_slots.clone().acquire_owned().await else {
                     return false;
                 };
                 let (users, user, password) = (users.clone(), user.to_owned(), password.to_vec());
@@ -333,6 +392,7 @@ impl Authenticator {
         drop(pending);
         if ok {
             self.remember(key);
+            self.give_back(strike);
         }
         Ok(ok)
     }
@@ -373,7 +433,7 @@ impl Authenticator {
     /// Refuses an address that is locked out, with the seconds left.
     fn check_lockout(&self, peer: IpAddr) -> Result<(), AuthFailure> {
         let now = Instant::now();
-        let table = self.lockout.lock().expect("lockout lock");
+        let table = self.defence.lockout.lock().expect("lockout lock");
         if table.is_empty() {
             return Ok(());
         }
@@ -383,15 +443,50 @@ impl Authenticator {
         }
     }
 
-    /// Counts a failure against `peer`, locking it out at the threshold (logged once).
-    fn failed(&self, peer: IpAddr, failure: AuthFailure) -> AuthFailure {
+    /// Takes a strike against `peer` before a password check, so checks in flight count. A
+    /// client already at the threshold (its strikes still in flight) is refused as locked out
+    /// without a check. Returns what [`Authenticator::give_back`] needs.
+    fn reserve(&self, peer: IpAddr) -> Result<Strike, AuthFailure> {
         let now = Instant::now();
         let s = &self.settings;
-        let mut table = self.lockout.lock().expect("lockout lock");
+        let offender = Offender::of(peer);
+        let mut table = self.defence.lockout.lock().expect("lockout lock");
+        let st = self.strikes(&mut table, offender, now);
+        if let Some(until) = st.locked_until {
+            return Err(AuthFailure::LockedOut((until - now).as_secs().max(1)));
+        }
+        if s.lockout_failures > 0 && st.count >= s.lockout_failures {
+            return Err(AuthFailure::LockedOut(1));
+        }
+        st.count += 1;
+        Ok(Strike {
+            offender,
+            window_start: st.window_start,
+        })
+    }
+
+    /// Returns a reserved strike after a successful check: only the one this check took, so a
+    /// success never clears anyone's earlier failures.
+    fn give_back(&self, strike: Strike) {
+        let mut table = self.defence.lockout.lock().expect("lockout lock");
+        if let Some(st) = table.get_mut(&strike.offender) {
+            if st.window_start == strike.window_start && st.locked_until.is_none() {
+                st.count = st.count.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The strikes of `offender` in the current window, a fresh window when the last one ended.
+    fn strikes<'t>(
+        &self,
+        table: &'t mut HashMap<Offender, Strikes>,
+        offender: Offender,
+        now: Instant,
+    ) -> &'t mut Strikes {
+        let s = &self.settings;
         if table.len() > 100_000 {
             table.retain(|_, st| st.locked_until.is_some_and(|u| u > now) || now - st.window_start < s.lockout_window);
         }
-        let offender = Offender::of(peer);
         let st = table.entry(offender).or_insert(Strikes {
             count: 0,
             window_start: now,
@@ -404,7 +499,29 @@ impl Authenticator {
                 locked_until: None,
             };
         }
-        st.count += 1;
+        st
+    }
+
+    /// Counts a failure against `peer`, locking it out at the threshold (logged once).
+    fn failed(&self, peer: IpAddr, failure: AuthFailure) -> AuthFailure {
+        self.strike(peer, failure, true)
+    }
+
+    /// A password check failed: its strike was taken by [`Authenticator::reserve`]; lock out if
+    /// that reached the threshold.
+    fn settle(&self, peer: IpAddr, failure: AuthFailure) -> AuthFailure {
+        self.strike(peer, failure, false)
+    }
+
+    fn strike(&self, peer: IpAddr, failure: AuthFailure, count: bool) -> AuthFailure {
+        let now = Instant::now();
+        let s = &self.settings;
+        let offender = Offender::of(peer);
+        let mut table = self.defence.lockout.lock().expect("lockout lock");
+        let st = self.strikes(&mut table, offender, now);
+        if count || st.count == 0 {
+            st.count += 1;
+        }
         if s.lockout_failures > 0 && st.count >= s.lockout_failures && st.locked_until.is_none() {
             st.locked_until = Some(now + s.lockout_duration);
             self.metrics.lockouts.inc();
@@ -418,6 +535,12 @@ impl Authenticator {
         }
         failure
     }
+}
+
+/// A strike taken before a password check, to give back if it succeeds.
+struct Strike {
+    offender: Offender,
+    window_start: Instant,
 }
 
 /// What a lockout counts failures against: an IPv4 address, or an IPv6 /64, the smallest
@@ -552,7 +675,7 @@ mod tests {
         let mut settings = AuthSettings::defaults(&dir);
         settings.users_file = users;
         settings.lockout_failures = lockout_failures;
-        let auth = Authenticator::load(settings, Arc::new(Metrics::new(false))).unwrap();
+        let auth = Authenticator::load(settings, Defence::new(), Arc::new(Metrics::new(false))).unwrap();
         (Arc::new(auth), dir)
     }
 

@@ -41,6 +41,8 @@ pub struct State {
     pub hsts: Option<HeaderValue>,
     /// What guard counts.
     pub metrics: Arc<Metrics>,
+    /// The lockout table and bcrypt pool every site shares, kept across reloads.
+    pub defence: Arc<crate::auth::Defence>,
 }
 
 /// Per-connection facts the pipeline needs, and the shared state: each request clones this
@@ -113,7 +115,7 @@ async fn route(
     // forwarded whatever follows the prefix.
     let path = req.uri().path();
     if path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/') {
-        return reserved(path);
+        return reserved(path, state);
     }
     let router = state.router.load();
     let host = req
@@ -134,7 +136,13 @@ async fn route(
     };
     // Nothing below this line runs for a request that did not authenticate.
     let principal = match &site.auth {
-        Some(auth) if !site.is_public(path) => match auth.authenticate(req.headers(), conn.peer.ip()).await {
+        Some(auth) if !site.is_public(path) => match auth
+            .authenticate(
+                req.headers(),
+                headers::client_ip(req.headers(), conn.peer.ip(), &state.trusted_proxies),
+            )
+            .await
+        {
             Ok(p) => Some(p),
             Err(failure) => {
                 state
@@ -286,14 +294,38 @@ async fn route(
 }
 
 /// guard's own endpoints under the reserved prefix.
-fn reserved(path: &str) -> Result<Response<ProxyBody>, ProxyError> {
+fn reserved(path: &str, state: &State) -> Result<Response<ProxyBody>, ProxyError> {
     if path == HEALTH_PATH {
-        let mut resp = Response::new(full(Bytes::from_static(b"{\"status\":\"ok\"}")));
+        let mut resp = Response::new(full(Bytes::from(health(state))));
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return Ok(resp);
     }
     Err(ProxyError::NotFound)
+}
+
+/// The health document: always `"status":"ok"` while guard serves (a load balancer must not
+/// pull a guard whose last reload failed: it still serves the previous set), plus each site's
+/// users and tokens state, `"ok"` or `"stale"` when the last reload failed and an older set is
+/// in use. Health needs no credentials, so it tells state only: the reason, which names paths,
+/// is in the error log.
+fn health(state: &State) -> Vec<u8> {
+    let router = state.router.load();
+    let sites: Vec<serde_json::Value> = router
+        .sites()
+        .iter()
+        .filter_map(|site| {
+            let (users, tokens) = site.auth.as_ref()?.stale();
+            let word = |stale: bool| if stale { "stale" } else { "ok" };
+            Some(serde_json::json!({
+                "site": site.name,
+                "users_file": word(users),
+                "tokens_file": word(tokens),
+            }))
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"status": "ok", "auth": sites}))
+        .unwrap_or_else(|_| b"{\"status\":\"ok\"}".to_vec())
 }
 
 /// Reads and drops a refused request body for a while, so a client that sends its whole body

@@ -132,6 +132,28 @@ pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
+/// The client a request counts against (for the lockout): the peer itself, or when the peer is a
+/// trusted proxy, the rightmost `X-Forwarded-For` address that is not a trusted proxy (what the
+/// proxies appended; anything to its left the client wrote). When that entry is not an address,
+/// or every entry is trusted, the peer stands for the client: fail closed, never a free pass.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr {
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return peer;
+    }
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = value.to_str() else { return peer };
+        for entry in text.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return peer;
+            };
+            if !trusted.iter().any(|c| c.contains(ip)) {
+                return ip;
+            }
+        }
+    }
+    peer
+}
+
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` from the real connection. A peer inside a
 /// trusted range keeps its own values and has its address appended; anyone else's copies (and
 /// any RFC 7239 `Forwarded` header) are dropped, so a client cannot spoof its origin.

@@ -279,6 +279,8 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     /// Addresses locked out.
     pub lockouts: Counter,
+    /// Reloads of a users or tokens file that failed, leaving the previous set in use.
+    pub auth_reload_errors: Counter,
     /// Time to the upstream's response head.
     pub upstream_latency: HistogramFamily,
     /// Upstream failures by kind.
@@ -328,6 +330,12 @@ impl Metrics {
             "Client addresses locked out after repeated failures",
             lockouts.clone(),
         );
+        let auth_reload_errors = Counter::default();
+        registry.register(
+            "auth_reload_errors",
+            "Reloads of a users or tokens file that failed; the previous set stays in use",
+            auth_reload_errors.clone(),
+        );
         let upstream_latency: HistogramFamily = Family::new_with_constructor(LocalHistogram::default);
         registry.register(
             "upstream_response_seconds",
@@ -374,6 +382,7 @@ impl Metrics {
             requests_by_user,
             auth_failures,
             lockouts,
+            auth_reload_errors,
             upstream_latency,
             upstream_errors,
             open_connections,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use guard_config::serve::{Limits, SiteSettings};
 use http::header::{HeaderName, HeaderValue};
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, Defence};
 use crate::forward::Upstream;
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::server::PerWorker;
@@ -97,7 +97,12 @@ impl Site {
     }
 
     /// Builds a site, loading its users and tokens.
-    pub fn build(s: &SiteSettings, limits: &Limits, metrics: &Arc<Metrics>) -> Result<Site, SiteError> {
+    pub fn build(
+        s: &SiteSettings,
+        limits: &Limits,
+        defence: &Arc<Defence>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Site, SiteError> {
         let forwarded_user = match &s.auth.forwarded_user_header {
             Some(name) => Some(
                 HeaderName::from_bytes(name.as_bytes()).map_err(|_| SiteError::HeaderName {
@@ -111,9 +116,11 @@ impl Site {
             tracing::warn!(site = %s.name, "authentication is off (--dangerous-no-auth): anyone who reaches this port reaches the upstream");
             None
         } else {
-            let a = Authenticator::load(s.auth.clone(), metrics.clone()).map_err(|source| SiteError::Auth {
-                site: s.name.clone(),
-                source,
+            let a = Authenticator::load(s.auth.clone(), defence.clone(), metrics.clone()).map_err(|source| {
+                SiteError::Auth {
+                    site: s.name.clone(),
+                    source,
+                }
             })?;
             Some(Arc::new(a))
         };
@@ -168,13 +175,19 @@ pub enum Misroute {
 }
 
 impl Router {
-    /// Builds every site; the first error stops it (nothing is swapped in).
-    pub fn build(sites: &[SiteSettings], limits: &Limits, metrics: &Arc<Metrics>) -> Result<Router, SiteError> {
+    /// Builds every site, all sharing the process's `defence`; the first error stops it
+    /// (nothing is swapped in).
+    pub fn build(
+        sites: &[SiteSettings],
+        limits: &Limits,
+        defence: &Arc<Defence>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Router, SiteError> {
         let mut built = Vec::new();
         let mut by_host = HashMap::new();
         let mut fallback = None;
         for (i, s) in sites.iter().enumerate() {
-            built.push(Arc::new(Site::build(s, limits, metrics)?));
+            built.push(Arc::new(Site::build(s, limits, defence, metrics)?));
             if s.hosts.is_empty() {
                 fallback.get_or_insert(i);
             }
@@ -293,13 +306,25 @@ mod tests {
             r.pick(Some("mlflow.example.com"), Some("nb.example.com")).unwrap_err(),
             Misroute::HostDisagreesWithSni
         );
-        let r = Router::build(&[site("only", &[])], &Limits::default(), &Arc::new(Metrics::new(false))).unwrap();
+        let r = Router::build(
+            &[site("only", &[])],
+            &Limits::default(),
+            &Defence::new(),
+            &Arc::new(Metrics::new(false)),
+        )
+        .unwrap();
         assert_eq!(r.pick(Some("anything"), Some("localhost")).unwrap().name, "only");
     }
 
     #[tokio::test]
     async fn public_paths_match_whole_segments() {
-        let r = Router::build(&[site("s", &[])], &Limits::default(), &Arc::new(Metrics::new(false))).unwrap();
+        let r = Router::build(
+            &[site("s", &[])],
+            &Limits::default(),
+            &Defence::new(),
+            &Arc::new(Metrics::new(false)),
+        )
+        .unwrap();
         let s = &r.sites()[0];
         assert!(s.is_public("/static"));
         assert!(s.is_public("/static/app.js"));

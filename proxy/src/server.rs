@@ -71,9 +71,11 @@ pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
         TlsSource::Acme(acme) => (crate::acme::load(acme, &settings.state_dir)?, None, false),
     };
     let metrics = Arc::new(Metrics::new(settings.metrics.as_ref().is_some_and(|m| m.user_labels)));
-    let router = Router::build(&settings.sites, &settings.limits, &metrics)?;
+    let defence = crate::auth::Defence::new();
+    let router = Router::build(&settings.sites, &settings.limits, &defence, &metrics)?;
     let state = Arc::new(State {
         metrics,
+        defence,
         router: ArcSwap::from_pointee(router),
         limits: settings.limits.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
@@ -140,7 +142,7 @@ impl Handle {
     /// Replaces every site (upstreams, hosts, auth) for new requests; requests in flight finish
     /// on the sites they started on. Nothing changes when a site fails to build.
     pub fn replace_sites(&self, sites: &[SiteSettings]) -> Result<(), ServeError> {
-        let router = Router::build(sites, &self.state.limits, &self.state.metrics)?;
+        let router = Router::build(sites, &self.state.limits, &self.state.defence, &self.state.metrics)?;
         watch_sites(&router, &self.reload);
         self.state.router.store(Arc::new(router));
         Ok(())
