@@ -742,6 +742,32 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[tokio::test]
+    async fn a_success_gives_back_only_its_own_strike_and_a_reload_keeps_the_table() {
+        let (auth, dir) = alice_only("strikes", 3);
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                auth.authenticate(&alice_with("wrong"), peer).await,
+                Err(AuthFailure::BadPassword)
+            );
+            assert_eq!(
+                auth.authenticate(&alice_with("right"), peer).await.map(|p| p.name),
+                Ok("alice".into())
+            );
+        }
+        // Two failures stand despite the successes; a reload does not clear them either.
+        auth.reload();
+        assert_eq!(auth.defence.lockout.lock().unwrap()[&Offender::of(peer)].count, 2);
+        assert_eq!(
+            auth.authenticate(&alice_with("wrong2"), peer).await,
+            Err(AuthFailure::BadPassword)
+        );
+        let locked = auth.authenticate(&alice_with("right"), peer).await;
+        assert!(matches!(locked, Err(AuthFailure::LockedOut(_))), "{locked:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn credentials_never_show_in_debug_output() {
         let c = Credential::Basic {

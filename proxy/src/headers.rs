@@ -297,6 +297,33 @@ mod tests {
     }
 
     #[test]
+    fn the_client_is_the_rightmost_untrusted_forwarded_address() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let lb = ip("10.0.0.1");
+        let xff = |v: &[&str]| map(&v.iter().map(|v| ("x-forwarded-for", *v)).collect::<Vec<_>>());
+        assert_eq!(client_ip(&xff(&["203.0.113.5"]), lb, &trusted), ip("203.0.113.5"));
+        // What the client wrote on the left is not believed; trusted hops on the right are skipped.
+        assert_eq!(
+            client_ip(&xff(&["1.2.3.4, 203.0.113.5, 10.0.0.7"]), lb, &trusted),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_ip(&xff(&["1.2.3.4", "203.0.113.5"]), lb, &trusted),
+            ip("203.0.113.5")
+        );
+        // Garbage or no untrusted hop: the proxy itself stands for the client.
+        assert_eq!(client_ip(&xff(&["1.2.3.4, nonsense"]), lb, &trusted), lb);
+        assert_eq!(client_ip(&xff(&["10.0.0.9"]), lb, &trusted), lb);
+        assert_eq!(client_ip(&HeaderMap::new(), lb, &trusted), lb);
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(&xff(&["203.0.113.5"]), ip("198.51.100.1"), &trusted),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
     fn trusted_peer_extends_the_chain() {
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "http")]);
         let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];

@@ -283,6 +283,7 @@ mod tests {
                 site("notebook", &["nb.example.com"]),
             ],
             &Limits::default(),
+            &Defence::new(),
             &Arc::new(Metrics::new(false)),
         )
         .unwrap();
