@@ -195,6 +195,31 @@ impl MlflowServer {
         run_client(&self.venv, args, &[("MLFLOW_TRACKING_URI", &self.uri())])
     }
 
+    /// POSTs `json` to the server's REST API at `path`, directly over plain HTTP with no
+    /// credentials and no Origin, and returns the JSON answer (panics on a non-200).
+    pub fn api_post(&self, path: &str, json: &serde_json::Value) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let body = json.to_string();
+        let mut tcp = std::net::TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        write!(
+            tcp,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = tcp.read_to_string(&mut out);
+        let (head, answer) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        assert!(head.starts_with("HTTP/1.1 200"), "MLflow answered POST {path}: {out}");
+        // uvicorn may answer chunked; MLflow's JSON is one chunk.
+        let start = answer.find('{').unwrap_or(0);
+        let end = answer.rfind('}').map_or(answer.len(), |e| e + 1);
+        serde_json::from_str(&answer[start..end]).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     /// The number of experiments in the server's store, asked directly.
     pub fn count_experiments(&self) -> u64 {
         let run = self.run_client_direct(&["count-experiments"]);

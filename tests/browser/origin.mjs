@@ -1,0 +1,110 @@
+// The MLflow UI in Debian's Chromium through guard, under a host name other than localhost
+// (one browser process for every case): the UI's own buttons create an experiment and rename
+// a run, and a page on another origin that auto-submits a form to MLflow gets guard's 403.
+// Run by tests/browser.rs, which starts MLflow and guard and checks MLflow's store afterwards.
+//
+// Environment: GUARD_PORT (guard's TLS port on 127.0.0.1), GUARD_USER, GUARD_PASSWORD,
+// SHOTS (directory for screenshots). Prints one JSON line with what it did; exits 1 on a
+// failed check, with the reason.
+
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { chromium } from 'playwright-core';
+
+const port = process.env.GUARD_PORT;
+const shots = process.env.SHOTS;
+const base = `https://mlflow.test:${port}`;
+// API calls of the test's own setup go as the Python client's would: no browser, no Origin.
+const api = `https://127.0.0.1:${port}`;
+
+// The attacker's page: on another origin, it posts a form to MLflow as soon as it loads. A
+// text/plain form body can carry JSON, so only an Origin check stops it.
+const evil = http.createServer((req, res) => {
+  res.writeHead(200, { 'content-type': 'text/html' });
+  res.end(`<!doctype html><title>cute cats</title>
+<form id="f" method="POST" enctype="text/plain"
+      action="${base}/ajax-api/2.0/mlflow/experiments/create">
+  <input name='{"name":"pwned-by-a-form","x":"' value='"}'>
+</form>
+<script>document.getElementById('f').submit()</script>`);
+});
+await new Promise((ok) => evil.listen(0, '127.0.0.1', ok));
+const evilOrigin = `http://evil.test:${evil.address().port}`;
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--host-resolver-rules=MAP mlflow.test 127.0.0.1, MAP evil.test 127.0.0.1',
+  ],
+});
+const report = {};
+try {
+  const ctx = await browser.newContext({
+    ignoreHTTPSErrors: true,
+    httpCredentials: { username: process.env.GUARD_USER, password: process.env.GUARD_PASSWORD },
+    viewport: { width: 1280, height: 800 },
+  });
+  const page = await ctx.newPage();
+  const failed = [];
+  page.on('response', (r) => {
+    if (r.url().startsWith(base) && r.status() === 403) failed.push(`${r.request().method()} ${r.url()}`);
+  });
+
+  // The experiments list renders.
+  await page.goto(`${base}/#/experiments`);
+  const create = page.getByRole('button', { name: 'Create', exact: true });
+  await create.waitFor({ timeout: 30_000 });
+  await page.screenshot({ path: `${shots}/1-experiments.png` });
+
+  // The UI's own "Create" button.
+  await create.click();
+  await page.locator('#experimentName').fill('created-in-the-ui');
+  const created = page.waitForResponse((r) => r.url().includes('/experiments/create'));
+  await page.getByRole('dialog').getByRole('button', { name: 'Create', exact: true }).click();
+  const createdResp = await created;
+  assert.equal(createdResp.status(), 200, `create from the UI: ${await createdResp.text()}`);
+  report.experiment_id = (await createdResp.json()).experiment_id;
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: `${shots}/2-experiment-created.png` });
+
+  // A run, logged as a script would log it; then renamed with the UI's own menu.
+  const run = await ctx.request.post(`${api}/api/2.0/mlflow/runs/create`, {
+    data: { experiment_id: report.experiment_id, run_name: 'logged-by-a-script' },
+  });
+  assert.equal(run.status(), 200, await run.text());
+  report.run_id = (await run.json()).run.info.run_id;
+  await page.goto(`${base}/#/experiments/${report.experiment_id}/runs/${report.run_id}`);
+  await page.getByTestId('overflow-menu-trigger').click({ timeout: 30_000 });
+  await page.getByRole('menuitem', { name: /rename/i }).click();
+  await page.locator('#newName').fill('renamed-in-the-ui');
+  const renamed = page.waitForResponse((r) => r.url().includes('/runs/update'));
+  await page.getByRole('dialog').getByRole('button', { name: 'Save' }).click();
+  const renamedResp = await renamed;
+  assert.equal(renamedResp.status(), 200, `rename from the UI: ${await renamedResp.text()}`);
+  await page.getByText('renamed-in-the-ui').first().waitFor();
+  await page.screenshot({ path: `${shots}/3-run-renamed.png` });
+  assert.deepEqual(failed, [], 'no 403 while using the UI');
+
+  // The attacker's page, opened by the same signed-in browser: its form post is refused.
+  const forged = page.waitForResponse((r) => r.url().includes('/experiments/create'));
+  await page.goto(`${evilOrigin}/`);
+  const forgedResp = await forged;
+  assert.equal(forgedResp.status(), 403, 'the cross-site form post');
+  const headers = await forgedResp.request().allHeaders();
+  assert.equal(headers.origin, evilOrigin, 'the browser named the attacking origin');
+  const body = await forgedResp.json();
+  assert.equal(body.error_code, 'PERMISSION_DENIED', JSON.stringify(body));
+  await page.waitForLoadState();
+  await page.screenshot({ path: `${shots}/4-cross-site-form-refused.png` });
+  report.evil_origin = evilOrigin;
+  report.forged_status = forgedResp.status();
+  console.log(JSON.stringify(report));
+} catch (e) {
+  console.error(e.stack || String(e));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  evil.close();
+}
