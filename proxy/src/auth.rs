@@ -356,24 +356,23 @@ impl Authenticator {
             return Ok(true);
         }
         self.metrics.cache_misses.inc();
-        let strike = self.reserve(peer)?;
         let queued = self.defence.waiting.fetch_add(1, Ordering::AcqRel);
         let _queued = Decrement(&self.defence.waiting);
-        let pending = {
+        let (pending, starts) = {
             let mut map = self.pending.lock().expect("pending lock");
             // Past the queue bound only an identical check already under way may be joined;
             // anything new is turned away before it takes a place in the map.
-            let cell = match map.get(&key) {
-                Some(cell) => cell.clone(),
-                None if queued >= MAX_WAITING_CHECKS => {
-                    drop(map);
-                    self.give_back(strike);
-                    return Err(AuthFailure::Busy);
-                }
-                None => map.entry(key).or_default().clone(),
+            let (cell, starts) = match map.get(&key) {
+                Some(cell) => (cell.clone(), false),
+                None if queued >= MAX_WAITING_CHECKS => return Err(AuthFailure::Busy),
+                None => (map.entry(key).or_default().clone(), true),
             };
-            Pending { auth: self, key, cell }
+            (Pending { auth: self, key, cell }, starts)
         };
+        // Only a new check takes a strike: the same password sent on many connections at once
+        // (the MLflow client after a reload cleared the cache) is one guess, not one per
+        // connection, while every distinct guess of a burst still counts before it runs.
+        let strike = if starts { Some(self.reserve(peer)?) } else { None };
         let ok = *pending
             .cell
             .get_or_init(|| async {
@@ -392,7 +391,9 @@ impl Authenticator {
         drop(pending);
         if ok {
             self.remember(key);
-            self.give_back(strike);
+            if let Some(strike) = strike {
+                self.give_back(strike);
+            }
         }
         Ok(ok)
     }
