@@ -68,6 +68,17 @@ pub enum ProxyError {
     /// A write from a browser page of another origin (CSRF).
     #[error("{0}")]
     CrossOrigin(crate::origin::CrossOrigin),
+    /// The authenticated name cannot be written as the forwarded-user header's value (not
+    /// visible ASCII): refused rather than forwarded without an identity.
+    #[error("site {site}: {name:?} authenticated, but the name cannot be sent in {header}; refused (rename the user or token to visible ASCII)")]
+    UnsendableIdentity {
+        /// The site.
+        site: String,
+        /// The user or token name.
+        name: String,
+        /// The forwarded-user header.
+        header: http::HeaderName,
+    },
     /// The request did not authenticate.
     #[error("authentication failed: {}", failure.reason())]
     Auth {
@@ -127,6 +138,11 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 "PERMISSION_DENIED",
                 "cross-origin request refused: this origin may not change anything here",
+            ),
+            ProxyError::UnsendableIdentity { .. } => (
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "this account's name cannot be passed to the server; ask the administrator",
             ),
             // Never a 5xx: the MLflow client retries those, five times, POSTs included.
             ProxyError::Auth { failure, .. } => match failure {

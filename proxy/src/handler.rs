@@ -26,7 +26,7 @@ use crate::headers;
 use crate::metrics::{MethodClass, Metrics, ReasonLabel, RequestLabels, UpstreamErrorLabels, UserLabel};
 use crate::origin::{self, Verdict};
 use crate::route::Router;
-use crate::server::InFlight;
+use crate::server::{ConnSlot, InFlight};
 
 /// What every request on every connection shares.
 #[derive(Debug)]
@@ -59,18 +59,28 @@ pub struct ConnInfo {
     pub peer_ip: HeaderValue,
     /// The server name the client asked for in the TLS handshake.
     pub sni: Option<String>,
+    /// The connection's place under the connection limit and in the shutdown drain, handed to
+    /// a tunnel that outlives the HTTP connection.
+    slot: Arc<ConnSlot>,
 }
 
 impl ConnInfo {
-    /// The facts of a connection from `peer`.
-    pub fn new(state: Arc<State>, peer: SocketAddr, sni: Option<String>) -> Self {
+    /// The facts of a connection from `peer`, holding `slot` until the last request (or tunnel)
+    /// of the connection ends.
+    pub fn new(state: Arc<State>, peer: SocketAddr, sni: Option<String>, slot: Arc<ConnSlot>) -> Self {
         let text = peer.ip().to_canonical().to_string();
         ConnInfo {
             state,
             peer,
             peer_ip: HeaderValue::from_str(&text).expect("an IP address is a header value"),
             sni,
+            slot,
         }
+    }
+
+    /// The connection's slot, for a tunnel.
+    fn slot(&self) -> Arc<ConnSlot> {
+        self.slot.clone()
     }
 }
 
@@ -111,6 +121,16 @@ async fn route(
     if target_len > state.limits.max_uri_bytes {
         return Err(ProxyError::UriTooLong(state.limits.max_uri_bytes));
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; hyper lets none and two
+    // through, and either would be routed by a guess. HTTP/2 names its host in `:authority`.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+        (None, _) if req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        _ => {}
+    }
     // guard's own paths come next so health checks need no credentials, and are never
     // forwarded whatever follows the prefix.
     let path = req.uri().path();
@@ -134,9 +154,12 @@ async fn route(
         Verdict::Preflight(o) => return Ok(origin::preflight(req.headers(), o)),
         Verdict::Refused(why) => return Err(ProxyError::CrossOrigin(why)),
     };
+    // The only protocol a connection may switch to, HTTP/1.1 only. A public path does not
+    // open a tunnel to anyone: an upgrade there needs credentials like any other path.
+    let websocket = req.version() == Version::HTTP_11 && headers::wants_websocket(req.headers());
     // Nothing below this line runs for a request that did not authenticate.
     let principal = match &site.auth {
-        Some(auth) if !site.is_public(path) => match auth
+        Some(auth) if websocket || !site.is_public(path) => match auth
             .authenticate(
                 req.headers(),
                 headers::client_ip(req.headers(), conn.peer.ip(), &state.trusted_proxies),
@@ -177,11 +200,8 @@ async fn route(
         }
     }
 
-    // Upgrades are HTTP/1.1 only; take the client's half before the request is consumed.
-    let upgrade = (req.version() == Version::HTTP_11)
-        .then(|| headers::upgrade_protocol(req.headers()))
-        .flatten();
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // Take the client's half of an upgrade before the request is consumed.
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -193,22 +213,25 @@ async fn route(
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
+    let trusted_peer = state.trusted_proxies.iter().any(|c| c.contains(conn.peer.ip()));
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::drop_underscored(&mut parts.headers);
+    headers::drop_client_chosen(&mut parts.headers, trusted_peer, site.forwarded_user.as_ref());
     if strip_origin {
         // guard vouched for it; MLflow refuses any Origin but localhost and its own list.
         parts.headers.remove(header::ORIGIN);
     }
-    if let Some(name) = &site.forwarded_user {
-        parts.headers.remove(name);
-        if let Some(p) = &principal {
-            if let Ok(v) = HeaderValue::from_str(&p.name) {
-                parts.headers.insert(name.clone(), v);
-            }
-        }
+    if let (Some(header), Some(p)) = (&site.forwarded_user, &principal) {
+        // Fail closed: a request the upstream would take as anonymous is not sent at all.
+        let v = HeaderValue::from_str(&p.name).map_err(|_| ProxyError::UnsendableIdentity {
+            site: site.name.clone(),
+            name: p.name.clone(),
+            header: header.clone(),
+        })?;
+        parts.headers.insert(header.clone(), v);
     }
-    if principal.is_some() {
-        // The credential was for guard; the upstream never sees it.
+    if site.auth.is_some() {
+        // Credentials are for guard, on public paths too (the MLflow client sends its password
+        // with every request); the upstream, and its logs, never see them.
         parts.headers.remove(header::AUTHORIZATION);
     }
     headers::set_forwarded(
@@ -223,8 +246,8 @@ async fn route(
         _ => site.local().upstream_host.clone(),
     };
     parts.headers.insert(header::HOST, host);
-    if let Some(proto) = upgrade.clone() {
-        headers::restore_upgrade(&mut parts.headers, proto);
+    if websocket {
+        headers::restore_websocket(&mut parts.headers);
     }
     rec.user = principal.map(|p| p.name);
     // Origin form (`/path?query`), as HTTP/1.1 sends it to an origin server; `Host` says where.
@@ -271,16 +294,18 @@ async fn route(
 
     let mut resp = resp;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(client_side), Some(proto)) = (client_upgrade, upgrade) else {
+        let Some(client_side) = client_upgrade.filter(|_| headers::wants_websocket(resp.headers())) else {
             return Err(ProxyError::UpstreamFailed {
                 upstream: site.upstream.authority().to_owned(),
-                source: "upstream switched protocols without being asked".into(),
+                source: "upstream switched to a protocol it was not asked for".into(),
             });
         };
-        tokio::spawn(tunnel(client_side, hyper::upgrade::on(&mut resp)));
+        // The tunnel holds the connection's slot: it counts against `max_connections`, and the
+        // shutdown drain waits for it up to the grace, then ends it with the worker.
+        tokio::spawn(tunnel(client_side, hyper::upgrade::on(&mut resp), conn.slot()));
         let (mut parts, _) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::restore_upgrade(&mut parts.headers, proto);
+        headers::restore_websocket(&mut parts.headers);
         return Ok(Response::from_parts(parts, full(Bytes::new())));
     }
     let (mut parts, body) = resp.into_parts();
@@ -368,8 +393,9 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Copies bytes both ways between an upgraded client and upstream until either side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Copies bytes both ways between an upgraded client and upstream until either side closes;
+/// `_slot` keeps the connection counted until then.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, _slot: Arc<ConnSlot>) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {

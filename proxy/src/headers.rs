@@ -1,5 +1,6 @@
 //! Header hygiene between client and upstream (RFC 9110 §7.6.1 and RFC 7239): hop-by-hop headers
-//! removed both ways, `X-Forwarded-*` set from the real connection, and `Host` chosen on purpose.
+//! removed both ways, `X-Forwarded-*` and `X-Real-IP` set from the real connection, identity
+//! headers only guard writes, and `Host` chosen on purpose.
 
 use std::net::IpAddr;
 
@@ -7,9 +8,10 @@ use guard_config::model::Cidr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop and never travel further (RFC 9110 §7.6.1, plus the
-/// proxy-auth pair and the pre-standard `Proxy-Connection`). `Connection` comes first:
+/// proxy-auth pair, the pre-standard `Proxy-Connection`, and `HTTP2-Settings`, which only means
+/// something with the `Upgrade: h2c` guard never forwards). `Connection` comes first:
 /// [`strip_hop_by_hop`] reads its bit as bit 0.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -19,12 +21,14 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers: every header the `Connection` header names, and the fixed list.
 /// Applied to requests and responses alike.
@@ -84,6 +88,7 @@ fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
         b"upgrade" => 6,
         b"proxy-authorization" => 7,
         b"proxy-authenticate" => 8,
+        b"http2-settings" => 9,
         _ => return None,
     };
     Some(i)
@@ -101,35 +106,71 @@ fn close_or_listed(token: &[u8]) -> bool {
     lower == b"close" || hop_by_hop_index(lower).is_some()
 }
 
-/// Drops request headers whose names contain `_`. CGI, WSGI and ASGI servers fold `-` and `_`
-/// into one name (`HTTP_X_FORWARDED_USER`), so `X_Forwarded_User` could stand in for the
-/// header guard sets; nginx drops them by default for the same reason.
-pub fn drop_underscored(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
-    for name in names {
+/// Drops the request headers a client must not choose, in one pass over the names:
+///
+/// - names containing `_`: CGI, WSGI and ASGI servers fold `-` and `_` into one name
+///   (`HTTP_X_FORWARDED_USER`), so `X_Forwarded_User` could stand in for a header guard sets;
+///   nginx drops them by default for the same reason;
+/// - the identity headers guard (or a later guard) writes, from every peer, trusted or not:
+///   `X-Forwarded-User`, `-Email`, `-Groups`, `-Preferred-Username`, and `identity` (the
+///   configured `forwarded_user_header`, whatever it is called, even when it is off);
+/// - from a peer outside `trusted_proxies`, the headers upstreams read as facts about the
+///   client or the original request: `X-Real-IP`, `True-Client-IP`, `X-Forwarded-Port`,
+///   `-Prefix`, `-Server`, `X-Original-URL`, `X-Rewrite-URL` (Tornado trusts `X-Real-IP`, IIS
+///   and Symfony rewrite the path from the last two).
+///
+/// Nothing is allocated unless something is dropped.
+pub fn drop_client_chosen(headers: &mut HeaderMap, trusted: bool, identity: Option<&HeaderName>) {
+    let mut drop = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        let chosen = n.contains('_')
+            || identity.is_some_and(|i| i == name)
+            || matches!(
+                n,
+                "x-forwarded-user" | "x-forwarded-email" | "x-forwarded-groups" | "x-forwarded-preferred-username"
+            )
+            || (!trusted
+                && matches!(
+                    n,
+                    "x-real-ip"
+                        | "true-client-ip"
+                        | "x-forwarded-port"
+                        | "x-forwarded-prefix"
+                        | "x-forwarded-server"
+                        | "x-original-url"
+                        | "x-rewrite-url"
+                ));
+        if chosen {
+            drop.push(name.clone());
+        }
+    }
+    for name in drop {
         headers.remove(name);
     }
 }
 
-/// Whether a request asks to switch protocols (`Connection: upgrade` plus an `Upgrade` header).
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+/// Whether a request asks to become a WebSocket (`Connection: upgrade` and `Upgrade: websocket`,
+/// nothing else offered): the only protocol guard lets a connection switch to. Any other
+/// `Upgrade` (`h2c` above all: an upstream speaking it would take the connection over HTTP/2,
+/// past every check) is removed with the other hop-by-hop headers.
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let (Some(proto), None) = (upgrades.next(), upgrades.next()) else {
+        return false;
+    };
+    proto.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
 }
 
-/// Restores the two headers an upgrade needs after [`strip_hop_by_hop`] removed them.
-pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+/// Restores the two headers a WebSocket upgrade needs after [`strip_hop_by_hop`] removed them.
+pub fn restore_websocket(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 /// The client a request counts against (for the lockout): the peer itself, or when the peer is a
@@ -154,9 +195,10 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr 
     peer
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` from the real connection. A peer inside a
-/// trusted range keeps its own values and has its address appended; anyone else's copies (and
-/// any RFC 7239 `Forwarded` header) are dropped, so a client cannot spoof its origin.
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` from the real connection (as
+/// nginx's `proxy_set_header X-Real-IP $remote_addr`). A peer inside a trusted range keeps its
+/// own values and has its address appended; anyone else's copies (and any RFC 7239 `Forwarded`
+/// header) are dropped, so a client cannot spoof its origin.
 ///
 /// `peer_text` is `peer` as text, IPv4-mapped addresses written as IPv4.
 pub fn set_forwarded(
@@ -190,6 +232,9 @@ pub fn set_forwarded(
                 headers.insert(X_FORWARDED_HOST, h.clone());
             }
         }
+        if !headers.contains_key(&X_REAL_IP) {
+            headers.insert(X_REAL_IP, peer_text.clone());
+        }
         return;
     }
     // `insert` replaces every copy the client sent.
@@ -197,6 +242,7 @@ pub fn set_forwarded(
         headers.remove(&FORWARDED);
     }
     headers.insert(X_FORWARDED_FOR, peer_text.clone());
+    headers.insert(X_REAL_IP, peer_text.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     match client_host {
         Some(h) => drop(headers.insert(X_FORWARDED_HOST, h.clone())),
@@ -230,6 +276,7 @@ mod tests {
             ("proxy-authorization", "Basic eA=="),
             ("proxy-connection", "keep-alive"),
             ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
             ("x-end-to-end", "kept"),
         ]);
         strip_hop_by_hop(&mut h);
@@ -269,9 +316,53 @@ mod tests {
             ("X-Forwarded_Host", "evil"),
             ("x-fine", "1"),
         ]);
-        drop_underscored(&mut h);
+        drop_client_chosen(&mut h, true, None);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-fine"));
+    }
+
+    #[test]
+    fn identity_headers_go_for_every_peer_and_client_facts_for_untrusted_ones() {
+        let all = [
+            ("x-forwarded-user", "admin"),
+            ("x-forwarded-email", "admin@example.com"),
+            ("x-forwarded-groups", "admins"),
+            ("x-forwarded-preferred-username", "admin"),
+            ("x-remote-user", "admin"),
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-forwarded-port", "80"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-forwarded-server", "evil"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-fine", "1"),
+        ];
+        let configured = HeaderName::from_static("x-remote-user");
+        let mut h = map(&all);
+        drop_client_chosen(&mut h, false, Some(&configured));
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-fine"]);
+        let mut h = map(&all);
+        drop_client_chosen(&mut h, true, Some(&configured));
+        assert_eq!(h.len(), 8, "a trusted proxy's client facts stay: {h:?}");
+        assert!(!h.contains_key("x-forwarded-user") && !h.contains_key("x-remote-user"));
+        assert_eq!(h["x-real-ip"], "6.6.6.6");
+    }
+
+    #[test]
+    fn only_a_lone_websocket_is_an_upgrade() {
+        let ws = |c: &str, u: &[&str]| {
+            let mut pairs = vec![("connection", c)];
+            pairs.extend(u.iter().map(|u| ("upgrade", *u)));
+            wants_websocket(&map(&pairs))
+        };
+        assert!(ws("Upgrade", &["websocket"]));
+        assert!(ws("keep-alive, upgrade", &["WebSocket"]));
+        assert!(!ws("Upgrade", &["h2c"]));
+        assert!(!ws("Upgrade", &["websocket, h2c"]));
+        assert!(!ws("Upgrade", &["websocket", "h2c"]));
+        assert!(!ws("keep-alive", &["websocket"]));
+        assert!(!ws("Upgrade", &[]));
     }
 
     #[test]
@@ -293,6 +384,7 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "mlflow.example.com");
+        assert_eq!(h["x-real-ip"], "127.0.0.1");
         assert!(!h.contains_key("forwarded"));
     }
 
@@ -336,12 +428,5 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.1.1");
         assert_eq!(h["x-forwarded-proto"], "http");
-    }
-
-    #[test]
-    fn upgrade_is_detected_only_with_both_headers() {
-        assert!(upgrade_protocol(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])).is_some());
-        assert!(upgrade_protocol(&map(&[("upgrade", "websocket")])).is_none());
-        assert!(upgrade_protocol(&map(&[("connection", "keep-alive, upgrade")])).is_none());
     }
 }

@@ -144,8 +144,9 @@ impl Site {
     }
 
     /// Whether `path` is public on this site (prefix match on whole segments). A path with dot
-    /// segments, empty segments, backslashes or percent-encoded dots and slashes is never
-    /// public: the upstream might normalise `/static/../api` into `/api`.
+    /// segments, empty segments, backslashes, `;` or percent-encoded dots, slashes and
+    /// semicolons is never public: the upstream might normalise `/static/../api` into `/api`,
+    /// and Tomcat, Jetty and Spring read `/static/..;/api` as `/api`.
     pub fn is_public(&self, path: &str) -> bool {
         if self.public_paths.is_empty() || !is_plain_path(path) {
             return false;
@@ -237,8 +238,9 @@ impl Router {
 fn is_plain_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     !(path.contains('\\')
+        || path.contains(';')
         || path.contains("//")
-        || ["%2e", "%2f", "%5c", "%00"].iter().any(|enc| lower.contains(enc))
+        || ["%2e", "%2f", "%5c", "%00", "%3b"].iter().any(|enc| lower.contains(enc))
         || path.split('/').any(|seg| seg == "." || seg == ".."))
 }
 
@@ -338,6 +340,10 @@ mod tests {
             "/static//x",
             "/static/./x",
             "/static\\..\\api",
+            "/static/..;/api",
+            "/static/..%3b/api",
+            "/static/..%3B/api",
+            "/static;x=1/app.js",
         ] {
             assert!(!s.is_public(sneaky), "{sneaky}");
         }

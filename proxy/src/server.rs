@@ -382,8 +382,10 @@ impl Worker {
                 builder: self.builder.clone(),
                 state: self.state.clone(),
                 stop: self.stop.clone(),
-                _drain: self.drain.clone(),
-                _permit: permit,
+                slot: Arc::new(ConnSlot {
+                    _drain: self.drain.clone(),
+                    _permit: permit,
+                }),
                 _load: load,
             };
             tokio::spawn(conn.run());
@@ -479,11 +481,17 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<State>,
     stop: watch::Receiver<bool>,
-    // Held until the connection ends: the drain waits for every sender to drop, and the permit
-    // frees a connection slot.
+    slot: Arc<ConnSlot>,
+    _load: Load,
+}
+
+/// A connection's place: held until the connection ends, and by a WebSocket tunnel until it
+/// closes (it outlives the HTTP connection). The drain waits for every sender to drop, and the
+/// permit frees a place under `max_connections`.
+#[derive(Debug)]
+pub struct ConnSlot {
     _drain: mpsc::Sender<()>,
     _permit: OwnedSemaphorePermit,
-    _load: Load,
 }
 
 impl Connection {
@@ -507,7 +515,7 @@ impl Connection {
         }
         let activity = Arc::new(Activity::new());
         let sni = tls.get_ref().1.server_name().map(str::to_owned);
-        let info = Arc::new(ConnInfo::new(self.state.clone(), self.peer, sni));
+        let info = Arc::new(ConnInfo::new(self.state.clone(), self.peer, sni, self.slot.clone()));
         let act = activity.clone();
         let svc = service_fn(move |req| handle(req, info.clone(), act.begin()));
         // On the heap: the connection's state (TLS included) is most of this task's size, and a
