@@ -468,6 +468,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve(*args),
         Command::Adduser(args) => {
             let (path, name) = (args.user.files.users()?, args.user.name.clone());
+            refuse_token_named(&args.user.files, &name)?;
             let password = read_password(&args)?;
             guard_config::users::add_user(&path, &name, &password, cost(&args)).map_err(users_failure)?;
             println!("guard: added user {name:?} to {}", path.display());
@@ -631,6 +632,41 @@ fn tokens_failure(e: guard_config::tokens::TokensError) -> Failure {
     }
 }
 
+/// A user and a token of one name would be one identity to the upstream (both arrive as the
+/// same `X-Forwarded-User`), so `adduser` refuses the name of an active token ...
+fn refuse_token_named(files: &FileArgs, name: &str) -> Result<(), Failure> {
+    use guard_config::tokens;
+    let path = files.tokens()?;
+    let now = unix_now();
+    let taken = tokens::list_tokens(&path)
+        .map_err(tokens_failure)?
+        .iter()
+        .any(|t| t.name == name && t.status(now) == tokens::TokenStatus::Active);
+    if taken {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "{}: a token is called {name:?}; the upstream could not tell the user from the token (revoke it, or pick another name)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// ... and `token create` refuses the name of a user.
+fn refuse_user_named(files: &FileArgs, name: &str) -> Result<(), Failure> {
+    let path = files.users()?;
+    let users = match guard_config::users::list_users(&path) {
+        Err(guard_config::users::UsersError::NotFound { .. }) => Vec::new(),
+        other => other.map_err(users_failure)?,
+    };
+    if users.iter().any(|u| u == name) {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "{}: a user is called {name:?}; the upstream could not tell the token from the user (pick another name)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -643,6 +679,7 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
     match cmd {
         TokenCommand::Create { name, expires, files } => {
             let path = files.tokens()?;
+            refuse_user_named(&files, &name)?;
             let token = tokens::create_token(&path, &name, expires, unix_now()).map_err(tokens_failure)?;
             eprintln!(
                 "guard: created token {name:?} in {}; it is shown once, store it now:",

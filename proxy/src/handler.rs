@@ -221,12 +221,17 @@ async fn route(
         parts.headers.remove(header::ORIGIN);
     }
     if let (Some(header), Some(p)) = (&site.forwarded_user, &principal) {
-        // Fail closed: a request the upstream would take as anonymous is not sent at all.
-        let v = HeaderValue::from_str(&p.name).map_err(|_| ProxyError::UnsendableIdentity {
-            site: site.name.clone(),
-            name: p.name.clone(),
-            header: header.clone(),
-        })?;
+        // Visible ASCII only: `HeaderValue` takes UTF-8 bytes as obs-text, which the upstream
+        // reads as Latin-1, another name (`josé` arrives as `josÃ©`). Fail closed: a request
+        // is not sent under a name the upstream would misread, nor without one.
+        let v = (p.name.bytes().all(|b| b.is_ascii_graphic()))
+            .then(|| HeaderValue::from_str(&p.name).ok())
+            .flatten()
+            .ok_or_else(|| ProxyError::UnsendableIdentity {
+                site: site.name.clone(),
+                name: p.name.clone(),
+                header: header.clone(),
+            })?;
         parts.headers.insert(header.clone(), v);
     }
     if site.auth.is_some() {

@@ -240,7 +240,9 @@ fn is_plain_path(path: &str) -> bool {
     !(path.contains('\\')
         || path.contains(';')
         || path.contains("//")
-        || ["%2e", "%2f", "%5c", "%00", "%3b"].iter().any(|enc| lower.contains(enc))
+        || ["%2e", "%2f", "%5c", "%00", "%3b"]
+            .iter()
+            .any(|enc| lower.contains(enc))
         || path.split('/').any(|seg| seg == "." || seg == ".."))
 }
 
