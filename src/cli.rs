@@ -132,6 +132,26 @@ impl FileArgs {
         }
     }
 
+    /// Every users file a token of this command's tokens file could meet: `--users`, else the
+    /// chosen site's, else every site's (sites may share a tokens file but not a users file).
+    fn every_users_file(&self) -> Result<Vec<PathBuf>, Failure> {
+        if let Some(path) = &self.users {
+            return Ok(vec![path.clone()]);
+        }
+        let flags = Overlay {
+            state_dir: self.state_dir.clone(),
+            ..Overlay::default()
+        };
+        let sites = guard_config::site_auth(&layered(&flags, self.config.as_deref()).map_err(config_failure)?);
+        let mut files: Vec<PathBuf> = sites
+            .iter()
+            .filter(|(n, _)| self.site.as_ref().is_none_or(|s| s == n))
+            .map(|(_, a)| a.users_file.clone())
+            .collect();
+        files.dedup();
+        Ok(files)
+    }
+
     /// The `what` file of the chosen site, resolved as `guard serve` does (flags over the file
     /// over the defaults), without the start-up checks: the file may not exist yet.
     fn site_file(&self, what: &str, pick: fn(&defaults::AuthSettings) -> &PathBuf) -> Result<PathBuf, Failure> {
@@ -651,18 +671,19 @@ fn refuse_token_named(files: &FileArgs, name: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// ... and `token create` refuses the name of a user.
+/// ... and `token create` refuses the name of a user in any users file the token could meet.
 fn refuse_user_named(files: &FileArgs, name: &str) -> Result<(), Failure> {
-    let path = files.users()?;
-    let users = match guard_config::users::list_users(&path) {
-        Err(guard_config::users::UsersError::NotFound { .. }) => Vec::new(),
-        other => other.map_err(users_failure)?,
-    };
-    if users.iter().any(|u| u == name) {
-        return Err(Failure::Config(anyhow::anyhow!(
-            "{}: a user is called {name:?}; the upstream could not tell the token from the user (pick another name)",
-            path.display()
-        )));
+    for path in files.every_users_file()? {
+        let users = match guard_config::users::list_users(&path) {
+            Err(guard_config::users::UsersError::NotFound { .. }) => Vec::new(),
+            other => other.map_err(users_failure)?,
+        };
+        if users.iter().any(|u| u == name) {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "{}: a user is called {name:?}; the upstream could not tell the token from the user (pick another name)",
+                path.display()
+            )));
+        }
     }
     Ok(())
 }
