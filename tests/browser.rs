@@ -43,19 +43,7 @@ fn the_ui_writes_under_a_real_host_name_and_a_cross_site_form_is_refused() {
     let mlflow = MlflowServer::start(&venv);
     let dir = TempDir::new("browser");
     let users = dir.path().join("users");
-    let (code, out, err) = run_guard(
-        &[
-            "adduser",
-            USER,
-            "--users",
-            users.to_str().unwrap(),
-            "--cost",
-            "4",
-            "--password-stdin",
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    adduser(&users, USER, PASSWORD);
     let g = Guard::start(&["--upstream", &mlflow.upstream(), "--users", users.to_str().unwrap()]);
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-origin");
