@@ -295,6 +295,11 @@ struct ServeArgs {
     #[arg(long, env = "GUARD_HEADER_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
     header_timeout: Option<Duration>,
 
+    /// Time a request body may go without data (408 after it); a slow but live upload is never
+    /// cut. [default: 60s]
+    #[arg(long, env = "GUARD_BODY_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
+    body_timeout: Option<Duration>,
+
     /// Time allowed to connect to the upstream (504 after it). [default: 5s]
     #[arg(long, env = "GUARD_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
     connect_timeout: Option<Duration>,
@@ -323,6 +328,11 @@ struct ServeArgs {
     /// Most open client connections; more wait to be accepted. [default: 16384]
     #[arg(long, env = "GUARD_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
+
+    /// Most open connections from one client (an IPv4 address or an IPv6 /64); more are closed at
+    /// once. Trusted proxies are not limited; 0 turns the limit off. [default: 1024]
+    #[arg(long, env = "GUARD_MAX_CONNECTIONS_PER_CLIENT", value_name = "N")]
+    max_connections_per_client: Option<u32>,
 
     /// Most concurrent streams per HTTP/2 connection. [default: 128]
     #[arg(long, env = "GUARD_MAX_H2_STREAMS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -775,6 +785,7 @@ fn overlay_from(args: &ServeArgs) -> Overlay {
         limits: LimitsOverlay {
             tls_handshake_timeout: args.tls_handshake_timeout,
             header_read_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
             upstream_connect_timeout: args.connect_timeout,
             upstream_response_timeout: args.upstream_timeout,
             idle_timeout: args.idle_timeout,
@@ -783,6 +794,7 @@ fn overlay_from(args: &ServeArgs) -> Overlay {
             max_uri_bytes: args.max_uri_size.map(|s| usize::try_from(s).unwrap_or(usize::MAX)),
             max_body_bytes: args.max_body_size,
             max_connections: args.max_connections.map(|n| n as usize),
+            max_connections_per_client: args.max_connections_per_client.map(|n| n as usize),
             max_h2_streams: args.max_h2_streams,
         },
         auth: AuthOverlay {
@@ -829,6 +841,7 @@ fn flag_for(key: &str) -> Option<&'static str> {
         "tls.acme.challenge" => "--acme-challenge",
         "limits.tls_handshake_timeout" => "--tls-handshake-timeout",
         "limits.header_timeout" => "--header-timeout",
+        "limits.body_timeout" => "--body-timeout",
         "limits.connect_timeout" => "--connect-timeout",
         "limits.upstream_timeout" => "--upstream-timeout",
         "limits.idle_timeout" => "--idle-timeout",
@@ -837,6 +850,7 @@ fn flag_for(key: &str) -> Option<&'static str> {
         "limits.max_uri_size" => "--max-uri-size",
         "limits.max_body_size" => "--max-body-size",
         "limits.max_connections" => "--max-connections",
+        "limits.max_connections_per_client" => "--max-connections-per-client",
         "limits.max_h2_streams" => "--max-h2-streams",
         "auth.users" => "--users",
         "auth.tokens" => "--tokens",

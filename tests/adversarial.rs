@@ -1109,6 +1109,20 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Where the `n`th idle connection comes from: a thousand from each of 127.0.0.2, .3, ..., as from
+/// ten clients each under `--max-connections-per-client`, while the served client is 127.0.0.1.
+fn idle_source(n: usize) -> std::net::IpAddr {
+    let host = u8::try_from(2 + n / 1000).expect("under 254 thousand connections");
+    std::net::IpAddr::from([127, 0, 0, host])
+}
+
+/// A TCP connection to `addr` from the address `from` (any of 127.0.0.0/8 is this machine's).
+async fn connect_from(from: std::net::IpAddr, addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((from, 0).into())?;
+    socket.connect(addr).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_idle_tcp_connections_leave_authenticated_clients_served() {
     let soft = nofile_soft_limit();
@@ -1127,8 +1141,8 @@ async fn ten_thousand_idle_tcp_connections_leave_authenticated_clients_served() 
     let mut idle = Vec::with_capacity(want);
     while idle.len() < want {
         let mut batch = tokio::task::JoinSet::new();
-        for _ in 0..(want - idle.len()).min(100) {
-            batch.spawn(TcpStream::connect(addr));
+        for n in idle.len()..idle.len() + (want - idle.len()).min(100) {
+            batch.spawn(connect_from(idle_source(n), addr));
         }
         while let Some(r) = batch.join_next().await {
             idle.push(r.unwrap().expect("an idle connection"));

@@ -97,6 +97,8 @@ pub struct LimitsOverlay {
     pub tls_handshake_timeout: Option<Duration>,
     /// `header_timeout`.
     pub header_read_timeout: Option<Duration>,
+    /// `body_timeout`.
+    pub body_timeout: Option<Duration>,
     /// `connect_timeout`.
     pub upstream_connect_timeout: Option<Duration>,
     /// `upstream_timeout`.
@@ -113,6 +115,8 @@ pub struct LimitsOverlay {
     pub max_body_bytes: Option<u64>,
     /// `max_connections`.
     pub max_connections: Option<usize>,
+    /// `max_connections_per_client`.
+    pub max_connections_per_client: Option<usize>,
     /// `max_h2_streams`.
     pub max_h2_streams: Option<u32>,
 }
@@ -361,6 +365,7 @@ fn merge_limits(h: LimitsOverlay, l: LimitsOverlay, o: &mut Origins) -> LimitsOv
             o,
         ),
         header_read_timeout: pick(h.header_read_timeout, l.header_read_timeout, "limits.header_timeout", o),
+        body_timeout: pick(h.body_timeout, l.body_timeout, "limits.body_timeout", o),
         upstream_connect_timeout: pick(
             h.upstream_connect_timeout,
             l.upstream_connect_timeout,
@@ -379,6 +384,12 @@ fn merge_limits(h: LimitsOverlay, l: LimitsOverlay, o: &mut Origins) -> LimitsOv
         max_uri_bytes: pick(h.max_uri_bytes, l.max_uri_bytes, "limits.max_uri_size", o),
         max_body_bytes: pick(h.max_body_bytes, l.max_body_bytes, "limits.max_body_size", o),
         max_connections: pick(h.max_connections, l.max_connections, "limits.max_connections", o),
+        max_connections_per_client: pick(
+            h.max_connections_per_client,
+            l.max_connections_per_client,
+            "limits.max_connections_per_client",
+            o,
+        ),
         max_h2_streams: pick(h.max_h2_streams, l.max_h2_streams, "limits.max_h2_streams", o),
     }
 }

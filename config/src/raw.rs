@@ -104,6 +104,8 @@ pub struct Limits {
     /// Duration allowed to receive a request head; also closes idle keep-alive connections.
     /// Default: `30s`.
     pub header_timeout: Option<String>,
+    /// Duration a request body may go without data (408 after it). Default: `60s`.
+    pub body_timeout: Option<String>,
     /// Duration allowed to connect to the upstream (504 after it). Default: `5s`.
     pub connect_timeout: Option<String>,
     /// Duration the upstream has to start answering once the request is sent (504 after it).
@@ -121,6 +123,9 @@ pub struct Limits {
     pub max_body_size: Option<String>,
     /// Most open client connections, a count; more wait to be accepted. Default: 16384.
     pub max_connections: Option<u64>,
+    /// Most open connections from one client (an IPv4 address or IPv6 /64), a count; `0` for no
+    /// limit. Trusted proxies are not limited. Default: 1024.
+    pub max_connections_per_client: Option<u64>,
     /// Most concurrent streams per HTTP/2 connection, a count. Default: 128.
     pub max_h2_streams: Option<u64>,
 }

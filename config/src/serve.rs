@@ -152,6 +152,9 @@ pub struct Limits {
     /// Time allowed to receive a complete HTTP/1.1 request head (slowloris defence). hyper
     /// starts this timer when a keep-alive connection goes idle too.
     pub header_read_timeout: Duration,
+    /// Time a request body may go without data while guard waits for it (`client_body_timeout`
+    /// in nginx); only the client's silence counts, never a slow upstream.
+    pub body_timeout: Duration,
     /// Time allowed to open a TCP connection to the upstream.
     pub upstream_connect_timeout: Duration,
     /// Time the upstream has to start its response after the request body has been sent.
@@ -168,6 +171,9 @@ pub struct Limits {
     pub max_body_bytes: Option<u64>,
     /// Most simultaneous client connections; further ones wait in the accept queue.
     pub max_connections: usize,
+    /// Most simultaneous connections from one client (an IPv4 address or an IPv6 /64; trusted
+    /// proxies are not counted); `0` means no limit. Further ones are closed at once.
+    pub max_connections_per_client: usize,
     /// Most concurrent streams on one HTTP/2 connection.
     pub max_h2_streams: u32,
 }
@@ -177,6 +183,7 @@ impl Default for Limits {
         Limits {
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(300),
@@ -185,6 +192,7 @@ impl Default for Limits {
             max_uri_bytes: 16 * 1024,
             max_body_bytes: None,
             max_connections: 16384,
+            max_connections_per_client: 1024,
             max_h2_streams: 128,
         }
     }

@@ -167,6 +167,7 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
                 parse_timeout,
             ),
             header_read_timeout: c.value("limits.header_timeout", limits.header_timeout.as_deref(), parse_timeout),
+            body_timeout: c.value("limits.body_timeout", limits.body_timeout.as_deref(), parse_timeout),
             upstream_connect_timeout: c.value(
                 "limits.connect_timeout",
                 limits.connect_timeout.as_deref(),
@@ -195,6 +196,11 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
             max_connections: c.value("limits.max_connections", limits.max_connections, |n| {
                 count_usize(n, 1, u32::MAX.into())
             }),
+            max_connections_per_client: c.value(
+                "limits.max_connections_per_client",
+                limits.max_connections_per_client,
+                |n| count_usize(n, 0, u32::MAX.into()),
+            ),
             max_h2_streams: c.value("limits.max_h2_streams", limits.max_h2_streams, |n| count_u32(n, 1)),
         },
         auth: auth_from_raw(r.auth.unwrap_or_default(), "auth", c),
@@ -277,6 +283,7 @@ pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
     let limits = Limits {
         tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(d.tls_handshake_timeout),
         header_read_timeout: l.header_read_timeout.unwrap_or(d.header_read_timeout),
+        body_timeout: l.body_timeout.unwrap_or(d.body_timeout),
         upstream_connect_timeout: l.upstream_connect_timeout.unwrap_or(d.upstream_connect_timeout),
         upstream_response_timeout: l.upstream_response_timeout.unwrap_or(d.upstream_response_timeout),
         idle_timeout: l.idle_timeout.unwrap_or(d.idle_timeout),
@@ -285,6 +292,7 @@ pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
         max_uri_bytes: l.max_uri_bytes.unwrap_or(d.max_uri_bytes),
         max_body_bytes: l.max_body_bytes.or(d.max_body_bytes),
         max_connections: l.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_client: l.max_connections_per_client.unwrap_or(d.max_connections_per_client),
         max_h2_streams: l.max_h2_streams.unwrap_or(d.max_h2_streams),
     };
     let settings = ServeSettings {

@@ -6,7 +6,7 @@
 //! across reloads.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -22,6 +22,7 @@ use http::header::{self, HeaderMap};
 use sha2::Sha256;
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::headers::ClientNet;
 use crate::metrics::Metrics;
 
 /// Longest `Authorization` header considered; longer ones are malformed, not parsed.
@@ -113,7 +114,7 @@ pub fn parse_authorization(headers: &HeaderMap) -> Result<Option<Credential>, Au
 /// sites still use half the cores, and neither a reload nor a second site resets a count.
 /// Each site's own lockout thresholds apply to the checks made on that site.
 pub struct Defence {
-    lockout: Mutex<HashMap<Offender, Strikes>>,
+    lockout: Mutex<HashMap<ClientNet, Strikes>>,
     bcrypt_slots: Arc<Semaphore>,
     waiting: AtomicUsize,
 }
@@ -438,7 +439,7 @@ impl Authenticator {
         if table.is_empty() {
             return Ok(());
         }
-        match table.get(&Offender::of(peer)).and_then(|s| s.locked_until) {
+        match table.get(&ClientNet::of(peer)).and_then(|s| s.locked_until) {
             Some(until) if until > now => Err(AuthFailure::LockedOut((until - now).as_secs().max(1))),
             _ => Ok(()),
         }
@@ -450,7 +451,7 @@ impl Authenticator {
     fn reserve(&self, peer: IpAddr) -> Result<Strike, AuthFailure> {
         let now = Instant::now();
         let s = &self.settings;
-        let offender = Offender::of(peer);
+        let offender = ClientNet::of(peer);
         let mut table = self.defence.lockout.lock().expect("lockout lock");
         let st = self.strikes(&mut table, offender, now);
         if let Some(until) = st.locked_until {
@@ -480,8 +481,8 @@ impl Authenticator {
     /// The strikes of `offender` in the current window, a fresh window when the last one ended.
     fn strikes<'t>(
         &self,
-        table: &'t mut HashMap<Offender, Strikes>,
-        offender: Offender,
+        table: &'t mut HashMap<ClientNet, Strikes>,
+        offender: ClientNet,
         now: Instant,
     ) -> &'t mut Strikes {
         let s = &self.settings;
@@ -517,7 +518,7 @@ impl Authenticator {
     fn strike(&self, peer: IpAddr, failure: AuthFailure, count: bool) -> AuthFailure {
         let now = Instant::now();
         let s = &self.settings;
-        let offender = Offender::of(peer);
+        let offender = ClientNet::of(peer);
         let mut table = self.defence.lockout.lock().expect("lockout lock");
         let st = self.strikes(&mut table, offender, now);
         if count || st.count == 0 {
@@ -540,35 +541,8 @@ impl Authenticator {
 
 /// A strike taken before a password check, to give back if it succeeds.
 struct Strike {
-    offender: Offender,
+    offender: ClientNet,
     window_start: Instant,
-}
-
-/// What a lockout counts failures against: an IPv4 address, or an IPv6 /64, the smallest
-/// network a subscriber is given, so stepping through one's own addresses does not reset the
-/// count. An IPv4-mapped IPv6 peer counts as its IPv4 address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Offender(IpAddr);
-
-impl Offender {
-    fn of(peer: IpAddr) -> Offender {
-        match peer {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Offender(IpAddr::V4(v4)),
-                None => Offender(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)))),
-            },
-            v4 => Offender(v4),
-        }
-    }
-}
-
-impl std::fmt::Display for Offender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            IpAddr::V4(a) => write!(f, "{a}"),
-            IpAddr::V6(net) => write!(f, "{net}/64"),
-        }
-    }
 }
 
 /// One waiter on a shared check. The last one to leave, finished or cancelled (a client that
@@ -739,7 +713,7 @@ mod tests {
             auth.authenticate(&wrong, ip("192.0.2.8")).await,
             Err(AuthFailure::BadPassword)
         );
-        assert_eq!(Offender::of(ip("2001:db8:0:7::1")).to_string(), "2001:db8:0:7::/64");
+        assert_eq!(ClientNet::of(ip("2001:db8:0:7::1")).to_string(), "2001:db8:0:7::/64");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -759,7 +733,7 @@ mod tests {
         }
         // Two failures stand despite the successes; a reload does not clear them either.
         auth.reload();
-        assert_eq!(auth.defence.lockout.lock().unwrap()[&Offender::of(peer)].count, 2);
+        assert_eq!(auth.defence.lockout.lock().unwrap()[&ClientNet::of(peer)].count, 2);
         assert_eq!(
             auth.authenticate(&alice_with("wrong2"), peer).await,
             Err(AuthFailure::BadPassword)

@@ -1,16 +1,20 @@
-//! Streaming body wrappers: the request body on its way up (byte count, size limit, and a signal
-//! when it has been sent in full) and the response body on its way down (byte count, and a hook
-//! that runs once when the response ends or the client goes away). No body is ever buffered.
+//! Streaming body wrappers: the request body on its way up (byte count, size limit, stall
+//! timeout, and a signal when it has been sent in full) and the response body on its way down
+//! (byte count, and a hook that runs once when the response ends or the client goes away). No
+//! body is ever buffered.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 /// Boxed error type of every body guard hands to hyper.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,6 +30,11 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds {0} bytes")]
 pub struct BodyLimitExceeded(pub u64);
+
+/// The client stopped sending its request body for `--body-timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body data for {}s", .0.as_secs())]
+pub struct BodyStalled(pub Duration);
 
 /// Reading the client's request body failed: malformed chunked framing, or the client went
 /// away mid-body. The client's fault, never the upstream's.
@@ -48,16 +57,50 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         limit: Option<u64>,
+        stall: Stall,
         progress: Arc<BodyProgress>,
         // `None` for a body that was empty from the start: nobody needs telling.
         done: Option<watch::Sender<bool>>,
     }
 }
 
+/// The stall timer of a request body. It runs only while the forwarder waits on the client:
+/// from the first poll that finds no data until data comes. While the upstream is slow to take
+/// what it was given, the body is not polled and the clock does not run, so only the client's
+/// own silence counts, and a slow but live upload is never cut.
+struct Stall {
+    timeout: Duration,
+    // Made at the first wait, then reset: most bodies arrive whole and never need one.
+    timer: Option<Pin<Box<Sleep>>>,
+    // Whether the timer is set for the current wait (cleared by every frame).
+    armed: bool,
+}
+
+impl Stall {
+    /// Called when the client has no data for us: starts the clock if this wait is new, and
+    /// says whether it has run out.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+}
+
 impl<B: Body> RequestBody<B> {
-    /// Wraps `inner`; the receiver turns `true` once the whole body has been handed on. An
-    /// empty body (most requests) has no receiver: it is sent with the head.
-    pub fn new(inner: B, limit: Option<u64>) -> (Self, Arc<BodyProgress>, Option<watch::Receiver<bool>>) {
+    /// Wraps `inner`, cut at `limit` bytes or after `stall_timeout` without data; the receiver
+    /// turns `true` once the whole body has been handed on. An empty body (most requests) has
+    /// no receiver: it is sent with the head.
+    pub fn new(
+        inner: B,
+        limit: Option<u64>,
+        stall_timeout: Duration,
+    ) -> (Self, Arc<BodyProgress>, Option<watch::Receiver<bool>>) {
         let progress = Arc::new(BodyProgress::default());
         let (done, rx) = if inner.is_end_stream() {
             (None, None)
@@ -69,6 +112,11 @@ impl<B: Body> RequestBody<B> {
             RequestBody {
                 inner,
                 limit,
+                stall: Stall {
+                    timeout: stall_timeout,
+                    timer: None,
+                    armed: false,
+                },
                 progress: progress.clone(),
                 done,
             },
@@ -88,7 +136,11 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let polled = this.inner.poll_frame(cx);
+        if !polled.is_pending() {
+            this.stall.armed = false;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let total = this.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
@@ -107,6 +159,9 @@ where
                     done.send_replace(true);
                 }
                 Poll::Ready(None)
+            }
+            Poll::Pending if this.stall.poll_expired(cx) => {
+                Poll::Ready(Some(Err(Box::new(BodyStalled(this.stall.timeout)))))
             }
             Poll::Pending => Poll::Pending,
         }

@@ -50,6 +50,13 @@ pub enum ProxyError {
         /// The configured limit.
         limit: u64,
     },
+    /// The client sent no request body data for `--body-timeout`; the upstream request was cut
+    /// (its connection closed, not reused).
+    #[error("request body stalled: no data for {seconds}s")]
+    BodyStalled {
+        /// The timeout that fired.
+        seconds: u64,
+    },
     /// The request could not be turned into an upstream request.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -112,6 +119,12 @@ impl ProxyError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "REQUEST_LIMIT_EXCEEDED",
                 "the request body exceeds the configured maximum size",
+            ),
+            // Not retried by the MLflow client (a body cannot be replayed from here anyway).
+            ProxyError::BodyStalled { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "DEADLINE_EXCEEDED",
+                "the request body stopped arriving",
             ),
             ProxyError::BadRequest(_) => (
                 StatusCode::BAD_REQUEST,
@@ -186,6 +199,7 @@ impl ProxyError {
         }
         match self {
             ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyStalled { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::NotFound
             | ProxyError::TooManyHeaders(_)
@@ -272,6 +286,7 @@ mod tests {
                 "DEADLINE_EXCEEDED",
             ),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "REQUEST_LIMIT_EXCEEDED"),
+            (ProxyError::BodyStalled { seconds: 60 }, 408, "DEADLINE_EXCEEDED"),
             (ProxyError::BadRequest("x"), 400, "BAD_REQUEST"),
             (ProxyError::NotFound, 404, "ENDPOINT_NOT_FOUND"),
             (ProxyError::TooManyHeaders(100), 431, "BAD_REQUEST"),

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::body::{BodyLimitExceeded, BoxError, ClientBodyError, RequestBody};
+use crate::body::{BodyLimitExceeded, BodyStalled, BoxError, ClientBodyError, RequestBody};
 use crate::error::ProxyError;
 use crate::server::PerWorker;
 
@@ -278,6 +278,11 @@ fn classify(e: hyper::Error, upstream: &str) -> ProxyError {
     while let Some(s) = src {
         if let Some(limit) = s.downcast_ref::<BodyLimitExceeded>() {
             return ProxyError::BodyTooLarge { limit: limit.0 };
+        }
+        if let Some(stalled) = s.downcast_ref::<BodyStalled>() {
+            return ProxyError::BodyStalled {
+                seconds: stalled.0.as_secs(),
+            };
         }
         if s.downcast_ref::<ClientBodyError>().is_some() {
             return ProxyError::BadRequest("malformed or truncated request body");

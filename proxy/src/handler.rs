@@ -266,7 +266,7 @@ async fn route(
     // The upstream speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
 
-    let (body, progress, body_sent) = RequestBody::new(body, state.limits.max_body_bytes);
+    let (body, progress, body_sent) = RequestBody::new(body, state.limits.max_body_bytes, state.limits.body_timeout);
     rec.request_body = Some(progress);
     let started = Instant::now();
     let resp = forward(

@@ -2,7 +2,7 @@
 //! removed both ways, `X-Forwarded-*` and `X-Real-IP` set from the real connection, identity
 //! headers only guard writes, and `Host` chosen on purpose.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use guard_config::model::Cidr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -171,6 +171,34 @@ pub fn wants_websocket(headers: &HeaderMap) -> bool {
 pub fn restore_websocket(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// One client as guard counts it (failed logins, open connections): an IPv4 address, or an IPv6
+/// /64, the smallest network a subscriber is given, so stepping through one's own addresses does
+/// not reset a count. An IPv4-mapped IPv6 peer counts as its IPv4 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientNet(IpAddr);
+
+impl ClientNet {
+    /// The client `peer` belongs to.
+    pub fn of(peer: IpAddr) -> ClientNet {
+        match peer {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientNet(IpAddr::V4(v4)),
+                None => ClientNet(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)))),
+            },
+            v4 => ClientNet(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}"),
+            IpAddr::V6(net) => write!(f, "{net}/64"),
+        }
+    }
 }
 
 /// The client a request counts against (for the lockout): the peer itself, or when the peer is a

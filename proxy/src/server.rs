@@ -2,8 +2,9 @@
 //! its timeout, one hyper connection (HTTP/1.1 or HTTP/2 by ALPN) per client, idle and
 //! connection limits, and the graceful drain on shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use guard_config::model::Cidr;
 use guard_config::serve::{Limits, ServeSettings, SiteSettings, TlsSource};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::handler::{handle, ConnInfo, State};
+use crate::headers::ClientNet;
 use crate::metrics::Metrics;
 use crate::route::{Router, SiteError};
 use crate::tls::{self, CertResolver, TlsError};
@@ -224,6 +227,10 @@ pub async fn serve(
     drop(drain_tx);
 
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = Arc::new(PerClient::new(
+        limits.max_connections_per_client,
+        &settings.trusted_proxies,
+    ));
     let peak = Arc::new(crate::memory::Peak::default());
     let open = {
         let (permits, max) = (permits.clone(), limits.max_connections);
@@ -249,6 +256,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(client) = per_client.admit(peer.ip()) else {
+            // Closed before the handshake: its slot goes straight back.
+            continue;
+        };
         let Ok(tcp) = tcp.into_std() else { continue };
         peak.saw(open());
         let worker = workers
@@ -258,7 +269,16 @@ pub async fn serve(
         worker.load.fetch_add(1, Ordering::Relaxed);
         // A worker's receiver lives until its runtime ends, after this loop; if it is gone
         // anyway, the connection is closed and its slot freed.
-        if worker.handoff.send(Accepted { tcp, peer, permit }).is_err() {
+        if worker
+            .handoff
+            .send(Accepted {
+                tcp,
+                peer,
+                permit,
+                client,
+            })
+            .is_err()
+        {
             worker.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -328,6 +348,85 @@ struct Accepted {
     tcp: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    client: Option<ClientConn>,
+}
+
+/// Open connections per client, held under `max_connections_per_client` so that one client
+/// cannot take every slot of `max_connections`. A trusted proxy is not limited: its connections
+/// carry many clients, and which ones is only known per request.
+#[derive(Debug)]
+struct PerClient {
+    max: usize,
+    trusted: Vec<Cidr>,
+    open: Mutex<HashMap<ClientNet, ClientCount>>,
+}
+
+#[derive(Debug, Default)]
+struct ClientCount {
+    open: usize,
+    // Whether this client's refusals have been logged since it was last under the limit: one
+    // warning per episode, not one per connection of a flood.
+    warned: bool,
+}
+
+impl PerClient {
+    fn new(max: usize, trusted: &[Cidr]) -> Self {
+        PerClient {
+            max,
+            trusted: trusted.to_vec(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a new connection from `peer`: `Ok(None)` when it is not counted, `Err` when the
+    /// client is at its limit and the connection must be closed.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Option<ClientConn>, ()> {
+        if self.max == 0 || self.trusted.iter().any(|c| c.contains(peer)) {
+            return Ok(None);
+        }
+        let net = ClientNet::of(peer);
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(net).or_default();
+        if count.open >= self.max {
+            if !count.warned {
+                count.warned = true;
+                tracing::warn!(
+                    "closing new connections from {net}: it has {} open (max_connections_per_client)",
+                    count.open
+                );
+            }
+            return Err(());
+        }
+        count.open += 1;
+        Ok(Some(ClientConn {
+            table: self.clone(),
+            net,
+        }))
+    }
+}
+
+/// One connection counted against its client until dropped.
+#[derive(Debug)]
+struct ClientConn {
+    table: Arc<PerClient>,
+    net: ClientNet,
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.net) {
+            count.open -= 1;
+            count.warned = false;
+            if count.open == 0 {
+                open.remove(&self.net);
+            }
+        }
+    }
 }
 
 /// The accept loop's side of a worker.
@@ -372,7 +471,13 @@ impl Worker {
     }
 
     async fn run(self, mut incoming: mpsc::UnboundedReceiver<Accepted>) {
-        while let Some(Accepted { tcp, peer, permit }) = incoming.recv().await {
+        while let Some(Accepted {
+            tcp,
+            peer,
+            permit,
+            client,
+        }) = incoming.recv().await
+        {
             let load = Load(self.load.clone());
             let Ok(tcp) = TcpStream::from_std(tcp) else { continue };
             let conn = Connection {
@@ -385,6 +490,7 @@ impl Worker {
                 slot: Arc::new(ConnSlot {
                     _drain: self.drain.clone(),
                     _permit: permit,
+                    _client: client,
                 }),
                 _load: load,
             };
@@ -486,12 +592,13 @@ struct Connection {
 }
 
 /// A connection's place: held until the connection ends, and by a WebSocket tunnel until it
-/// closes (it outlives the HTTP connection). The drain waits for every sender to drop, and the
-/// permit frees a place under `max_connections`.
+/// closes (it outlives the HTTP connection). The drain waits for every sender to drop, the
+/// permit frees a place under `max_connections`, and the client's count goes down.
 #[derive(Debug)]
 pub struct ConnSlot {
     _drain: mpsc::Sender<()>,
     _permit: OwnedSemaphorePermit,
+    _client: Option<ClientConn>,
 }
 
 impl Connection {
@@ -522,15 +629,26 @@ impl Connection {
         // task is allocated at its largest. Boxed, a client that connects and never completes a
         // handshake costs the task's small pre-handshake state instead.
         let mut conn = Box::pin(self.builder.serve_connection_with_upgrades(TokioIo::new(tls), svc));
-        let idle_timeout = limits.idle_timeout;
+        let (idle_timeout, first_timeout) = (limits.idle_timeout, limits.header_read_timeout);
         let stop = &mut self.stop;
-        // Resolves when the connection should wind down: guard is stopping, or nothing has been
-        // in flight for the idle timeout.
+        // Resolves when the connection should wind down: guard is stopping, no request began
+        // within the header timeout (hyper times HTTP/1.1 heads itself, but an HTTP/2 connection
+        // that sends no request would otherwise hold its slot for the idle timeout), or nothing
+        // has been in flight for the idle timeout.
         let mut wind_down = pin!(async {
             tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => {}
-                () = activity.idle(idle_timeout) => {}
+                _ = stop.wait_for(|stop| *stop) => WindDown::Stop,
+                () = activity.no_first_request(first_timeout) => WindDown::Silent,
+                () = activity.idle(idle_timeout) => WindDown::Idle,
             }
+        });
+        // A graceful HTTP/2 shutdown waits for the client to answer a PING before it closes, so
+        // a client that has gone silent would keep its slot for good. Once the shutdown has had
+        // the header timeout to finish, and nothing has been in flight for as long, the
+        // connection is dropped.
+        let mut linger = pin!(async {
+            tokio::time::sleep(first_timeout).await;
+            activity.idle(first_timeout).await;
         });
         let side = Arc::new(SideWake::new());
         let side_waker = Waker::from(side.clone());
@@ -542,22 +660,45 @@ impl Connection {
                 }
                 return Poll::Ready(());
             }
-            if !closing
-                && side.take(cx.waker())
-                && wind_down
-                    .as_mut()
-                    .poll(&mut Context::from_waker(&side_waker))
-                    .is_ready()
-            {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-                // The connection acts on the shutdown when polled again.
-                cx.waker().wake_by_ref();
+            if !side.take(cx.waker()) {
+                return Poll::Pending;
+            }
+            let mut side_cx = Context::from_waker(&side_waker);
+            if !closing {
+                match wind_down.as_mut().poll(&mut side_cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(WindDown::Silent) => {
+                        // Nothing was asked, so nothing can be lost: no GOAWAY round trip.
+                        tracing::debug!(peer = %self.peer, "closed a connection that sent no request");
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(WindDown::Stop | WindDown::Idle) => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        // Polls the connection, which acts on the shutdown, and starts `linger`.
+                        Wake::wake_by_ref(&side);
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if linger.as_mut().poll(&mut side_cx).is_ready() {
+                tracing::debug!(peer = %self.peer, "dropped a connection that did not finish closing");
+                return Poll::Ready(());
             }
             Poll::Pending
         })
         .await;
     }
+}
+
+/// Why a connection winds down.
+enum WindDown {
+    /// guard is stopping.
+    Stop,
+    /// No request began within the header timeout.
+    Silent,
+    /// Nothing has been in flight for the idle timeout.
+    Idle,
 }
 
 /// Lets a connection's task poll its wind-down future only when that future's own waker fired.
@@ -630,6 +771,8 @@ impl Drop for OpenConnection {
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
+    // Set by the first request; never cleared.
+    begun: AtomicBool,
     last_end_ms: AtomicU64,
     epoch: Instant,
 }
@@ -638,6 +781,7 @@ impl Activity {
     fn new() -> Self {
         Activity {
             in_flight: AtomicUsize::new(0),
+            begun: AtomicBool::new(false),
             last_end_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -645,7 +789,17 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.begun.store(true, Ordering::Release);
         InFlight(self.clone())
+    }
+
+    /// Resolves `timeout` after the connection opened if no request has begun by then; never
+    /// otherwise.
+    async fn no_first_request(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if self.begun.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn now_ms(&self) -> u64 {
