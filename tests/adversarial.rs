@@ -1355,7 +1355,7 @@ async fn a_burst_of_a_thousand_connects_is_accepted_without_handshake_retries() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_versions_below_1_2_are_refused_and_1_2_and_1_3_are_accepted() {
-    if !require_program("openssl") {
+    if require_program(&["openssl"], "apt-get install -y openssl").is_none() {
         return;
     }
     let s = Setup::start(&[]).await;

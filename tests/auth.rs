@@ -175,7 +175,7 @@ async fn bearer_tokens_work_until_they_expire_or_are_revoked() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_from_apache_htpasswd_and_crlf_files_verify() {
-    if !require_program("htpasswd") {
+    if require_program(&["htpasswd"], "apt-get install -y apache2-utils").is_none() {
         return;
     }
     let dir = TempDir::new("apache");

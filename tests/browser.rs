@@ -31,7 +31,8 @@ fn browser_ready() -> bool {
         eprintln!("note: run `npm ci` in tests/browser for the browser tests; skipping outside CI");
         return false;
     }
-    require_program("chromium") && require_program("node")
+    require_program(&["chromium"], "apt-get install -y chromium").is_some()
+        && require_program(&["node"], "apt-get install -y nodejs npm").is_some()
 }
 
 #[test]

@@ -24,7 +24,7 @@ fn cert_pair() -> (String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn saturated_authenticated_load_survives_user_and_certificate_churn() {
     init();
-    if !require_program("wrk") {
+    if require_program(&["wrk"], "apt-get install -y wrk").is_none() {
         return;
     }
     let seconds: u64 = std::env::var("GUARD_SOAK_SECONDS")

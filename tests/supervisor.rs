@@ -62,7 +62,8 @@ impl Drop for Supervisord {
 
 #[test]
 fn supervisord_runs_mlflow_and_guard_restarts_guard_and_stops_both() {
-    if !require_program("supervisord") || !require_program("supervisorctl") {
+    let install = "apt-get install -y supervisor";
+    if require_program(&["supervisord"], install).is_none() || require_program(&["supervisorctl"], install).is_none() {
         return;
     }
     let Some(venv) = venv() else { return };

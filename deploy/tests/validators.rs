@@ -28,8 +28,7 @@ fn write_cases(tmp: &TempDir, target: Target, layout: Option<&Layout>) -> Vec<(S
 #[test]
 fn every_compose_combination_passes_docker_compose_config() {
     let Some(compose) = require_program(
-        &[PathBuf::from("/usr/bin/docker-compose")],
-        "docker-compose",
+        &["/usr/bin/docker-compose"],
         "apt-get install -y --no-install-recommends docker-compose",
     ) else {
         return;
@@ -54,14 +53,14 @@ fn every_compose_combination_passes_docker_compose_config() {
 
 #[test]
 fn every_compose_combination_matches_the_compose_spec_schema() {
-    let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("GUARD_CHECK_JSONSCHEMA") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(PathBuf::from("/opt/guard-venv/bin/check-jsonschema"));
+    let given = std::env::var("GUARD_CHECK_JSONSCHEMA").ok();
+    let candidates: Vec<&str> = given
+        .as_deref()
+        .into_iter()
+        .chain(["/opt/guard-venv/bin/check-jsonschema"])
+        .collect();
     let Some(checker) = require_program(
         &candidates,
-        "check-jsonschema",
         "pip install check-jsonschema (or set GUARD_CHECK_JSONSCHEMA to its path)",
     ) else {
         return;
@@ -90,11 +89,7 @@ fn existing_binaries() -> Layout {
 
 fn systemd_analyze() -> Option<PathBuf> {
     require_program(
-        &[
-            PathBuf::from("/usr/bin/systemd-analyze"),
-            PathBuf::from("/bin/systemd-analyze"),
-        ],
-        "systemd-analyze",
+        &["/usr/bin/systemd-analyze", "/bin/systemd-analyze"],
         "apt-get install -y systemd",
     )
 }
@@ -178,11 +173,7 @@ print(json.dumps(out))
 
 #[test]
 fn every_supervisor_config_loads_in_supervisord() {
-    let Some(python) = require_program(
-        &[PathBuf::from("/usr/bin/python3")],
-        "python3 with Debian's supervisor module",
-        "apt-get install -y supervisor",
-    ) else {
+    let Some(python) = require_program(&["/usr/bin/python3"], "apt-get install -y supervisor") else {
         return;
     };
     let (has_module, _, _) = run(Command::new(&python).args(["-c", "import supervisor.options"]));

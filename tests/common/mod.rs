@@ -287,7 +287,10 @@ pub fn run_guard(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 
 pub mod mlflow;
 pub mod pebble;
+mod program;
 pub mod raw;
+
+pub use program::require_program;
 
 /// An HTTP Basic `Authorization` value.
 pub fn basic(user: &str, pw: &str) -> String {
@@ -712,22 +715,6 @@ pub fn unused_port() -> u16 {
 /// A loopback port nothing listens on.
 pub fn dead_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], unused_port()))
-}
-
-/// Fails the test when CI requires `program` and it is missing; otherwise returns whether it
-/// exists, so a developer without it sees a note instead of a failure.
-pub fn require_program(program: &str) -> bool {
-    let found = Path::new(program).is_absolute() && Path::new(program).exists()
-        || std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-            .unwrap_or(false);
-    if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("{program} is required in CI but was not found; .ci/run installs it");
-        }
-        eprintln!("note: {program} not found; skipping this check outside CI");
-    }
-    found
 }
 
 /// Parses the JSON the echo upstream answers with.

@@ -12,7 +12,7 @@ use super::{unused_port, Captured, Client, Guard, TempDir};
 
 /// Whether pebble can run here: panics in CI (where `.ci/run` installs it), else prints a note.
 pub fn available() -> bool {
-    super::require_program("pebble")
+    super::require_program(&["pebble"], "apt-get install -y pebble").is_some()
 }
 
 /// pebble's files and ports, fixed before it starts so guard can be pointed at it first.

@@ -8,6 +8,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../../../tests/common/program.rs"]
+mod program;
+#[allow(unused_imports)] // used by validators.rs, not by every test binary
+pub use program::require_program;
+
 use guard_deploy::{
     render, Artifacts, Backend, Deployment, Layout, RenderedFile, Secret, Secrets, Target, Tls, DEFAULT_MLFLOW_VERSION,
 };
@@ -194,27 +199,6 @@ pub fn write_into(dir: &Path, files: &[RenderedFile]) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, &f.contents).unwrap();
     }
-}
-
-/// Finds an outside program a test needs. Under `CI` a missing program fails the test, naming
-/// it and the package that provides it; elsewhere the test prints a note and is skipped.
-pub fn require_program(candidates: &[PathBuf], what: &str, install: &str) -> Option<PathBuf> {
-    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
-        return Some(p.clone());
-    }
-    let msg = format!(
-        "{what} not found (looked at {}); install it with: {install}",
-        candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("note: skipping: {msg}");
-    None
 }
 
 /// Runs a command, returning (success, stdout, stderr).
