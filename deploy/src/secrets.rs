@@ -3,7 +3,6 @@
 //! lock mlflow out of an existing database. Renderers take them as a parameter, which lets
 //! tests render with fixed values.
 
-use std::fmt;
 use std::path::Path;
 
 use crate::error::DeployError;
@@ -12,44 +11,28 @@ use crate::error::DeployError;
 /// unit files without quoting).
 const SECRET_BYTES: usize = 24;
 
-/// A secret value whose `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// The workspace's one secret type: `Debug` and `Display` never show it.
+pub use guard_config::secret::Secret;
 
-impl Secret {
-    /// Wraps a value (tests use fixed ones).
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that writes it (.env, mlflow.env).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    fn generate() -> Result<Secret, DeployError> {
-        let mut bytes = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut bytes).map_err(DeployError::Random)?;
-        Ok(Secret(bytes.iter().map(|b| format!("{b:02x}")).collect()))
-    }
-
-    /// Whether a value read back from an old file can be written again unquoted.
-    fn is_reusable(value: &str) -> bool {
-        value.len() >= 16
-            && value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
-    }
+/// A fresh random secret.
+fn generate() -> Result<Secret, DeployError> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes).map_err(DeployError::Random)?;
+    Ok(Secret::new(
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    ))
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
+/// Whether a value read back from an old file can be written again unquoted.
+fn is_reusable(value: &str) -> bool {
+    value.len() >= 16
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
 }
 
 /// Every secret any renderer may write. Each renderer writes only the ones its deployment uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Secrets {
     /// The PostgreSQL password of role `mlflow` (`POSTGRES_PASSWORD` in compose's .env,
     /// `PGPASSWORD` in mlflow.env).
@@ -62,8 +45,8 @@ impl Secrets {
     /// Fresh random secrets.
     pub fn generate() -> Result<Secrets, DeployError> {
         Ok(Secrets {
-            postgres_password: Secret::generate()?,
-            jupyter_token: Secret::generate()?,
+            postgres_password: generate()?,
+            jupyter_token: generate()?,
         })
     }
 
@@ -94,7 +77,7 @@ impl Secrets {
                 "JUPYTER_TOKEN" => &mut self.jupyter_token,
                 _ => continue,
             };
-            if Secret::is_reusable(value) {
+            if is_reusable(value) {
                 *slot = Secret::new(value);
             }
         }
@@ -111,7 +94,7 @@ mod tests {
         let s = Secrets::generate().unwrap();
         assert_eq!(s.postgres_password.expose().len(), 2 * SECRET_BYTES);
         assert!(s.postgres_password.expose().chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(s.postgres_password, s.jupyter_token);
+        assert_ne!(s.postgres_password.expose(), s.jupyter_token.expose());
         let debug = format!("{s:?}");
         assert!(!debug.contains(s.postgres_password.expose()), "{debug}");
         assert!(debug.contains("<redacted>"));
@@ -131,7 +114,7 @@ mod tests {
         let token = s.jupyter_token.clone();
         s.keep_from(&path).unwrap();
         assert_eq!(s.postgres_password.expose(), "0123456789abcdef0123");
-        assert_eq!(s.jupyter_token, token, "too short to keep");
+        assert_eq!(s.jupyter_token.expose(), token.expose(), "too short to keep");
         s.keep_from(&dir.join("missing")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
