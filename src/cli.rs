@@ -724,13 +724,13 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
             for t in tokens::list_tokens(&files.tokens()?).map_err(tokens_failure)? {
                 let expires = t
                     .expires
-                    .map(tokens::format_unix_time)
+                    .map(guard_config::clock::format_utc)
                     .unwrap_or_else(|| "never".into());
                 println!(
                     "{}\t{:?}\tcreated {}\texpires {}",
                     t.name,
                     t.status(now),
-                    tokens::format_unix_time(t.created),
+                    guard_config::clock::format_utc(t.created),
                     expires
                 );
             }

@@ -3,6 +3,7 @@
 //! It knows no sockets: parsing, validation and atomic file writes only.
 
 pub mod acme;
+pub mod clock;
 pub mod credential;
 pub mod error;
 pub mod fsutil;

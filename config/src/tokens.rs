@@ -482,35 +482,6 @@ fn write_file(path: &Path, file: &TokensFile) -> Result<(), TokensError> {
     write_atomic(path, text.as_bytes(), TOKENS_FILE_MODE).map_err(write_error)
 }
 
-/// Formats Unix seconds as RFC 3339 UTC (`2026-11-26T14:20:00Z`) for `token list`, without a
-/// date library: Howard Hinnant's days-to-civil algorithm.
-pub fn format_unix_time(secs: u64) -> String {
-    // u64::MAX / 86400 fits in i64 with room to spare.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // shift the epoch to 0000-03-01, so leap days end each cycle
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097; // day of the 400-year era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
-    let mp = (5 * doy + 2) / 153; // March = 0
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,23 +722,5 @@ mod tests {
         for token in &tokens {
             assert!(matches!(set.lookup(token.expose(), NOW), Lookup::Valid { .. }));
         }
-    }
-
-    #[test]
-    fn format_unix_time_matches_gnu_date() {
-        // Expected values from `date -u -d @SECS +%Y-%m-%dT%H:%M:%SZ`.
-        for (secs, expect) in [
-            (0, "1970-01-01T00:00:00Z"),
-            (68_169_600, "1972-02-29T00:00:00Z"),
-            (951_782_400, "2000-02-29T00:00:00Z"),
-            (1_764_160_000, "2025-11-26T12:26:40Z"),
-            (1_771_936_000, "2026-02-24T12:26:40Z"),
-            (4_107_542_399, "2100-02-28T23:59:59Z"),
-            (253_402_300_799, "9999-12-31T23:59:59Z"),
-        ] {
-            assert_eq!(format_unix_time(secs), expect, "{secs}");
-        }
-        // No panic at the extreme.
-        let _ = format_unix_time(u64::MAX);
     }
 }

@@ -274,18 +274,8 @@ fn timestamp(out: &mut String) {
         if *second != since.as_secs() {
             *second = since.as_secs();
             text.clear();
-            let t = time::OffsetDateTime::from_unix_timestamp(since.as_secs() as i64)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            let _ = write!(
-                text,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
+            let utc = guard_config::clock::format_utc(since.as_secs());
+            text.push_str(utc.strip_suffix('Z').unwrap_or(&utc));
         }
         out.push_str(text);
     });

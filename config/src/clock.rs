@@ -1,0 +1,51 @@
+//! Time as guard writes it: the one UTC formatter, for `token list`, the access log and ACME's
+//! log lines.
+
+/// Formats Unix seconds as RFC 3339 UTC, `2026-11-26T14:20:00Z`. A time past year 9999 (only a
+/// hand-edited tokens file holds one) is written as its Unix seconds instead.
+pub fn format_utc(secs: u64) -> String {
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok());
+    match t {
+        Some(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        None => format!("@{secs} (Unix seconds, past year 9999)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_utc_matches_gnu_date() {
+        // Expected values from `date -u -d @SECS +%Y-%m-%dT%H:%M:%SZ`.
+        for (secs, expect) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (68_169_600, "1972-02-29T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_764_160_000, "2025-11-26T12:26:40Z"),
+            (1_771_936_000, "2026-02-24T12:26:40Z"),
+            (4_107_542_399, "2100-02-28T23:59:59Z"),
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(format_utc(secs), expect, "{secs}");
+        }
+        assert_eq!(
+            format_utc(253_402_300_800),
+            "@253402300800 (Unix seconds, past year 9999)"
+        );
+        assert_eq!(
+            format_utc(u64::MAX),
+            format!("@{} (Unix seconds, past year 9999)", u64::MAX)
+        );
+    }
+}
