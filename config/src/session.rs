@@ -1,0 +1,613 @@
+//! Browser sign-in sessions: the sealed cookie a browser holds instead of sending a password,
+//! and the key file that seals it, with its rotation. Stateless by design: a cookie carries
+//! everything needed to check it, sealed with AES-256-GCM (ring's, the AEAD rustls already
+//! builds on), so any guard that reads the same key file accepts any other's sessions, with no
+//! database. Times are Unix seconds passed in by the caller, so tests move a clock instead of
+//! sleeping.
+
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::file_error::FileError;
+use crate::fsutil::{lock_exclusive, write_atomic};
+use crate::secret::ct_eq;
+
+/// The cookie's name. `__Host-` makes the browser keep it only if it was set `Secure`, with
+/// `Path=/` and no `Domain`: no other host, not even a sibling subdomain, can plant or read it.
+pub const COOKIE_NAME: &str = "__Host-guard_session";
+
+/// The key file's name in the state directory.
+pub const KEY_FILE_NAME: &str = "session-keys.json";
+
+/// Mode of the key file: whoever reads it can sign anyone in.
+pub const KEY_FILE_MODE: u32 = 0o600;
+
+/// The layout of a sealed cookie, first byte of its decoded form.
+const COOKIE_VERSION: u8 = 1;
+const KEY_ID_LEN: usize = 4;
+const KEY_LEN: usize = 32;
+const TAG_LEN: usize = 16;
+/// Longest cookie value considered (browsers keep 4 KiB per cookie); longer is malformed.
+const MAX_COOKIE_LEN: usize = 4096;
+/// Binds a sealed value to this use, so nothing else sealed under the key passes as a session.
+const AAD_CONTEXT: &[u8] = b"guard-session-v1";
+
+/// How a user signed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignIn {
+    /// guard's sign-in page, against the users file.
+    Password,
+}
+
+/// What a session cookie says, once opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The user it signs in.
+    #[serde(rename = "u")]
+    pub user: String,
+    /// How they signed in.
+    #[serde(rename = "m")]
+    pub method: SignIn,
+    /// When the user signed in: the absolute lifetime counts from here.
+    #[serde(rename = "i")]
+    pub issued: u64,
+    /// When the cookie was last renewed: the idle timeout counts from here.
+    #[serde(rename = "s")]
+    pub seen: u64,
+    /// [`credential_fingerprint`] of the user's stored hash at sign-in: a changed password (or
+    /// a deleted and re-added user) no longer matches, which ends the session.
+    #[serde(rename = "c")]
+    pub credential: String,
+    /// This session's CSRF token, for the forms that act on it (sign-out, change password).
+    #[serde(rename = "x")]
+    pub csrf: String,
+}
+
+impl Session {
+    /// A new session for `user`, signed in now with a stored hash whose fingerprint is
+    /// `credential`.
+    pub fn new(user: &str, method: SignIn, credential: String, now: u64) -> Result<Session, getrandom::Error> {
+        Ok(Session {
+            user: user.to_owned(),
+            method,
+            issued: now,
+            seen: now,
+            credential,
+            csrf: random_b64::<16>()?,
+        })
+    }
+}
+
+/// How long sessions live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// From sign-in, however active the session is.
+    pub absolute: u64,
+    /// Without a request.
+    pub idle: u64,
+}
+
+/// Why a cookie does not sign anyone in. The proxy logs these at debug level: a browser with a
+/// stale cookie is routine, not an attack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Not base64url, too short or too long, or of a layout version this guard does not write.
+    #[error("the session cookie is not one guard wrote")]
+    Malformed,
+    /// Sealed under a key this key file does not hold, or one whose time after rotation is up.
+    #[error("the session cookie's key is unknown or retired")]
+    UnknownKey,
+    /// The AEAD tag does not match: changed in transit or forged.
+    #[error("the session cookie failed its integrity check")]
+    Tampered,
+    /// Signed in longer ago than the absolute lifetime.
+    #[error("the session reached its absolute lifetime")]
+    Expired,
+    /// No request for the idle timeout.
+    #[error("the session was idle too long")]
+    Idle,
+    /// Checked by the caller against the users file: see [`Session::credential`].
+    #[error("the session's user was removed or changed their password")]
+    CredentialChanged,
+}
+
+/// The fingerprint of a stored password hash that a session carries. One-way, so the cookie's
+/// holder learns nothing of the hash even if the sealing were broken.
+pub fn credential_fingerprint(stored_hash: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"guard-session-credential\0");
+    h.update(stored_hash.as_bytes());
+    B64.encode(&h.finalize()[..16])
+}
+
+/// Whether a session's fingerprint matches the user's current stored hash, in constant time.
+pub fn credential_matches(session: &Session, stored_hash: &str) -> bool {
+    ct_eq(
+        session.credential.as_bytes(),
+        credential_fingerprint(stored_hash).as_bytes(),
+    )
+}
+
+fn random_b64<const N: usize>() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes)?;
+    Ok(B64.encode(bytes))
+}
+
+/// One key of the file.
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredKey {
+    /// 8 hex digits, written into every cookie the key seals.
+    id: String,
+    /// 32 bytes, base64url.
+    key: String,
+    created: u64,
+    /// Set when a newer key replaced this one: cookies it sealed are accepted until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accept_until: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    /// Newest first; the first seals, all accepted ones open.
+    keys: Vec<StoredKey>,
+}
+
+/// A key ready to use.
+struct Key {
+    id: [u8; KEY_ID_LEN],
+    aead: LessSafeKey,
+    accept_until: Option<u64>,
+}
+
+/// The keys of the key file, loaded: the newest seals, every one still accepted opens.
+pub struct SessionKeys {
+    keys: Vec<Key>,
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Ids only: the keys themselves are secrets.
+        let ids: Vec<String> = self.keys.iter().map(|k| hex(&k.id)).collect();
+        f.debug_struct("SessionKeys").field("ids", &ids).finish()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A problem with the key file, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Reading, writing or locking it failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Not JSON of the expected shape; the source names line and column.
+    #[error("{}: invalid session key file", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde's error, with line and column.
+        source: serde_json::Error,
+    },
+    /// A key that is not what guard writes.
+    #[error("{}: key {index}: {reason}", path.display())]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Its place in `keys`, from 0 (the newest).
+        index: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `keys` is empty: nothing could seal a session.
+    #[error("{}: no session keys", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The OS random source failed.
+    #[error("cannot make a session key")]
+    Random(#[source] getrandom::Error),
+}
+
+impl SessionKeys {
+    /// Loads the key file at `path`, creating it with one fresh key if it does not exist.
+    pub fn load_or_create(path: &Path, now: u64) -> Result<SessionKeys, KeyFileError> {
+        if let Some(file) = read(path)? {
+            return SessionKeys::from_file(path, &file);
+        }
+        let _lock = lock_exclusive(path).map_err(|source| FileError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // Another guard sharing the file may have made it while this one waited for the lock.
+        let file = match read(path)? {
+            Some(file) => file,
+            None => {
+                let file = KeyFile {
+                    keys: vec![new_key(now)?],
+                };
+                write(path, &file)?;
+                file
+            }
+        };
+        SessionKeys::from_file(path, &file)
+    }
+
+    /// Loads an existing key file (a reload after another guard rotated it).
+    pub fn load(path: &Path) -> Result<SessionKeys, KeyFileError> {
+        match read(path)? {
+            Some(file) => SessionKeys::from_file(path, &file),
+            None => Err(FileError::NotFound {
+                path: path.to_path_buf(),
+                what: "session key file",
+            }
+            .into()),
+        }
+    }
+
+    fn from_file(path: &Path, file: &KeyFile) -> Result<SessionKeys, KeyFileError> {
+        let bad = |index, reason| KeyFileError::BadKey {
+            path: path.to_path_buf(),
+            index,
+            reason,
+        };
+        if file.keys.is_empty() {
+            return Err(KeyFileError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut keys = Vec::with_capacity(file.keys.len());
+        for (index, k) in file.keys.iter().enumerate() {
+            let id = parse_id(&k.id).ok_or_else(|| bad(index, "id is not 8 hex digits"))?;
+            let raw = B64
+                .decode(&k.key)
+                .ok()
+                .filter(|raw| raw.len() == KEY_LEN)
+                .ok_or_else(|| bad(index, "key is not 32 bytes of base64url"))?;
+            let aead = UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| bad(index, "key is not a valid AES-256 key"))?;
+            if index == 0 && k.accept_until.is_some() {
+                return Err(bad(0, "the newest key is marked retired"));
+            }
+            keys.push(Key {
+                id,
+                aead: LessSafeKey::new(aead),
+                accept_until: k.accept_until,
+            });
+        }
+        Ok(SessionKeys { keys })
+    }
+
+    /// Seals `session` into a cookie value under the newest key.
+    pub fn seal(&self, session: &Session) -> Result<String, getrandom::Error> {
+        let key = &self.keys[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        // A random 96-bit nonce: collisions stay negligible for well over 2^30 seals per key,
+        // and a rotation starts a new key (renewals are rate-limited by the caller).
+        getrandom::fill(&mut nonce)?;
+        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + 128 + TAG_LEN);
+        out.push(COOKIE_VERSION);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce);
+        let mut body = serde_json::to_vec(session).expect("a session serialises");
+        key.aead
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(&key.id), &mut body)
+            .expect("AES-GCM seals any length a cookie has");
+        out.extend_from_slice(&body);
+        Ok(B64.encode(out))
+    }
+
+    /// Opens a cookie value: the session it holds if it was sealed by one of these keys and is
+    /// within its lifetimes at `now`. The caller still checks the credential against the users
+    /// file ([`credential_matches`]).
+    pub fn open(&self, cookie: &str, now: u64, lifetimes: Lifetimes) -> Result<Session, Refused> {
+        if cookie.len() > MAX_COOKIE_LEN {
+            return Err(Refused::Malformed);
+        }
+        let raw = B64.decode(cookie).map_err(|_| Refused::Malformed)?;
+        if raw.len() < 1 + KEY_ID_LEN + NONCE_LEN + TAG_LEN || raw[0] != COOKIE_VERSION {
+            return Err(Refused::Malformed);
+        }
+        let id: [u8; KEY_ID_LEN] = raw[1..1 + KEY_ID_LEN].try_into().expect("length checked");
+        let nonce: [u8; NONCE_LEN] = raw[1 + KEY_ID_LEN..1 + KEY_ID_LEN + NONCE_LEN]
+            .try_into()
+            .expect("length checked");
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id && k.accept_until.is_none_or(|until| now < until))
+            .ok_or(Refused::UnknownKey)?;
+        let mut body = raw[1 + KEY_ID_LEN + NONCE_LEN..].to_vec();
+        let plain = key
+            .aead
+            .open_in_place(Nonce::assume_unique_for_key(nonce), aad(&id), &mut body)
+            .map_err(|_| Refused::Tampered)?;
+        // Sealed by a guard key yet not a session: treat it as tampered, never trust a part.
+        let session: Session = serde_json::from_slice(plain).map_err(|_| Refused::Tampered)?;
+        if now >= session.issued.saturating_add(lifetimes.absolute) {
+            return Err(Refused::Expired);
+        }
+        if now >= session.seen.saturating_add(lifetimes.idle) {
+            return Err(Refused::Idle);
+        }
+        Ok(session)
+    }
+
+    /// The id of the key that seals, for logs.
+    pub fn current_id(&self) -> String {
+        hex(&self.keys[0].id)
+    }
+}
+
+/// Replaces the sealing key with a new one. The old key keeps opening cookies until
+/// `now + keep_old` (give it the absolute session lifetime, so no session is cut short); keys
+/// past their time are dropped. Returns the new key's id. Locked, so two guards rotating at once
+/// cannot lose a key.
+pub fn rotate(path: &Path, now: u64, keep_old: u64) -> Result<String, KeyFileError> {
+    let _lock = lock_exclusive(path).map_err(|source| FileError::Lock {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut file = read(path)?.ok_or_else(|| FileError::NotFound {
+        path: path.to_path_buf(),
+        what: "session key file",
+    })?;
+    // Checks the file before changing it.
+    SessionKeys::from_file(path, &file)?;
+    for k in &mut file.keys {
+        let until = now.saturating_add(keep_old);
+        k.accept_until = Some(k.accept_until.map_or(until, |u| u.min(until)));
+    }
+    file.keys.retain(|k| k.accept_until.is_some_and(|u| u > now));
+    let new = new_key(now)?;
+    let id = new.id.clone();
+    file.keys.insert(0, new);
+    write(path, &file)?;
+    Ok(id)
+}
+
+fn new_key(now: u64) -> Result<StoredKey, KeyFileError> {
+    let mut id = [0u8; KEY_ID_LEN];
+    let mut key = [0u8; KEY_LEN];
+    getrandom::fill(&mut id).map_err(KeyFileError::Random)?;
+    getrandom::fill(&mut key).map_err(KeyFileError::Random)?;
+    Ok(StoredKey {
+        id: hex(&id),
+        key: B64.encode(key),
+        created: now,
+        accept_until: None,
+    })
+}
+
+fn parse_id(text: &str) -> Option<[u8; KEY_ID_LEN]> {
+    if text.len() != 2 * KEY_ID_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut id = [0u8; KEY_ID_LEN];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
+}
+
+fn aad(id: &[u8; KEY_ID_LEN]) -> Aad<[u8; AAD_CONTEXT.len() + KEY_ID_LEN]> {
+    let mut a = [0u8; AAD_CONTEXT.len() + KEY_ID_LEN];
+    a[..AAD_CONTEXT.len()].copy_from_slice(AAD_CONTEXT);
+    a[AAD_CONTEXT.len()..].copy_from_slice(id);
+    Aad::from(a)
+}
+
+fn read(path: &Path) -> Result<Option<KeyFile>, KeyFileError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(FileError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+            .into())
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| KeyFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn write(path: &Path, file: &KeyFile) -> Result<(), KeyFileError> {
+    let mut text = serde_json::to_string_pretty(file).expect("the key file serialises");
+    text.push('\n');
+    write_atomic(path, text.as_bytes(), KEY_FILE_MODE).map_err(|source| {
+        FileError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestDir;
+    use std::os::unix::fs::PermissionsExt;
+
+    const NOW: u64 = 1_780_000_000;
+    const LIFE: Lifetimes = Lifetimes {
+        absolute: 12 * 3600,
+        idle: 3600,
+    };
+
+    fn session(now: u64) -> Session {
+        Session::new("alice", SignIn::Password, credential_fingerprint("$2y$05$stored"), now).unwrap()
+    }
+
+    fn keys(dir: &TestDir) -> (PathBuf, SessionKeys) {
+        let path = dir.path().join(KEY_FILE_NAME);
+        let keys = SessionKeys::load_or_create(&path, NOW).unwrap();
+        (path, keys)
+    }
+
+    #[test]
+    fn a_sealed_session_opens_to_itself_and_shows_nothing_in_the_clear() {
+        let dir = TestDir::new();
+        let (path, keys) = keys(&dir);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let s = session(NOW);
+        let cookie = keys.seal(&s).unwrap();
+        assert!(cookie.len() < 400, "{} bytes", cookie.len());
+        assert!(!cookie.contains("alice") && !B64.decode(&cookie).unwrap().windows(5).any(|w| w == b"alice"));
+        assert_eq!(keys.open(&cookie, NOW + 10, LIFE), Ok(s.clone()));
+        // Two seals of one session differ (fresh nonce), both open.
+        let again = keys.seal(&s).unwrap();
+        assert_ne!(cookie, again);
+        assert_eq!(keys.open(&again, NOW, LIFE), Ok(s));
+    }
+
+    #[test]
+    fn tampered_truncated_and_foreign_cookies_are_refused() {
+        let dir = TestDir::new();
+        let (_, keys) = keys(&dir);
+        let cookie = keys.seal(&session(NOW)).unwrap();
+        let mut raw = B64.decode(&cookie).unwrap();
+        // Every byte after the version matters: the key id, the nonce, the sealed body, the tag.
+        for i in 1..raw.len() {
+            raw[i] ^= 0x01;
+            let got = keys.open(&B64.encode(&raw), NOW, LIFE);
+            assert!(
+                matches!(got, Err(Refused::Tampered | Refused::UnknownKey)),
+                "flipped byte {i}: {got:?}"
+            );
+            raw[i] ^= 0x01;
+        }
+        raw[0] = 2;
+        assert_eq!(keys.open(&B64.encode(&raw), NOW, LIFE), Err(Refused::Malformed));
+        assert_eq!(keys.open(&cookie[..20], NOW, LIFE), Err(Refused::Malformed));
+        assert_eq!(keys.open("not base64!", NOW, LIFE), Err(Refused::Malformed));
+        assert_eq!(keys.open(&"A".repeat(5000), NOW, LIFE), Err(Refused::Malformed));
+        // Another guard's key file: its cookies mean nothing here.
+        let other = TestDir::new();
+        let (_, theirs) = super::tests::keys(&other);
+        let foreign = theirs.seal(&session(NOW)).unwrap();
+        assert_eq!(keys.open(&foreign, NOW, LIFE), Err(Refused::UnknownKey));
+    }
+
+    #[test]
+    fn a_session_ends_at_its_absolute_lifetime_and_when_idle() {
+        let dir = TestDir::new();
+        let (_, keys) = keys(&dir);
+        let mut s = session(NOW);
+        let cookie = keys.seal(&s).unwrap();
+        assert!(keys.open(&cookie, NOW + 3599, LIFE).is_ok());
+        assert_eq!(keys.open(&cookie, NOW + 3600, LIFE), Err(Refused::Idle));
+        // Renewed as it is used, it lives to the absolute lifetime and not a second longer.
+        s.seen = NOW + 12 * 3600 - 10;
+        let renewed = keys.seal(&s).unwrap();
+        assert!(keys.open(&renewed, NOW + 12 * 3600 - 1, LIFE).is_ok());
+        assert_eq!(keys.open(&renewed, NOW + 12 * 3600, LIFE), Err(Refused::Expired));
+    }
+
+    #[test]
+    fn a_changed_password_no_longer_matches_the_session() {
+        let s = session(NOW);
+        assert!(credential_matches(&s, "$2y$05$stored"));
+        assert!(!credential_matches(&s, "$2y$05$changed"));
+        assert!(!credential_fingerprint("$2y$05$stored").contains("stored"));
+    }
+
+    #[test]
+    fn two_guards_sharing_the_key_file_open_each_others_cookies() {
+        let dir = TestDir::new();
+        let (path, first) = keys(&dir);
+        let second = SessionKeys::load_or_create(&path, NOW + 5).unwrap();
+        assert_eq!(first.current_id(), second.current_id());
+        let cookie = first.seal(&session(NOW)).unwrap();
+        assert!(second.open(&cookie, NOW, LIFE).is_ok());
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_for_one_lifetime_then_drops_it() {
+        let dir = TestDir::new();
+        let (path, before) = keys(&dir);
+        let old_cookie = before.seal(&session(NOW)).unwrap();
+        let new_id = rotate(&path, NOW + 100, LIFE.absolute).unwrap();
+        let after = SessionKeys::load(&path).unwrap();
+        assert_eq!(after.current_id(), new_id);
+        assert_ne!(new_id, before.current_id());
+        // The old cookie still opens (idle renewed), until the old key's time is up.
+        assert!(after.open(&old_cookie, NOW + 200, LIFE).is_ok());
+        let forever = Lifetimes {
+            absolute: u64::MAX,
+            idle: u64::MAX,
+        };
+        assert!(after.open(&old_cookie, NOW + 100 + LIFE.absolute - 1, forever).is_ok());
+        assert_eq!(
+            after.open(&old_cookie, NOW + 100 + LIFE.absolute, forever),
+            Err(Refused::UnknownKey)
+        );
+        // New cookies are sealed under the new key and open everywhere the file is read.
+        let new_cookie = after.seal(&session(NOW + 200)).unwrap();
+        assert_eq!(B64.decode(&new_cookie).unwrap()[1..5], parse_id(&new_id).unwrap());
+        // A second rotation after that drops the old key from the file.
+        rotate(&path, NOW + 100 + LIFE.absolute + 1, LIFE.absolute).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&format!("\"{}\"", before.current_id())), "{text}");
+        assert_eq!(SessionKeys::load(&path).unwrap().keys.len(), 2);
+    }
+
+    #[test]
+    fn a_broken_key_file_is_an_error_naming_it_and_the_key() {
+        let dir = TestDir::new();
+        let path = dir.path().join(KEY_FILE_NAME);
+        std::fs::write(&path, r#"{"keys":[{"id":"zz","key":"AAAA","created":1}]}"#).unwrap();
+        let e = SessionKeys::load(&path).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: key 0: id is not 8 hex digits", path.display()));
+        std::fs::write(&path, r#"{"keys":[{"id":"0011aabb","key":"AAAA","created":1}]}"#).unwrap();
+        let e = SessionKeys::load_or_create(&path, NOW).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("{}: key 0: key is not 32 bytes of base64url", path.display())
+        );
+        std::fs::write(&path, r#"{"keys":[]}"#).unwrap();
+        assert_eq!(
+            SessionKeys::load(&path).unwrap_err().to_string(),
+            format!("{}: no session keys", path.display())
+        );
+        std::fs::write(&path, "{").unwrap();
+        assert!(SessionKeys::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid session key file"));
+        // Nothing was overwritten by the failed loads.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{");
+        let missing = dir.path().join("nope.json");
+        assert_eq!(
+            SessionKeys::load(&missing).unwrap_err().to_string(),
+            format!("{}: session key file not found", missing.display())
+        );
+        assert!(rotate(&missing, NOW, 10).is_err());
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn debug_shows_key_ids_only() {
+        let dir = TestDir::new();
+        let (path, keys) = keys(&dir);
+        let shown = format!("{keys:?}");
+        let file: KeyFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(shown.contains(&file.keys[0].id));
+        assert!(!shown.contains(&file.keys[0].key), "{shown}");
+    }
+}
