@@ -11,6 +11,7 @@ pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod healthcheck;
+pub mod login;
 pub mod memory;
 pub mod metrics;
 pub mod origin;

@@ -185,7 +185,9 @@ mod tests {
     fn writes_are_decided_by_origin_and_fetch_metadata() {
         let allowed = vec!["https://dash.example".to_string(), "http://localhost:3000".to_string()];
         let host = Some("mlflow.example:8443");
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        // (method, headers, what is decided)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             // The MLflow client and curl: no Origin.
             ("POST", &[], "unchecked"),
             ("DELETE", &[("sec-fetch-site", "same-origin")], "unchecked"),
