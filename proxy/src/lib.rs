@@ -3,6 +3,7 @@
 //! the other modules are its named steps.
 
 pub mod accesslog;
+pub mod account;
 pub mod acme;
 pub mod auth;
 pub mod body;
