@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use guard_config::acme::{self, ChallengeChoice};
+use guard_config::admin::{self, AdminError, FileChoice, SiteFile};
+use guard_config::clock::unix_now;
 use guard_config::model::{self, Cidr, Upstream};
-use guard_config::serve::{self as defaults, LogFormat, ServeSettings, TlsSource};
-use guard_config::Overlay;
+use guard_config::serve::{self as defaults, LogFormat, TlsSource};
+use guard_config::tokens::{self, TokensError};
+use guard_config::users::{self, UsersError};
+use guard_config::{ConfigErrors, Overlay};
 
 /// TLS and authentication in front of an MLflow tracking server (or any HTTP service).
 #[derive(Debug, Parser)]
@@ -118,85 +122,31 @@ struct FileArgs {
 }
 
 impl FileArgs {
-    fn users(&self) -> Result<PathBuf, Failure> {
-        match &self.users {
-            Some(path) => Ok(path.clone()),
-            None => self.site_file("users", |a| &a.users_file),
+    fn choice(&self) -> FileChoice {
+        FileChoice {
+            config: self.config.clone(),
+            site: self.site.clone(),
+            state_dir: self.state_dir.clone(),
+            users: self.users.clone(),
+            tokens: self.tokens.clone(),
         }
+    }
+
+    fn users(&self) -> Result<PathBuf, Failure> {
+        Ok(noted(self.choice().users_file()?))
     }
 
     fn tokens(&self) -> Result<PathBuf, Failure> {
-        match &self.tokens {
-            Some(path) => Ok(path.clone()),
-            None => self.site_file("tokens", |a| &a.tokens_file),
-        }
+        Ok(noted(self.choice().tokens_file()?))
     }
+}
 
-    /// Every users file a token of this command's tokens file could meet: `--users`, else the
-    /// chosen site's, else every site's (sites may share a tokens file but not a users file).
-    fn every_users_file(&self) -> Result<Vec<PathBuf>, Failure> {
-        if let Some(path) = &self.users {
-            return Ok(vec![path.clone()]);
-        }
-        let flags = Overlay {
-            state_dir: self.state_dir.clone(),
-            ..Overlay::default()
-        };
-        let sites = guard_config::site_auth(&layered(&flags, self.config.as_deref()).map_err(config_failure)?);
-        let mut files: Vec<PathBuf> = sites
-            .iter()
-            .filter(|(n, _)| self.site.as_ref().is_none_or(|s| s == n))
-            .map(|(_, a)| a.users_file.clone())
-            .collect();
-        files.dedup();
-        Ok(files)
+/// The file's path, after telling the operator when `guard serve` would not read it.
+fn noted(file: SiteFile) -> PathBuf {
+    if let Some(note) = &file.note {
+        eprintln!("guard: note: {note}");
     }
-
-    /// The `what` file of the chosen site, resolved as `guard serve` does (flags over the file
-    /// over the defaults), without the start-up checks: the file may not exist yet.
-    fn site_file(&self, what: &str, pick: fn(&defaults::AuthSettings) -> &PathBuf) -> Result<PathBuf, Failure> {
-        let flags = Overlay {
-            state_dir: self.state_dir.clone(),
-            ..Overlay::default()
-        };
-        let sites = guard_config::site_auth(&layered(&flags, self.config.as_deref()).map_err(config_failure)?);
-        let config = || self.config.as_deref().unwrap_or(Path::new("")).display();
-        let names = || sites.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
-        let chosen: Vec<_> = match &self.site {
-            Some(name) => sites.iter().filter(|(n, _)| n == name).collect(),
-            None => sites.iter().collect(),
-        };
-        let Some((_, first)) = chosen.first() else {
-            return Err(Failure::Config(match &self.site {
-                Some(site) => anyhow::anyhow!(
-                    "--site {site:?}: {} has no such site (its sites: {})",
-                    config(),
-                    names()
-                ),
-                None => anyhow::anyhow!("{}: sites: the list is empty", config()),
-            }));
-        };
-        if chosen.iter().any(|(_, a)| pick(a) != pick(first)) {
-            let listed: Vec<String> = chosen
-                .iter()
-                .map(|(n, a)| format!("{n}: {}", pick(a).display()))
-                .collect();
-            return Err(Failure::Config(anyhow::anyhow!(
-                "{}: its sites name different {what} files ({}); choose one with --site NAME",
-                config(),
-                listed.join(", ")
-            )));
-        }
-        if chosen.iter().all(|(_, a)| a.disabled) {
-            eprintln!(
-                "guard: note: authentication is off for {} in {} (dangerous_no_auth), so guard \
-                 serve does not read this file",
-                chosen.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-                config()
-            );
-        }
-        Ok(pick(first).clone())
-    }
+    file.path
 }
 
 #[derive(Debug, Args)]
@@ -498,30 +448,30 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve(*args),
         Command::Adduser(args) => {
             let (path, name) = (args.user.files.users()?, args.user.name.clone());
-            refuse_token_named(&args.user.files, &name)?;
+            admin::refuse_token_named(&args.user.files.tokens()?, &name, unix_now())?;
             let password = read_password(&args)?;
-            guard_config::users::add_user(&path, &name, &password, cost(&args)).map_err(users_failure)?;
+            users::add_user(&path, &name, &password, cost(&args))?;
             println!("guard: added user {name:?} to {}", path.display());
             Ok(())
         }
         Command::Passwd(args) => {
             let (path, name) = (args.user.files.users()?, args.user.name.clone());
             let password = read_password(&args)?;
-            guard_config::users::set_password(&path, &name, &password, cost(&args)).map_err(users_failure)?;
+            users::set_password(&path, &name, &password, cost(&args))?;
             println!("guard: changed the password of {name:?} in {}", path.display());
             Ok(())
         }
         Command::Deluser(args) => {
             let path = args.files.users()?;
-            guard_config::users::delete_user(&path, &args.name).map_err(users_failure)?;
+            users::delete_user(&path, &args.name)?;
             println!("guard: removed user {:?} from {}", args.name, path.display());
             Ok(())
         }
         Command::Users(files) => {
             let path = files.users()?;
-            let names = match guard_config::users::list_users(&path) {
-                Err(guard_config::users::UsersError::NotFound { .. }) => Vec::new(),
-                other => other.map_err(users_failure)?,
+            let names = match users::list_users(&path) {
+                Err(UsersError::NotFound { .. }) => Vec::new(),
+                other => other?,
             };
             for n in names {
                 println!("{n}");
@@ -531,7 +481,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token(cmd) => token(cmd),
         Command::Deploy(args) => deploy(*args),
         Command::Check { config } => {
-            let settings = resolve(&Overlay::default(), Some(&config)).map_err(config_failure)?;
+            let settings = guard_config::resolve(&Overlay::default(), Some(&config))?;
             println!("{}: ok", config.display());
             print!("{}", guard_config::summary(&settings));
             Ok(())
@@ -631,18 +581,8 @@ fn read_password(args: &PasswordArgs) -> Result<guard_config::secret::Secret, Fa
     Ok(guard_config::secret::Secret::new(password))
 }
 
-/// Refusals (bad name, existing user, unusable password) are usage errors; I/O is a runtime one.
-fn users_failure(e: guard_config::users::UsersError) -> Failure {
-    use guard_config::users::UsersError as E;
-    let usage = matches!(
-        e,
-        E::Exists { .. }
-            | E::UnknownUser { .. }
-            | E::InvalidName(_)
-            | E::Password { .. }
-            | E::NotFound { .. }
-            | E::NotUtf8 { .. }
-    );
+/// Each library error says whether it is the operator's to fix (exit 2) or a run-time failure.
+fn classified(e: impl std::error::Error + Send + Sync + 'static, usage: bool) -> Failure {
     let e = anyhow::Error::new(e);
     if usage {
         Failure::Config(e)
@@ -651,67 +591,37 @@ fn users_failure(e: guard_config::users::UsersError) -> Failure {
     }
 }
 
-fn tokens_failure(e: guard_config::tokens::TokensError) -> Failure {
-    use guard_config::tokens::TokensError as E;
-    let runtime = matches!(e, E::Read { .. } | E::Write { .. } | E::Lock { .. } | E::Random { .. });
-    let e = anyhow::Error::new(e);
-    if runtime {
-        Failure::Runtime(e)
-    } else {
-        Failure::Config(e)
+impl From<UsersError> for Failure {
+    fn from(e: UsersError) -> Failure {
+        let usage = e.is_usage();
+        classified(e, usage)
     }
 }
 
-/// A user and a token of one name would be one identity to the upstream (both arrive as the
-/// same `X-Forwarded-User`), so `adduser` refuses the name of an active token ...
-fn refuse_token_named(files: &FileArgs, name: &str) -> Result<(), Failure> {
-    use guard_config::tokens;
-    let path = files.tokens()?;
-    let now = unix_now();
-    let taken = tokens::list_tokens(&path)
-        .map_err(tokens_failure)?
-        .iter()
-        .any(|t| t.name == name && t.status(now) == tokens::TokenStatus::Active);
-    if taken {
-        return Err(Failure::Config(anyhow::anyhow!(
-            "{}: a token is called {name:?}; the upstream could not tell the user from the token (revoke it, or pick another name)",
-            path.display()
-        )));
+impl From<TokensError> for Failure {
+    fn from(e: TokensError) -> Failure {
+        let usage = e.is_usage();
+        classified(e, usage)
     }
-    Ok(())
 }
 
-/// ... and `token create` refuses the name of a user in any users file the token could meet.
-fn refuse_user_named(files: &FileArgs, name: &str) -> Result<(), Failure> {
-    for path in files.every_users_file()? {
-        let users = match guard_config::users::list_users(&path) {
-            Err(guard_config::users::UsersError::NotFound { .. }) => Vec::new(),
-            other => other.map_err(users_failure)?,
-        };
-        if users.iter().any(|u| u == name) {
-            return Err(Failure::Config(anyhow::anyhow!(
-                "{}: a user is called {name:?}; the upstream could not tell the token from the user (pick another name)",
-                path.display()
-            )));
+impl From<AdminError> for Failure {
+    fn from(e: AdminError) -> Failure {
+        match e {
+            AdminError::Config(errors) => errors.into(),
+            AdminError::Users(e) => e.into(),
+            AdminError::Tokens(e) => e.into(),
+            e => classified(e, true),
         }
     }
-    Ok(())
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn token(cmd: TokenCommand) -> Result<(), Failure> {
-    use guard_config::tokens;
     match cmd {
         TokenCommand::Create { name, expires, files } => {
             let path = files.tokens()?;
-            refuse_user_named(&files, &name)?;
-            let token = tokens::create_token(&path, &name, expires, unix_now()).map_err(tokens_failure)?;
+            admin::refuse_user_named(&files.choice().every_users_file()?, &name)?;
+            let token = tokens::create_token(&path, &name, expires, unix_now())?;
             eprintln!(
                 "guard: created token {name:?} in {}; it is shown once, store it now:",
                 path.display()
@@ -721,7 +631,7 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
         }
         TokenCommand::List { files } => {
             let now = unix_now();
-            for t in tokens::list_tokens(&files.tokens()?).map_err(tokens_failure)? {
+            for t in tokens::list_tokens(&files.tokens()?)? {
                 let expires = t
                     .expires
                     .map(guard_config::clock::format_utc)
@@ -738,7 +648,7 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
         }
         TokenCommand::Revoke { name, files } => {
             let path = files.tokens()?;
-            tokens::revoke_token(&path, &name, unix_now()).map_err(tokens_failure)?;
+            tokens::revoke_token(&path, &name, unix_now())?;
             println!("guard: revoked token {name:?} in {}", path.display());
             Ok(())
         }
@@ -829,6 +739,7 @@ fn flag_for(key: &str) -> Option<&'static str> {
         "log_format" => "--log-format",
         "shutdown_grace" => "--shutdown-grace",
         "metrics_listen" => "--metrics-listen",
+        "metrics_user_labels" => "--metrics-user-labels",
         "trusted_proxies" => "--trusted-proxy",
         "tls.cert" => "--tls-cert",
         "tls.key" => "--tls-key",
@@ -862,40 +773,29 @@ fn flag_for(key: &str) -> Option<&'static str> {
         "auth.lockout.failures" => "--lockout-failures",
         "auth.lockout.window" => "--lockout-window",
         "auth.lockout.duration" => "--lockout-duration",
+        "auth.dangerous_no_auth" => "--dangerous-no-auth",
         "upstream" => "--upstream",
         "preserve_host" => "--preserve-host",
         _ => return None,
     })
 }
 
-/// Every configuration error as a usage failure; those about flag values name the flag.
-fn config_failure(errors: guard_config::ConfigErrors) -> Failure {
-    let lines: Vec<String> = errors
-        .iter()
-        .map(
-            |e| match (&e.file, flag_for(e.path.split('[').next().unwrap_or(&e.path))) {
-                (None, Some(flag)) => format!("{flag}: {}", e.message),
-                // The flags' one site: its section name means nothing on a command line.
-                (None, None) if e.path == "auth" => e.message.clone(),
-                _ => e.to_string(),
-            },
-        )
-        .collect();
-    Failure::Config(anyhow::anyhow!(lines.join("\n")))
-}
-
-/// Flags over the file over the defaults, validated.
-fn resolve(flags: &Overlay, config: Option<&Path>) -> Result<ServeSettings, guard_config::ConfigErrors> {
-    guard_config::finish(layered(flags, config)?)
-}
-
-/// Flags over the file, not yet validated.
-fn layered(flags: &Overlay, config: Option<&Path>) -> Result<Overlay, guard_config::ConfigErrors> {
-    let file = match config {
-        Some(path) => guard_config::load_file(path)?,
-        None => Overlay::default(),
-    };
-    Ok(Overlay::merge(flags.clone(), file))
+/// Every configuration error is a usage failure; those about flag values name the flag.
+impl From<ConfigErrors> for Failure {
+    fn from(errors: ConfigErrors) -> Failure {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(
+                |e| match (&e.file, flag_for(e.path.split('[').next().unwrap_or(&e.path))) {
+                    (None, Some(flag)) => format!("{flag}: {}", e.message),
+                    // The flags' one site: its section name means nothing on a command line.
+                    (None, None) if e.path == "auth" => e.message.clone(),
+                    _ => e.to_string(),
+                },
+            )
+            .collect();
+        Failure::Config(anyhow::anyhow!(lines.join("\n")))
+    }
 }
 
 /// Logs go to stderr; `GUARD_LOG` (or `RUST_LOG`) filters them, `info` by default.
@@ -918,7 +818,7 @@ fn init_logging(format: LogFormat) {
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     use anyhow::Context;
     let flags = overlay_from(&args);
-    let settings = resolve(&flags, args.config.as_deref()).map_err(config_failure)?;
+    let settings = guard_config::resolve(&flags, args.config.as_deref())?;
     let public_url = match &settings.tls {
         TlsSource::Acme(a) if a.https_port == 443 => Some(format!("https://{}", a.domains[0])),
         TlsSource::Acme(a) => Some(format!("https://{}:{}", a.domains[0], a.https_port)),
@@ -942,33 +842,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .context("cannot start the async runtime")
         .map_err(Failure::Runtime)?;
     runtime.block_on(async move {
-        let listener = guard_proxy::server::bind(listen)
-            .with_context(|| format!("--listen {listen}: cannot listen"))
-            .map_err(Failure::Runtime)?;
-        let local = listener
-            .local_addr()
-            .context("cannot read the listening address")
-            .map_err(Failure::Runtime)?;
+        let (listener, local) = bind("--listen", listen)?;
         print_startup(local, &upstream, &prepared, public_url.as_deref());
         if let Some(addr) = prepared.plain_listen() {
-            let plain = guard_proxy::server::bind(addr)
-                .with_context(|| format!("--http-listen {addr}: cannot listen"))
-                .map_err(Failure::Runtime)?;
-            let local = plain
-                .local_addr()
-                .context("cannot read the listening address")
-                .map_err(Failure::Runtime)?;
+            let (plain, local) = bind("--http-listen", addr)?;
             println!("guard: plain listener on {local}, answering ACME HTTP-01 and redirecting to https");
             prepared.set_plain_listener(plain);
         }
         if let Some(addr) = prepared.metrics_listen() {
-            let m = guard_proxy::server::bind(addr)
-                .with_context(|| format!("--metrics-listen {addr}: cannot listen"))
-                .map_err(Failure::Runtime)?;
-            let local = m
-                .local_addr()
-                .context("cannot read the listening address")
-                .map_err(Failure::Runtime)?;
+            let (m, local) = bind("--metrics-listen", addr)?;
             if !local.ip().is_loopback() {
                 tracing::warn!("metrics on {local} are reachable from outside this machine; prefer a loopback address");
             }
@@ -980,6 +862,20 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::Runtime(e.into()))
     })
+}
+
+/// Binds one of guard's listeners and reads back its address (the real port when `addr` asks
+/// for port 0); a failure names the flag (or key) that chose the address.
+fn bind(flag: &str, addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), Failure> {
+    use anyhow::Context;
+    let listener = guard_proxy::server::bind(addr)
+        .with_context(|| format!("{flag} {addr}: cannot listen"))
+        .map_err(Failure::Runtime)?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")
+        .map_err(Failure::Runtime)?;
+    Ok((listener, local))
 }
 
 /// What a user needs to point the MLflow client at guard, on stdout.
@@ -1006,7 +902,7 @@ fn print_startup(local: SocketAddr, upstream: &Upstream, prepared: &guard_proxy:
 struct Reloader {
     config: Option<PathBuf>,
     flags: Overlay,
-    running: ServeSettings,
+    running: defaults::ServeSettings,
 }
 
 impl Reloader {
@@ -1025,7 +921,7 @@ impl Reloader {
     }
 
     fn reload_config(&mut self, path: &Path, handle: &guard_proxy::Handle) {
-        let new = match resolve(&self.flags, Some(path)) {
+        let new = match guard_config::resolve(&self.flags, Some(path)) {
             Ok(new) => new,
             Err(errors) => {
                 for e in errors.iter() {
@@ -1035,23 +931,11 @@ impl Reloader {
                 return;
             }
         };
-        let old = &self.running;
-        for (what, changed) in [
-            ("listen", old.listen != new.listen),
-            ("tls", format!("{:?}", old.tls) != format!("{:?}", new.tls)),
-            ("state_dir", old.state_dir != new.state_dir),
-            ("limits", format!("{:?}", old.limits) != format!("{:?}", new.limits)),
-            ("trusted_proxies", old.trusted_proxies != new.trusted_proxies),
-            ("log_format", old.log_format != new.log_format),
-            ("shutdown_grace", old.shutdown_grace != new.shutdown_grace),
-            ("metrics", old.metrics != new.metrics),
-        ] {
-            if changed {
-                tracing::warn!(
-                    "{}: {what} changed; it takes effect at the next restart",
-                    path.display()
-                );
-            }
+        for what in self.running.restart_needed(&new) {
+            tracing::warn!(
+                "{}: {what} changed; it takes effect at the next restart",
+                path.display()
+            );
         }
         match handle.replace_sites(&new.sites) {
             Ok(()) => {
@@ -1071,5 +955,85 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Flags of `guard serve` that set no configuration key.
+    const FLAGS_WITHOUT_KEY: &[&str] = &[
+        // Names the file itself.
+        "--config",
+        // clap's own.
+        "--help",
+        "--version",
+    ];
+
+    /// Configuration keys with no flag of their own, by prefix.
+    const KEYS_WITHOUT_FLAG: &[&str] = &[
+        // Several sites live in a file; the flags describe the one site of the shorthand.
+        "sites",
+        // Path lists per site are file-only: a flag would apply to every site at once.
+        "public_paths",
+    ];
+
+    fn serve_flags() -> BTreeSet<String> {
+        let mut cli = Cli::command();
+        cli.build();
+        let serve = cli
+            .get_subcommands()
+            .find(|c| c.get_name() == "serve")
+            .expect("guard has a serve subcommand");
+        serve
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .map(|l| format!("--{l}"))
+            .collect()
+    }
+
+    /// The keys that hold a value (not a section such as `limits`).
+    fn leaf_keys() -> Vec<String> {
+        let keys = guard_config::raw::schema_keys();
+        keys.iter()
+            .filter(|k| !keys.iter().any(|other| other.starts_with(&format!("{k}."))))
+            .filter(|k| {
+                !KEYS_WITHOUT_FLAG
+                    .iter()
+                    .any(|p| *k == p || k.starts_with(&format!("{p}[")))
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn every_configuration_key_has_a_serve_flag() {
+        let flags = serve_flags();
+        for key in leaf_keys() {
+            let flag = flag_for(&key).unwrap_or_else(|| panic!("{key}: no flag in flag_for"));
+            assert!(
+                flags.contains(flag),
+                "{key}: flag_for says {flag}, which guard serve lacks"
+            );
+        }
+    }
+
+    #[test]
+    fn every_serve_flag_sets_a_configuration_key() {
+        let named: BTreeSet<&str> = leaf_keys().iter().filter_map(|k| flag_for(k)).collect();
+        for flag in serve_flags() {
+            if FLAGS_WITHOUT_KEY.contains(&flag.as_str()) {
+                continue;
+            }
+            assert!(
+                named.contains(flag.as_str()),
+                "{flag}: sets no configuration key (flag_for)"
+            );
+        }
     }
 }

@@ -21,6 +21,14 @@ pub fn format_utc(secs: u64) -> String {
     }
 }
 
+/// The current time in Unix seconds, as the token commands take it.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! It knows no sockets: parsing, validation and atomic file writes only.
 
 pub mod acme;
+pub mod admin;
 pub mod clock;
 pub mod credential;
 pub mod error;
@@ -24,7 +25,7 @@ mod yaml;
 pub use error::{ConfigError, ConfigErrors, Position};
 pub use overlay::Overlay;
 pub use summary::summary;
-pub use validate::{finish, load_file, parse_str, site_auth};
+pub use validate::{finish, load_file, parse_str, resolve, site_auth};
 
 #[cfg(test)]
 mod testutil;

@@ -255,6 +255,16 @@ fn pick<T>(high: Option<T>, low: Option<T>, path: &str, origins: &mut Origins) -
 }
 
 impl Overlay {
+    /// This layer (the flags) over the configuration file, if there is one; not yet validated
+    /// across settings (that is [`crate::finish`]).
+    pub fn over_file(&self, config: Option<&std::path::Path>) -> Result<Overlay, crate::ConfigErrors> {
+        let file = match config {
+            Some(path) => crate::load_file(path)?,
+            None => Overlay::default(),
+        };
+        Ok(Overlay::merge(self.clone(), file))
+    }
+
     /// Stacks two layers: each setting from `high` where it has one, else from `low`.
     pub fn merge(high: Overlay, low: Overlay) -> Overlay {
         let mut o = low.origins;

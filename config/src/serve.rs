@@ -14,7 +14,7 @@ pub const RESERVED_PREFIX: &str = "/_guard/";
 pub const HEALTH_PATH: &str = "/_guard/health";
 
 /// Everything `guard serve` needs, validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServeSettings {
     /// TLS listener address.
     pub listen: SocketAddr,
@@ -36,6 +36,27 @@ pub struct ServeSettings {
     pub metrics: Option<MetricsSettings>,
 }
 
+impl ServeSettings {
+    /// The settings a reload cannot apply to a running guard (its listeners, certificate source,
+    /// limits and workers are built once at start), by key, where `new` differs from `self`.
+    /// Sites, and so upstreams and users and tokens files, apply live and are not listed.
+    pub fn restart_needed(&self, new: &ServeSettings) -> Vec<&'static str> {
+        [
+            ("listen", self.listen != new.listen),
+            ("tls", self.tls != new.tls),
+            ("state_dir", self.state_dir != new.state_dir),
+            ("limits", self.limits != new.limits),
+            ("trusted_proxies", self.trusted_proxies != new.trusted_proxies),
+            ("log_format", self.log_format != new.log_format),
+            ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
+            ("metrics", self.metrics != new.metrics),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+}
+
 /// Where metrics are served and how detailed they are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsSettings {
@@ -46,7 +67,7 @@ pub struct MetricsSettings {
 }
 
 /// One site: the host names it answers, where it forwards, and who may pass.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteSettings {
     /// Name for logs.
     pub name: String,
@@ -63,7 +84,7 @@ pub struct SiteSettings {
 }
 
 /// Authentication: where users and tokens come from and how hard guard defends them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthSettings {
     /// Serve without authentication (`--dangerous-no-auth`).
     pub disabled: bool,
@@ -119,7 +140,7 @@ impl AuthSettings {
 }
 
 /// Where the TLS certificate comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsSource {
     /// PEM files on disk, re-read when they change.
     Files {
@@ -145,7 +166,7 @@ pub enum LogFormat {
 }
 
 /// Every timeout and size limit of the serving path. None of them cuts a slow but live body.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout: Duration,
@@ -204,3 +225,27 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/guard";
 /// Default shutdown grace.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> ServeSettings {
+        crate::finish(crate::parse_str(text, "guard.yaml").expect("parses")).expect("valid")
+    }
+
+    #[test]
+    fn a_reload_needs_a_restart_for_limits_and_tls_but_not_for_sites() {
+        let base = "upstream: localhost:5000\nauth: {dangerous_no_auth: true}\n";
+        let old = settings(base);
+        assert!(old.restart_needed(&settings(base)).is_empty());
+        let new = settings(&format!("{base}limits: {{body_timeout: 61s}}\n"));
+        assert_eq!(old.restart_needed(&new), ["limits"]);
+        let new = settings(&format!(
+            "{base}tls: {{acme: {{email: a@example.com, domains: [a.example.com]}}}}\n"
+        ));
+        assert_eq!(old.restart_needed(&new), ["listen", "tls"]);
+        let new = settings("upstream: localhost:5001\nauth: {dangerous_no_auth: true}\n");
+        assert!(old.restart_needed(&new).is_empty(), "sites apply live");
+    }
+}

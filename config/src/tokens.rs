@@ -305,6 +305,20 @@ pub enum TokensError {
     Random(#[source] getrandom::Error),
 }
 
+impl TokensError {
+    /// Whether the operator can fix this by changing the command or the file (a refused name, a
+    /// damaged file: exit 2), rather than I/O or the random source failing (exit 1).
+    pub fn is_usage(&self) -> bool {
+        !matches!(
+            self,
+            TokensError::Read { .. }
+                | TokensError::Write { .. }
+                | TokensError::Lock { .. }
+                | TokensError::Random { .. }
+        )
+    }
+}
+
 /// Checks a name for a new token: the rules of user names
 /// ([`crate::htpasswd::validate_username`]), so names are safe in logs and on a terminal.
 pub fn validate_token_name(name: &str) -> Result<(), InvalidName> {

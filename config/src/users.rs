@@ -86,6 +86,22 @@ pub enum UsersError {
     },
 }
 
+impl UsersError {
+    /// Whether the operator can fix this by changing the command or the file (a refused name or
+    /// password, a missing or hand-damaged file: exit 2), rather than I/O failing (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            UsersError::Exists { .. }
+                | UsersError::UnknownUser { .. }
+                | UsersError::InvalidName(_)
+                | UsersError::Password { .. }
+                | UsersError::NotFound { .. }
+                | UsersError::NotUtf8 { .. }
+        )
+    }
+}
+
 /// Adds `name` with a bcrypt hash of `password`, creating the file if needed. Refuses a name
 /// that already has a line, usable or not.
 pub fn add_user(path: &Path, name: &str, password: &Secret, cost: u32) -> Result<(), UsersError> {

@@ -256,6 +256,12 @@ fn site_from_raw(s: raw::Site, at: &str, c: &mut Check<'_>) -> SiteOverlay {
     }
 }
 
+/// What `guard serve` runs on: the flags over the configuration file over the defaults,
+/// validated.
+pub fn resolve(flags: &Overlay, config: Option<&Path>) -> Result<ServeSettings, ConfigErrors> {
+    finish(flags.over_file(config)?)
+}
+
 /// Applies the defaults to a merged overlay and checks what crosses settings: the certificate
 /// source, ACME's email and names, that referenced files exist and can be read, that every site
 /// has a way in, that sites do not share host names, and that the listeners differ.
