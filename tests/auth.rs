@@ -448,3 +448,46 @@ async fn the_health_path_needs_no_credentials() {
     assert_eq!(s.g.client().get("/_guard/health").await.0, 200);
     assert_eq!(s.up.count(), 0);
 }
+
+#[test]
+fn adduser_refuses_a_lock_file_that_is_a_symlink_and_leaves_its_target_alone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("auth-lock");
+    let users = dir.path().join("users.htpasswd");
+    let lock = dir.path().join("users.htpasswd.lock");
+    let target = dir.path().join("passwd");
+    std::fs::write(&target, b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // As root (CI), give the target another owner so a chown to the users file's would show.
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    if root {
+        std::os::unix::fs::chown(&target, Some(12345), Some(12345)).unwrap();
+    }
+    let before = std::fs::metadata(&target).unwrap();
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+
+    let (code, out, err) = run_guard(
+        &[
+            "adduser",
+            "alice",
+            "--users",
+            users.to_str().unwrap(),
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
+        Some("correct horse\n"),
+    );
+    assert_ne!(code, 0, "adduser went ahead: {out}{err}");
+    assert!(
+        err.contains(&format!("cannot lock {}", lock.display())) && err.contains("symlink"),
+        "stderr names the lock path and why: {err}"
+    );
+    let after = std::fs::metadata(&target).unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"root:x:0:0:root:/root:/bin/sh\n");
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode())
+    );
+    assert!(!users.exists(), "no users file written without the lock");
+}

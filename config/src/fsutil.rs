@@ -60,6 +60,9 @@ fn fill_and_rename(mut file: File, tmp_path: &Path, path: &Path, bytes: &[u8], m
 /// Gives `file` the owner and group of the existing `like`, if any. Failure is ignored: an
 /// unprivileged caller cannot give files away, and then the file is simply the caller's, as
 /// any new file would be.
+///
+/// Both callers pass a file they have just created with `O_EXCL` (the temp file, a new lock
+/// file), so the chown can only ever touch an inode guard made.
 fn keep_owner(file: &File, like: &Path) {
     let (Ok(want), Ok(have)) = (fs::metadata(like), file.metadata()) else {
         return;
@@ -148,33 +151,71 @@ impl Drop for FileLockGuard {
 /// The lock file is never deleted: removing it while another process waits on the old inode
 /// would let two writers in at once. Each call opens the file anew, so the lock also
 /// serialises threads of one process.
+///
+/// guard's commands run as root, in directories others may write to, so whatever is at the
+/// lock path is distrusted: a symlink is not followed, and anything but a regular file with one
+/// link is refused (a hard link named `users.htpasswd.lock` to `/etc/passwd` must not be
+/// opened for writing, let alone chowned). Only a lock file this call created gets the target's
+/// owner.
 pub fn lock_exclusive(path: &Path) -> io::Result<FileLockGuard> {
     let mut lock_name = path.as_os_str().to_owned();
     lock_name.push(".lock");
     let lock_path = PathBuf::from(lock_name);
     create_private_dir(parent_dir(&lock_path))?;
-    let file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(LOCK_MODE)
-        .open(&lock_path)
-    {
+    let file = match open_lock(OpenOptions::new().read(true).write(true).create_new(true), &lock_path) {
         Ok(file) => {
+            // O_EXCL: this inode is ours, new and empty, so giving it the owner of the file it
+            // guards touches nothing else.
             keep_owner(&file, path);
             file
         }
-        // Someone else's 0600 lock file we may still read (say, group-readable after a chmod):
-        // flock needs no write access.
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => match File::open(&lock_path) {
-            Ok(file) => file,
-            Err(_) => return Err(e),
-        },
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_existing_lock(&lock_path)?,
         Err(e) => return Err(e),
     };
+    check_lock_file(&file)?;
     file.lock()?;
     Ok(FileLockGuard { file, path: lock_path })
+}
+
+/// Opens a lock file someone made before, never chowning it.
+fn open_existing_lock(lock_path: &Path) -> io::Result<File> {
+    match open_lock(OpenOptions::new().read(true).write(true), lock_path) {
+        Ok(file) => Ok(file),
+        // Someone else's 0600 lock file we may still read (say, group-readable after a chmod):
+        // flock needs no write access.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            open_lock(OpenOptions::new().read(true), lock_path).map_err(|_| e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens `lock_path` with `O_NOFOLLOW`, so a symlink there fails with ELOOP instead of being
+/// followed, and `O_NONBLOCK`, so a FIFO or device planted there cannot hang the command
+/// before `check_lock_file` refuses it (flock ignores `O_NONBLOCK`).
+fn open_lock(options: &mut OpenOptions, lock_path: &Path) -> io::Result<File> {
+    options
+        .mode(LOCK_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(lock_path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::new(io::ErrorKind::InvalidInput, "it is a symlink"),
+            _ => e,
+        })
+}
+
+/// Refuses an opened lock file that is not a regular file with exactly one link. Checked on the
+/// handle (fstat), so nothing can be swapped in between the check and the lock.
+fn check_lock_file(file: &File) -> io::Result<()> {
+    let meta = file.metadata()?;
+    let refuse = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+    if !meta.file_type().is_file() {
+        return refuse("it is not a regular file".into());
+    }
+    if meta.nlink() != 1 {
+        return refuse(format!("it has {} links (a lock file has exactly one)", meta.nlink()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -286,5 +327,119 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(inside.lock().unwrap().1, 1);
+    }
+
+    fn lock_error(path: &Path) -> String {
+        lock_exclusive(path).expect_err("lock refused").to_string()
+    }
+
+    fn is_root() -> bool {
+        fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_path_is_refused_and_its_target_untouched() {
+        let dir = TestDir::new();
+        let path = dir.path().join("users.htpasswd");
+        let target = dir.path().join("precious");
+        fs::write(&target, b"keep me").unwrap();
+        fs::set_permissions(&target, Permissions::from_mode(0o644)).unwrap();
+        let before = fs::metadata(&target).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("users.htpasswd.lock")).unwrap();
+        assert_eq!(lock_error(&path), "it is a symlink");
+        let after = fs::metadata(&target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"keep me");
+        assert_eq!(
+            (after.uid(), after.gid(), after.mode()),
+            (before.uid(), before.gid(), before.mode())
+        );
+    }
+
+    #[test]
+    fn a_dangling_symlink_at_the_lock_path_is_refused_and_nothing_is_created() {
+        let dir = TestDir::new();
+        let target = dir.path().join("not-yet");
+        std::os::unix::fs::symlink(&target, dir.path().join("users.lock")).unwrap();
+        assert_eq!(lock_error(&dir.path().join("users")), "it is a symlink");
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_fifo_at_the_lock_path_is_refused_without_hanging() {
+        let dir = TestDir::new();
+        let path = dir.path().join("tokens.json");
+        let fifo = dir.path().join("tokens.json.lock");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        // A blocking open of a FIFO with no peer would never return; run it on a thread so a
+        // regression fails the test instead of hanging the suite.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(lock_exclusive(&path).map(|_| ()).map_err(|e| e.to_string())));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("lock_exclusive hung on a FIFO");
+        assert_eq!(got, Err("it is not a regular file".to_string()));
+    }
+
+    #[test]
+    fn a_directory_at_the_lock_path_is_refused() {
+        let dir = TestDir::new();
+        fs::create_dir(dir.path().join("users.lock")).unwrap();
+        assert!(lock_exclusive(&dir.path().join("users")).is_err());
+    }
+
+    #[test]
+    fn a_hard_linked_lock_file_is_refused_and_the_other_name_untouched() {
+        let dir = TestDir::new();
+        let path = dir.path().join("users.htpasswd");
+        let other = dir.path().join("passwd");
+        fs::write(&other, b"root:x:0:0\n").unwrap();
+        let before = fs::metadata(&other).unwrap();
+        fs::hard_link(&other, dir.path().join("users.htpasswd.lock")).unwrap();
+        assert_eq!(lock_error(&path), "it has 2 links (a lock file has exactly one)");
+        let after = fs::metadata(&other).unwrap();
+        assert_eq!(fs::read(&other).unwrap(), b"root:x:0:0\n");
+        assert_eq!(
+            (after.uid(), after.gid(), after.mode()),
+            (before.uid(), before.gid(), before.mode())
+        );
+    }
+
+    #[test]
+    fn an_existing_lock_file_is_used_and_not_chowned() {
+        let dir = TestDir::new();
+        let path = dir.path().join("users.htpasswd");
+        let lock = dir.path().join("users.htpasswd.lock");
+        fs::write(&path, b"").unwrap();
+        fs::write(&lock, b"").unwrap();
+        // Only root can give files away, so only as root (as CI runs) can the test make the lock
+        // and the target differ in owner; unprivileged, it checks the lock is still taken.
+        if is_root() {
+            std::os::unix::fs::chown(&lock, Some(12345), Some(12345)).unwrap();
+            std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+        }
+        let before = fs::metadata(&lock).unwrap();
+        let guard = lock_exclusive(&path).unwrap();
+        assert_eq!(guard.path(), lock);
+        let after = fs::metadata(&lock).unwrap();
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        if is_root() {
+            assert_eq!(after.uid(), 12345);
+        }
+    }
+
+    #[test]
+    fn a_new_lock_file_takes_the_owner_of_its_target() {
+        if !is_root() {
+            // Giving a file away needs root; unprivileged, the lock is simply the caller's.
+            return;
+        }
+        let dir = TestDir::new();
+        let path = dir.path().join("users.htpasswd");
+        fs::write(&path, b"").unwrap();
+        std::os::unix::fs::chown(&path, Some(12345), Some(12346)).unwrap();
+        let guard = lock_exclusive(&path).unwrap();
+        let meta = fs::metadata(guard.path()).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (12345, 12346));
     }
 }
