@@ -5,7 +5,8 @@
 # nginx (auth_basic_user_file) and Caddy (basicauth takes the same $2y$ hash).
 #
 # Part 1, throughput: wrk -t2 -c64 with the correct `Authorization: Basic` header on every
-# request (what the MLflow client does), side by side: guard without and with auth, nginx
+# request (what the MLflow client does), side by side: guard without and with auth, guard with
+# a browser's session cookie instead (signed in once on its page, no Authorization), nginx
 # without auth and with auth_basic, Caddy without auth and with basicauth.
 #
 # Part 2, flood: 32 attacker addresses 127.0.0.2..127.0.0.33, 4 keep-alive connections each,
@@ -57,7 +58,19 @@ check_auth() {
     [ "$code" = 200 ] || die "$name: the correct password gave $code, not 200 (see its logs in $BENCH_DIR)"
 }
 
-declare -A PORT PID URL
+# Signs in on guard's page as a browser does; prints the Cookie header value it would send.
+sign_in() {
+    local url=$1 jar=$BENCH_DIR/cookies csrf session
+    curl -sk -c "$jar" -o /dev/null -H 'Accept: text/html' "${url}_guard/login"
+    csrf=$(awk '$6 == "__Host-guard_login" {print $7}' "$jar")
+    curl -sk -b "$jar" -c "$jar" -o /dev/null -H "Origin: ${url%/}" --data-urlencode "user=$USER_NAME" \
+        --data-urlencode "password=$PASSWORD" --data-urlencode "csrf=$csrf" "${url}_guard/login"
+    session=$(awk '$6 == "__Host-guard_session" {print $7}' "$jar")
+    [ -n "$session" ] || die "signing in on ${url}_guard/login set no session cookie"
+    printf 'Cookie: __Host-guard_session=%s; mlflow_user=%s' "$session" "$USER_NAME"
+}
+
+declare -A PORT PID URL HDR
 start_one() { # start_one KEY kind [args]
     local key=$1 kind=$2; shift 2
     case $kind in
@@ -76,19 +89,24 @@ start_one nginx-auth nginx "$USERS"
 start_one caddy-noauth caddy
 start_one caddy-auth caddy "$USER_NAME" "$HASH"
 for k in guard-auth nginx-auth caddy-auth; do check_auth "$k" "${URL[$k]}"; done
+# The same guard, reached with a session cookie instead of the password.
+URL[guard-session]=${URL[guard-auth]}; PID[guard-session]=${PID[guard-auth]}
+HDR[guard-session]=$(sign_in "${URL[guard-auth]}")
+code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 10 -H "${HDR[guard-session]}" "${URL[guard-session]}")
+[ "$code" = 200 ] || die "guard-session: the session cookie gave $code, not 200"
 
 RES=$BENCH_DIR/results
 mkdir -p "$RES"
 # Rounds in rotating order, so background load on a shared machine hits every contender; the
 # report shows the median. The warmup runs in round 1 only (the servers stay up).
-ROTATION=(guard-noauth guard-auth nginx-noauth caddy-noauth caddy-auth)
+ROTATION=(guard-noauth guard-auth guard-session nginx-noauth caddy-noauth caddy-auth)
 for round in $(seq "$ROUNDS"); do
     for i in $(seq 0 $((${#ROTATION[@]} - 1))); do
         k=${ROTATION[$(((i + round - 1) % ${#ROTATION[@]}))]}
         log "throughput round $round: $k"
         warm=$WARMUP
         [ "$round" -gt 1 ] && warm=0
-        WARMUP=$warm CPU_PID=${PID[$k]} run_wrk "${URL[$k]}" -H "$AUTH_HEADER" >>"$RES/$k"
+        WARMUP=$warm CPU_PID=${PID[$k]} run_wrk "${URL[$k]}" -H "${HDR[$k]:-$AUTH_HEADER}" >>"$RES/$k"
     done
 done
 # nginx-auth once, last, with no warmup, and stopped right after: it has no cache, so every
@@ -96,7 +114,7 @@ done
 # when wrk stops would burn both cores through whatever ran next.
 log "throughput: nginx-auth (one ${NGINX_AUTH_SECS}s run)"
 WARMUP=0 DURATION=$NGINX_AUTH_SECS CPU_PID=${PID[nginx-auth]} run_wrk "${URL[nginx-auth]}" -H "$AUTH_HEADER" >"$RES/nginx-auth"
-for k in "${ROTATION[@]}" nginx-auth; do stop_pid "${PID[$k]}"; done
+for k in "${ROTATION[@]}" nginx-auth; do [ "$k" = guard-session ] || stop_pid "${PID[$k]}"; done
 
 # --- part 2: flood ----------------------------------------------------------------------------
 FLOOD_KEYS=(flood-guard flood-guard-nolockout flood-nginx flood-caddy)
@@ -160,6 +178,7 @@ def load(name):
     med = [statistics.median(r[i] for r in rs) for i in range(5)]
     return med + [sum(r[i] for r in rs) for i in (5, 6, 7)] + [[r[1] for r in rs], statistics.median(r[8] for r in rs)]
 names = {"guard-noauth": "guard, no auth", "guard-auth": "guard, Basic auth",
+         "guard-session": "guard, session cookie",
          "nginx-noauth": "nginx, no auth", "nginx-auth": "nginx, auth_basic",
          "caddy-noauth": "caddy, no auth", "caddy-auth": "caddy, basicauth"}
 r = {k: load(k) for k in names}
@@ -181,6 +200,7 @@ print("| ratio | req/s | server CPU µs/req |")
 print("|---|---|---|")
 print(f"| guard auth ÷ guard no auth | {ratio('guard-auth', 'guard-noauth', 0.9)} |")
 print(f"| guard auth ÷ nginx no auth | {ratio('guard-auth', 'nginx-noauth', 1.0)} |")
+print(f"| guard session ÷ guard Basic (cached) | {ratio('guard-session', 'guard-auth', 0.95)} |")
 print(f"| guard auth ÷ caddy basicauth | {ratio('guard-auth', 'caddy-auth', 1.0)} |")
 print(f"| guard auth ÷ nginx auth_basic | {ratio('guard-auth', 'nginx-auth')} |")
 print(f"| nginx auth_basic ÷ nginx no auth | {ratio('nginx-auth', 'nginx-noauth')} |")

@@ -38,6 +38,9 @@ enum Command {
     /// Manage bearer tokens (what MLFLOW_TRACKING_TOKEN sends).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the key that seals browser sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Write the files that deploy guard in front of MLflow: compose, systemd or supervisor.
     Deploy(Box<DeployArgs>),
     /// Validate a configuration without binding a port or contacting a CA; print what would run.
@@ -167,6 +170,21 @@ struct PasswordArgs {
     /// bcrypt cost (4-16); each step doubles the time of a login check. [default: 12]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(4..=16))]
     cost: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Seal new sessions with a new key. The old key keeps opening sessions for the longest
+    /// session lifetime (or --keep-old), so nobody is signed out; every guard sharing the state
+    /// directory picks the new key up within seconds.
+    RotateKey {
+        /// How long sessions sealed with the old key stay valid; 0 signs everyone out now.
+        /// [default: the longest auth.session.lifetime, 12h]
+        #[arg(long, value_name = "DURATION", value_parser = model::parse_duration)]
+        keep_old: Option<Duration>,
+        #[command(flatten)]
+        files: FileArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -336,6 +354,19 @@ struct ServeArgs {
     #[arg(long, env = "GUARD_LOCKOUT_DURATION", value_name = "DURATION", value_parser = model::parse_duration)]
     lockout_duration: Option<Duration>,
 
+    /// Leave browsers the Basic prompt instead of guard's sign-in page (and its session cookie).
+    /// API clients get 401 JSON either way.
+    #[arg(long, env = "GUARD_NO_LOGIN_PAGE")]
+    no_login_page: bool,
+
+    /// How long a browser's sign-in session lasts from sign-in. [default: 12h]
+    #[arg(long, env = "GUARD_SESSION_LIFETIME", value_name = "DURATION", value_parser = model::parse_duration)]
+    session_lifetime: Option<Duration>,
+
+    /// How long a sign-in session lasts without a request. [default: 1h]
+    #[arg(long, env = "GUARD_SESSION_IDLE", value_name = "DURATION", value_parser = model::parse_duration)]
+    session_idle: Option<Duration>,
+
     /// Serve without authentication: anyone who reaches the port reaches the upstream.
     #[arg(long, env = "GUARD_DANGEROUS_NO_AUTH")]
     dangerous_no_auth: bool,
@@ -479,6 +510,17 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Token(cmd) => token(cmd),
+        Command::Session(SessionCommand::RotateKey { keep_old, files }) => {
+            let (path, lifetime) = files.choice().session_keys()?;
+            let keep = keep_old.unwrap_or(lifetime).as_secs();
+            let id = guard_config::session::rotate(&path, unix_now(), keep)
+                .map_err(|e| Failure::Runtime(anyhow::Error::new(e)))?;
+            println!(
+                "guard: sessions are now sealed with key {id} in {}; the old key opens them for {keep}s more",
+                path.display()
+            );
+            Ok(())
+        }
         Command::Deploy(args) => deploy(*args),
         Command::Check { config } => {
             let settings = guard_config::resolve(&Overlay::default(), Some(&config))?;
@@ -722,6 +764,9 @@ fn overlay_from(args: &ServeArgs) -> Overlay {
             lockout_failures: args.lockout_failures,
             lockout_window: args.lockout_window,
             lockout_duration: args.lockout_duration,
+            login_page: args.no_login_page.then_some(false),
+            session_lifetime: args.session_lifetime,
+            session_idle: args.session_idle,
         },
         upstream: args.upstream.clone(),
         preserve_host: args.preserve_host.then_some(true),
@@ -774,6 +819,9 @@ fn flag_for(key: &str) -> Option<&'static str> {
         "auth.lockout.window" => "--lockout-window",
         "auth.lockout.duration" => "--lockout-duration",
         "auth.dangerous_no_auth" => "--dangerous-no-auth",
+        "auth.login_page" => "--no-login-page",
+        "auth.session" | "auth.session.lifetime" => "--session-lifetime",
+        "auth.session.idle" => "--session-idle",
         "upstream" => "--upstream",
         "preserve_host" => "--preserve-host",
         _ => return None,

@@ -1,8 +1,8 @@
 //! The MLflow UI in a real browser through guard: Debian's Chromium, driven by playwright-core
 //! (`tests/browser/origin.mjs`, one browser process for every case), opens the UI under a host
-//! name other than localhost, creates an experiment and renames a run with the UI's own
-//! buttons, and then opens an attacker's page on another origin that auto-submits a form to
-//! MLflow. This test owns MLflow and guard, and checks MLflow's store itself afterwards:
+//! name other than localhost, signs in on guard's page, creates an experiment and renames a run
+//! with the UI's own buttons, sees its name in the account menu, opens an attacker's page on
+//! another origin that auto-submits a form to MLflow, and signs out with the UI's Logout. This test owns MLflow and guard, and checks MLflow's store itself afterwards:
 //! what the UI did is there, what the forged form asked for is not.
 
 mod common;
@@ -72,10 +72,12 @@ fn the_ui_writes_under_a_real_host_name_and_a_cross_site_form_is_refused() {
         .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{stdout}\n{stderr}"));
     eprintln!("screenshots in {}", shots.display());
     for shot in [
+        "0-sign-in",
         "1-experiments",
         "2-experiment-created",
         "3-run-renamed",
         "4-cross-site-form-refused",
+        "5-signed-out",
     ] {
         let p = shots.join(format!("{shot}.png"));
         assert!(
@@ -84,6 +86,9 @@ fn the_ui_writes_under_a_real_host_name_and_a_cross_site_form_is_refused() {
             p.display()
         );
     }
+
+    assert_eq!(report["account_menu"], format!("Account menu for {USER}"), "{report}");
+    assert_eq!(report["signed_out"], true, "{report}");
 
     // MLflow's store, asked directly: the UI's experiment and rename are there.
     let all = mlflow.api_post(

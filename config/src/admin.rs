@@ -148,6 +148,26 @@ impl FileChoice {
         Ok(files)
     }
 
+    /// The session key file `guard serve` would use, and the longest session lifetime of its
+    /// sites: how long a key rotated out must keep opening cookies so no session is cut short.
+    pub fn session_keys(&self) -> Result<(PathBuf, std::time::Duration), AdminError> {
+        let flags = Overlay {
+            state_dir: self.state_dir.clone(),
+            ..Overlay::default()
+        };
+        let layered = flags.over_file(self.config.as_deref()).map_err(AdminError::Config)?;
+        let state_dir = layered
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::validate::default_state_dir);
+        let lifetime = crate::site_auth(&layered)
+            .iter()
+            .map(|(_, a)| a.session_lifetime)
+            .max()
+            .unwrap_or_default();
+        Ok((state_dir.join(crate::session::KEY_FILE_NAME), lifetime))
+    }
+
     /// Each site's auth as `guard serve` resolves it (flags over the file over the defaults),
     /// without the start-up checks: the files may not exist yet.
     fn sites(&self) -> Result<Vec<(String, AuthSettings)>, AdminError> {

@@ -146,6 +146,12 @@ pub struct AuthOverlay {
     pub lockout_window: Option<Duration>,
     /// `lockout.duration`, `--lockout-duration`.
     pub lockout_duration: Option<Duration>,
+    /// `login_page`, `--no-login-page`.
+    pub login_page: Option<bool>,
+    /// `session.lifetime`, `--session-lifetime`.
+    pub session_lifetime: Option<Duration>,
+    /// `session.idle`, `--session-idle`.
+    pub session_idle: Option<Duration>,
 }
 
 /// One entry of `sites`.
@@ -423,6 +429,9 @@ fn merge_auth(h: AuthOverlay, l: AuthOverlay, at: &str, o: &mut Origins) -> Auth
         lockout_failures: pick(h.lockout_failures, l.lockout_failures, &p("lockout.failures"), o),
         lockout_window: pick(h.lockout_window, l.lockout_window, &p("lockout.window"), o),
         lockout_duration: pick(h.lockout_duration, l.lockout_duration, &p("lockout.duration"), o),
+        login_page: pick(h.login_page, l.login_page, &p("login_page"), o),
+        session_lifetime: pick(h.session_lifetime, l.session_lifetime, &p("session.lifetime"), o),
+        session_idle: pick(h.session_idle, l.session_idle, &p("session.idle"), o),
     }
 }
 

@@ -153,6 +153,12 @@ pub struct Auth {
     pub cache_size: Option<u64>,
     /// Lockout of client addresses that fail too often.
     pub lockout: Option<Lockout>,
+    /// Browsers that navigate here without credentials get guard's sign-in page, which signs
+    /// them in with a session cookie; `false` leaves them the browser's Basic prompt. API
+    /// clients always get 401 JSON. Default: true.
+    pub login_page: Option<bool>,
+    /// Sign-in sessions.
+    pub session: Option<SessionLimits>,
     /// Serve without authentication: anyone who reaches the port reaches the upstream.
     /// Default: false.
     pub dangerous_no_auth: Option<bool>,
@@ -170,6 +176,16 @@ pub struct Lockout {
     pub window: Option<String>,
     /// Duration a locked-out address gets 429. Default: `5m`.
     pub duration: Option<String>,
+}
+
+/// `auth.session`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLimits {
+    /// Duration a session lasts from sign-in, however active. Default: `12h`.
+    pub lifetime: Option<String>,
+    /// Duration a session lasts without a request. Default: `1h`.
+    pub idle: Option<String>,
 }
 
 /// `sites[]`: one site.
@@ -242,10 +258,18 @@ fn sections(name: &str) -> Vec<(&'static str, &'static [&'static str])> {
             ("limits", fields_of::<Limits>()),
             ("auth", fields_of::<Auth>()),
             ("auth.lockout", fields_of::<Lockout>()),
+            ("auth.session", fields_of::<SessionLimits>()),
         ],
-        "Site" => vec![("auth", fields_of::<Auth>()), ("auth.lockout", fields_of::<Lockout>())],
+        "Site" => vec![
+            ("auth", fields_of::<Auth>()),
+            ("auth.lockout", fields_of::<Lockout>()),
+            ("auth.session", fields_of::<SessionLimits>()),
+        ],
         "Tls" => vec![("acme", fields_of::<Acme>())],
-        "Auth" => vec![("lockout", fields_of::<Lockout>())],
+        "Auth" => vec![
+            ("lockout", fields_of::<Lockout>()),
+            ("session", fields_of::<SessionLimits>()),
+        ],
         _ => Vec::new(),
     }
 }
@@ -281,6 +305,7 @@ pub fn schema_keys() -> Vec<String> {
                 ("Config", "sites") => Some(("Site", fields_of::<Site>())),
                 ("Tls", "acme") => Some(("Acme", fields_of::<Acme>())),
                 ("Auth", "lockout") => Some(("Lockout", fields_of::<Lockout>())),
+                ("Auth", "session") => Some(("SessionLimits", fields_of::<SessionLimits>())),
                 _ => None,
             };
             if let Some((child, fields)) = child {

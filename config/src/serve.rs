@@ -109,6 +109,12 @@ pub struct AuthSettings {
     pub lockout_window: Duration,
     /// How long a locked-out address gets 429.
     pub lockout_duration: Duration,
+    /// Whether a browser without credentials gets guard's sign-in page (else Basic's prompt).
+    pub login_page: bool,
+    /// How long a sign-in session lasts from sign-in.
+    pub session_lifetime: Duration,
+    /// How long a sign-in session lasts without a request.
+    pub session_idle: Duration,
 }
 
 /// Default realm.
@@ -135,6 +141,9 @@ impl AuthSettings {
             lockout_failures: 10,
             lockout_window: Duration::from_secs(60),
             lockout_duration: Duration::from_secs(300),
+            login_page: true,
+            session_lifetime: Duration::from_secs(12 * 3600),
+            session_idle: Duration::from_secs(3600),
         }
     }
 }

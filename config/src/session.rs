@@ -134,6 +134,12 @@ pub fn credential_matches(session: &Session, stored_hash: &str) -> bool {
     )
 }
 
+/// A fresh CSRF token (128 random bits, base64url), for a form that is not tied to a session
+/// yet: the sign-in page's.
+pub fn new_csrf_token() -> Result<String, getrandom::Error> {
+    random_b64::<16>()
+}
+
 fn random_b64<const N: usize>() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes)?;

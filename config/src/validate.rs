@@ -215,6 +215,7 @@ fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
 fn auth_from_raw(a: raw::Auth, at: &str, c: &mut Check<'_>) -> AuthOverlay {
     let p = |key: &str| format!("{at}.{key}");
     let lockout = a.lockout.unwrap_or_default();
+    let session = a.session.unwrap_or_default();
     AuthOverlay {
         disabled: a.dangerous_no_auth,
         users_file: c.file(&p("users"), a.users),
@@ -230,6 +231,9 @@ fn auth_from_raw(a: raw::Auth, at: &str, c: &mut Check<'_>) -> AuthOverlay {
         lockout_failures: c.value(&p("lockout.failures"), lockout.failures, |n| count_u32(n, 0)),
         lockout_window: c.value(&p("lockout.window"), lockout.window.as_deref(), parse_duration),
         lockout_duration: c.value(&p("lockout.duration"), lockout.duration.as_deref(), parse_duration),
+        login_page: a.login_page,
+        session_lifetime: c.value(&p("session.lifetime"), session.lifetime.as_deref(), parse_duration),
+        session_idle: c.value(&p("session.idle"), session.idle.as_deref(), parse_duration),
     }
 }
 
@@ -495,6 +499,12 @@ fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> Auth
             .lockout_duration
             .or(top.lockout_duration)
             .unwrap_or(d.lockout_duration),
+        login_page: site.login_page.or(top.login_page).unwrap_or(d.login_page),
+        session_lifetime: site
+            .session_lifetime
+            .or(top.session_lifetime)
+            .unwrap_or(d.session_lifetime),
+        session_idle: site.session_idle.or(top.session_idle).unwrap_or(d.session_idle),
     }
 }
 

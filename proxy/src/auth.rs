@@ -13,8 +13,10 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use guard_config::credential::{parse_credential, Credential};
-use guard_config::htpasswd::Htpasswd;
+use guard_config::htpasswd::{Htpasswd, DEFAULT_BCRYPT_COST};
+use guard_config::secret::Secret;
 use guard_config::serve::AuthSettings;
+use guard_config::session::{credential_fingerprint, credential_matches, Lifetimes, Refused, Session};
 use guard_config::tokens::{Lookup, TokenSet, TokensError};
 use guard_config::users::UsersError;
 use hmac::{Hmac, KeyInit, Mac};
@@ -72,6 +74,37 @@ impl AuthFailure {
 pub struct Principal {
     /// User or token name.
     pub name: String,
+    /// How.
+    pub via: Via,
+}
+
+/// How a principal proved who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A user's password: HTTP Basic.
+    Password,
+    /// A bearer token.
+    Token,
+    /// A session cookie from guard's sign-in page.
+    Session,
+}
+
+/// The user name and password the MLflow UI's sign-out sends (`mlflow-logged-out-<random>` as
+/// both) so the browser forgets its Basic credentials. It can never sign anyone in, so it is
+/// refused without a bcrypt check or a strike: signing out ten times is not a password attack.
+fn is_ui_sign_out(user: &str, password: &[u8]) -> bool {
+    user.starts_with("mlflow-logged-out-") && user.as_bytes() == password
+}
+
+/// A self-service password change that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordChangeError {
+    /// The current password was wrong, or the client is locked out.
+    #[error("the current password did not check: {}", .0.reason())]
+    Auth(AuthFailure),
+    /// The users file could not be written.
+    #[error(transparent)]
+    Write(UsersError),
 }
 
 /// The users and tokens could not be loaded at start.
@@ -320,20 +353,17 @@ impl Authenticator {
         };
         self.check_lockout(peer)?;
         let result = match credential {
-            Credential::Basic { user, password } => {
-                return match self.verify_password(&user, &password, peer).await? {
-                    true => Ok(Principal { name: user }),
-                    // The strike was taken before the check.
-                    false => Err(self.settle(peer, AuthFailure::BadPassword)),
-                };
-            }
+            Credential::Basic { user, password } => return self.password(user, &password, peer).await,
             Credential::Bearer(token) => {
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 match self.tokens.load().lookup(&token, now) {
-                    Lookup::Valid { name } => Ok(Principal { name: name.to_owned() }),
+                    Lookup::Valid { name } => Ok(Principal {
+                        name: name.to_owned(),
+                        via: Via::Token,
+                    }),
                     Lookup::Expired { .. } => Err(AuthFailure::ExpiredToken),
                     Lookup::Revoked { .. } => Err(AuthFailure::RevokedToken),
                     Lookup::Unknown => Err(AuthFailure::UnknownToken),
@@ -341,6 +371,94 @@ impl Authenticator {
             }
         };
         result.map_err(|f| self.failed(peer, f))
+    }
+
+    /// Checks a user's password as the sign-in page posts it: the same lockout, cache and
+    /// dummy hash as HTTP Basic.
+    pub async fn sign_in(&self, user: String, password: &[u8], peer: IpAddr) -> Result<Principal, AuthFailure> {
+        self.check_lockout(peer)?;
+        self.password(user, password, peer).await
+    }
+
+    /// A password check once the lockout let the client through.
+    async fn password(&self, user: String, password: &[u8], peer: IpAddr) -> Result<Principal, AuthFailure> {
+        if is_ui_sign_out(&user, password) && self.users.load().get(&user).is_none() {
+            return Err(AuthFailure::BadPassword);
+        }
+        match self.verify_password(&user, password, peer).await? {
+            true => Ok(Principal {
+                name: user,
+                via: Via::Password,
+            }),
+            // The strike was taken before the check.
+            false => Err(self.settle(peer, AuthFailure::BadPassword)),
+        }
+    }
+
+    /// The user a session signs in, if they are still in the users file with the password they
+    /// signed in with: a deleted user or a changed password ends every session at once.
+    pub fn session_user(&self, session: &Session) -> Result<Principal, Refused> {
+        match self.users.load().get(&session.user) {
+            Some(entry) if credential_matches(session, entry.hash_str()) => Ok(Principal {
+                name: session.user.clone(),
+                via: Via::Session,
+            }),
+            _ => Err(Refused::CredentialChanged),
+        }
+    }
+
+    /// What a new session of `user` carries of their stored hash (see [`Session::credential`]).
+    pub fn credential_of(&self, user: &str) -> Option<String> {
+        self.users
+            .load()
+            .get(user)
+            .map(|entry| credential_fingerprint(entry.hash_str()))
+    }
+
+    /// How long this site's sessions live.
+    pub fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            absolute: self.settings.session_lifetime.as_secs(),
+            idle: self.settings.session_idle.as_secs(),
+        }
+    }
+
+    /// Whether browsers without credentials get the sign-in page.
+    pub fn login_page(&self) -> bool {
+        self.settings.login_page
+    }
+
+    /// Changes `user`'s own password after checking `current` (through the lockout, as a
+    /// sign-in), writing the users file as `guard passwd` does, and reloads it so the change
+    /// holds at once. The new hash is made on the bcrypt pool.
+    pub async fn change_password(
+        &self,
+        user: &str,
+        current: &Secret,
+        new: Secret,
+        peer: IpAddr,
+    ) -> Result<(), PasswordChangeError> {
+        self.sign_in(user.to_owned(), current.expose().as_bytes(), peer)
+            .await
+            .map_err(PasswordChangeError::Auth)?;
+        let permit = self
+            .defence
+            .bcrypt_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PasswordChangeError::Auth(AuthFailure::Busy))?;
+        let (path, name) = (self.settings.users_file.clone(), user.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            guard_config::users::set_password(&path, &name, &new, DEFAULT_BCRYPT_COST)
+        })
+        .await
+        .map_err(|_| PasswordChangeError::Auth(AuthFailure::Busy))?
+        .map_err(PasswordChangeError::Write)?;
+        tracing::info!(user, "password changed from the MLflow UI");
+        self.reload();
+        Ok(())
     }
 
     /// Checks a password, from the cache when this exact user, password and stored hash were

@@ -69,6 +69,15 @@ pub enum ProxyError {
     /// A path under guard's reserved prefix that guard does not serve.
     #[error("no such guard endpoint")]
     NotFound,
+    /// A method one of guard's own endpoints does not take.
+    #[error("method not allowed on a guard endpoint")]
+    MethodNotAllowed,
+    /// The OS random source failed while making a session.
+    #[error("no random numbers for a session")]
+    NoRandom,
+    /// A password change from the MLflow UI could not be written to the users file.
+    #[error("cannot change the password")]
+    UsersWrite(#[source] guard_config::users::UsersError),
     /// No site serves the request's host, or its `Host` disagrees with its SNI.
     #[error("misrouted request: {0:?}")]
     Misrouted(Misroute),
@@ -93,6 +102,11 @@ pub enum ProxyError {
         failure: AuthFailure,
         /// The realm to challenge with.
         realm: String,
+        /// Whether to send `WWW-Authenticate`: not to a browser whose session just ended, which
+        /// would pop up a password dialog over the MLflow UI instead of its sign-in page.
+        challenge: bool,
+        /// Whether to delete the browser's session cookies with the answer.
+        end_session: bool,
     },
 }
 
@@ -142,6 +156,21 @@ impl ProxyError {
                 "the request target is too long",
             ),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND", "no such endpoint"),
+            ProxyError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "BAD_REQUEST",
+                "this endpoint does not take that method",
+            ),
+            ProxyError::NoRandom => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TEMPORARILY_UNAVAILABLE",
+                "cannot sign in right now; try again",
+            ),
+            ProxyError::UsersWrite(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "the password could not be changed; ask the administrator",
+            ),
             ProxyError::Misrouted(_) => (
                 StatusCode::MISDIRECTED_REQUEST,
                 "ENDPOINT_NOT_FOUND",
@@ -202,6 +231,7 @@ impl ProxyError {
             | ProxyError::BodyStalled { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::NotFound
+            | ProxyError::MethodNotAllowed
             | ProxyError::TooManyHeaders(_)
             | ProxyError::UriTooLong(_)
             | ProxyError::Misrouted(_)
@@ -216,8 +246,17 @@ impl ProxyError {
     pub fn into_response(self) -> Response<ProxyBody> {
         let (status, code, message) = self.public_parts();
         let mut resp = json_error(status, code, message);
-        if let ProxyError::Auth { failure, realm } = &self {
+        if let ProxyError::Auth {
+            failure,
+            realm,
+            challenge,
+            end_session,
+        } = &self
+        {
             let h = resp.headers_mut();
+            if *end_session {
+                crate::login::end_session(h);
+            }
             match failure {
                 AuthFailure::LockedOut(secs) => {
                     h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
@@ -225,6 +264,7 @@ impl ProxyError {
                 AuthFailure::Busy => {
                     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 }
+                _ if !challenge => {}
                 _ => {
                     let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", realm.replace(['"', '\\'], ""));
                     if let Ok(v) = HeaderValue::from_str(&challenge) {
@@ -296,6 +336,8 @@ mod tests {
                 ProxyError::Auth {
                     failure: AuthFailure::Missing,
                     realm: "r".into(),
+                    challenge: true,
+                    end_session: false,
                 },
                 401,
                 "UNAUTHENTICATED",
@@ -304,6 +346,8 @@ mod tests {
                 ProxyError::Auth {
                     failure: AuthFailure::BadPassword,
                     realm: "r".into(),
+                    challenge: true,
+                    end_session: false,
                 },
                 401,
                 "UNAUTHENTICATED",
@@ -312,6 +356,8 @@ mod tests {
                 ProxyError::Auth {
                     failure: AuthFailure::RevokedToken,
                     realm: "r".into(),
+                    challenge: true,
+                    end_session: false,
                 },
                 401,
                 "UNAUTHENTICATED",
@@ -320,6 +366,8 @@ mod tests {
                 ProxyError::Auth {
                     failure: AuthFailure::LockedOut(5),
                     realm: "r".into(),
+                    challenge: true,
+                    end_session: false,
                 },
                 429,
                 "REQUEST_LIMIT_EXCEEDED",
@@ -328,6 +376,8 @@ mod tests {
                 ProxyError::Auth {
                     failure: AuthFailure::Busy,
                     realm: "r".into(),
+                    challenge: true,
+                    end_session: false,
                 },
                 429,
                 "REQUEST_LIMIT_EXCEEDED",
@@ -345,6 +395,8 @@ mod tests {
         let r = ProxyError::Auth {
             failure: AuthFailure::BadPassword,
             realm: "MLflow".into(),
+            challenge: true,
+            end_session: false,
         }
         .into_response();
         assert_eq!(
@@ -354,9 +406,27 @@ mod tests {
         let r = ProxyError::Auth {
             failure: AuthFailure::LockedOut(42),
             realm: "MLflow".into(),
+            challenge: true,
+            end_session: false,
         }
         .into_response();
         assert_eq!(r.headers()["retry-after"], "42");
         assert!(r.headers().get("www-authenticate").is_none());
+        // A browser whose session ended: no password dialog, and its cookies go.
+        let r = ProxyError::Auth {
+            failure: AuthFailure::Missing,
+            realm: "MLflow".into(),
+            challenge: false,
+            end_session: true,
+        }
+        .into_response();
+        assert!(r.headers().get("www-authenticate").is_none());
+        let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+        assert!(
+            cookies
+                .iter()
+                .any(|c| c.to_str().unwrap().starts_with("__Host-guard_session=;")),
+            "{cookies:?}"
+        );
     }
 }

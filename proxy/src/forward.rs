@@ -274,23 +274,29 @@ pub async fn forward(
 /// Sorts an error from sending a request into who is at fault: the client's body, or the
 /// upstream.
 fn classify(e: hyper::Error, upstream: &str) -> ProxyError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    body_fault(&e).unwrap_or_else(|| ProxyError::UpstreamFailed {
+        upstream: upstream.to_owned(),
+        source: Box::new(e) as BoxError,
+    })
+}
+
+/// The client's fault in reading a request body, if the error chain holds one: over the size
+/// limit, stalled, or broken off.
+pub fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+    let mut src = Some(e);
     while let Some(s) = src {
         if let Some(limit) = s.downcast_ref::<BodyLimitExceeded>() {
-            return ProxyError::BodyTooLarge { limit: limit.0 };
+            return Some(ProxyError::BodyTooLarge { limit: limit.0 });
         }
         if let Some(stalled) = s.downcast_ref::<BodyStalled>() {
-            return ProxyError::BodyStalled {
+            return Some(ProxyError::BodyStalled {
                 seconds: stalled.0.as_secs(),
-            };
+            });
         }
         if s.downcast_ref::<ClientBodyError>().is_some() {
-            return ProxyError::BadRequest("malformed or truncated request body");
+            return Some(ProxyError::BadRequest("malformed or truncated request body"));
         }
         src = s.source();
     }
-    ProxyError::UpstreamFailed {
-        upstream: upstream.to_owned(),
-        source: Box::new(e) as BoxError,
-    }
+    None
 }

@@ -1,6 +1,6 @@
 //! The request pipeline, one straight line: guard's reserved paths → site → origin check →
-//! authentication → body limit
-//! → upstream headers → forward → downstream headers → access log. Every failure becomes a
+//! sign-in and sign-out → authentication (header, else session cookie) → the UI's account
+//! endpoints → body limit → upstream headers → forward → downstream headers → access log. Every failure becomes a
 //! response in `error`; nothing here writes a status code of its own for an error.
 
 use std::convert::Infallible;
@@ -19,14 +19,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::accesslog::AccessRecord;
+use crate::account;
+use crate::auth::AuthFailure;
 use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers;
+use crate::login::{self, LOGIN_PATH, LOGOUT_PATH};
 use crate::metrics::{MethodClass, Metrics, ReasonLabel, RequestLabels, UpstreamErrorLabels, UserLabel};
 use crate::origin::{self, Verdict};
 use crate::route::Router;
 use crate::server::{ConnSlot, InFlight};
+use crate::signin::{self, Step};
 
 /// What every request on every connection shares.
 #[derive(Debug)]
@@ -43,6 +47,9 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// The lockout table and bcrypt pool every site shares, kept across reloads.
     pub defence: Arc<crate::auth::Defence>,
+    /// The keys of browser sessions; `None` when the key file could not be made (browsers then
+    /// get Basic's prompt, not the sign-in page).
+    pub sessions: Option<Arc<crate::sessions::Sessions>>,
 }
 
 /// Per-connection facts the pipeline needs, and the shared state: each request clones this
@@ -134,8 +141,10 @@ async fn route(
     // guard's own paths come next so health checks need no credentials, and are never
     // forwarded whatever follows the prefix.
     let path = req.uri().path();
-    if path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/') {
-        return reserved(path, state);
+    let reserved = path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/');
+    let sign_in = path == LOGIN_PATH || path == LOGOUT_PATH;
+    if reserved && !sign_in {
+        return self::reserved(path, state);
     }
     let router = state.router.load();
     let host = req
@@ -154,35 +163,51 @@ async fn route(
         Verdict::Preflight(o) => return Ok(origin::preflight(req.headers(), o)),
         Verdict::Refused(why) => return Err(ProxyError::CrossOrigin(why)),
     };
+    let client_ip = headers::client_ip(req.headers(), conn.peer.ip(), &state.trusted_proxies);
+    let sessions = state.sessions.as_deref();
+    if sign_in {
+        // After the origin check: a sign-in or sign-out posted from another site is refused.
+        let (Some(auth), Some(sessions)) = (&site.auth, sessions) else {
+            return Err(ProxyError::NotFound);
+        };
+        return if path == LOGIN_PATH {
+            signin::login(req, auth, sessions, client_ip, &state.limits).await
+        } else {
+            signin::logout(req, auth, sessions, &state.limits).await
+        };
+    }
     // The only protocol a connection may switch to, HTTP/1.1 only. A public path does not
     // open a tunnel to anyone: an upgrade there needs credentials like any other path.
     let websocket = req.version() == Version::HTTP_11 && headers::wants_websocket(req.headers());
     // Nothing below this line runs for a request that did not authenticate.
-    let principal = match &site.auth {
-        Some(auth) if websocket || !site.is_public(path) => match auth
-            .authenticate(
-                req.headers(),
-                headers::client_ip(req.headers(), conn.peer.ip(), &state.trusted_proxies),
-            )
-            .await
-        {
-            Ok(p) => Some(p),
-            Err(failure) => {
-                state
-                    .metrics
-                    .auth_failures
-                    .get_or_create(&ReasonLabel {
-                        reason: failure.reason(),
-                    })
-                    .inc();
-                return Err(ProxyError::Auth {
-                    failure,
-                    realm: auth.realm().to_owned(),
-                });
+    let caller = match &site.auth {
+        Some(auth) if websocket || !site.is_public(path) => {
+            match signin::authenticate(&req, auth, sessions, client_ip).await {
+                Ok(Step::Pass(caller)) => Some(caller),
+                Ok(Step::Answer(page)) => {
+                    count_auth_failure(&state.metrics, AuthFailure::Missing);
+                    return Ok(page);
+                }
+                Err(refused) => {
+                    count_auth_failure(&state.metrics, refused.failure);
+                    return Err(ProxyError::Auth {
+                        failure: refused.failure,
+                        realm: auth.realm().to_owned(),
+                        challenge: refused.challenge,
+                        end_session: refused.end_session,
+                    });
+                }
             }
-        },
+        }
         _ => None,
     };
+    // The MLflow UI's account menu and password change, for guard's own users: never forwarded.
+    if let (Some(auth), Some(caller), Some(endpoint)) = (&site.auth, &caller, account::endpoint(path)) {
+        rec.user = Some(caller.principal.name.clone());
+        let mut resp = signin::account(endpoint, req, caller, auth, sessions, client_ip, &state.limits).await?;
+        add_cookies(&mut resp, &caller.cookies);
+        return Ok(resp);
+    }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
@@ -213,6 +238,8 @@ async fn route(
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
+    // The session is guard's credential, like a password: the upstream never sees it.
+    login::strip_guard_cookies(&mut parts.headers);
     let trusted_peer = state.trusted_proxies.iter().any(|c| c.contains(conn.peer.ip()));
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::drop_client_chosen(&mut parts.headers, trusted_peer, site.forwarded_user.as_ref());
@@ -220,6 +247,10 @@ async fn route(
         // guard vouched for it; MLflow refuses any Origin but localhost and its own list.
         parts.headers.remove(header::ORIGIN);
     }
+    let (principal, cookies) = match caller {
+        Some(c) => (Some(c.principal), c.cookies),
+        None => (None, Vec::new()),
+    };
     if let (Some(header), Some(p)) = (&site.forwarded_user, &principal) {
         // Visible ASCII only: `HeaderValue` takes UTF-8 bytes as obs-text, which the upstream
         // reads as Latin-1, another name (`josé` arrives as `josÃ©`). Fail closed: a request
@@ -311,7 +342,9 @@ async fn route(
         let (mut parts, _) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::restore_websocket(&mut parts.headers);
-        return Ok(Response::from_parts(parts, full(Bytes::new())));
+        let mut resp = Response::from_parts(parts, full(Bytes::new()));
+        add_cookies(&mut resp, &cookies);
+        return Ok(resp);
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -320,7 +353,26 @@ async fn route(
     if let Some(o) = cors {
         origin::allow(&mut parts.headers, o);
     }
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    let mut resp = Response::from_parts(parts, body.map_err(Into::into).boxed());
+    add_cookies(&mut resp, &cookies);
+    Ok(resp)
+}
+
+/// Adds guard's `Set-Cookie`s (a renewed or ended session) to a response, beside any the
+/// upstream set.
+fn add_cookies(resp: &mut Response<ProxyBody>, cookies: &[HeaderValue]) {
+    for c in cookies {
+        resp.headers_mut().append(header::SET_COOKIE, c.clone());
+    }
+}
+
+fn count_auth_failure(metrics: &Metrics, failure: AuthFailure) {
+    metrics
+        .auth_failures
+        .get_or_create(&ReasonLabel {
+            reason: failure.reason(),
+        })
+        .inc();
 }
 
 /// guard's own endpoints under the reserved prefix.

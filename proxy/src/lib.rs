@@ -19,6 +19,8 @@ pub mod origin;
 pub mod redirect;
 pub mod route;
 pub mod server;
+pub mod sessions;
+pub mod signin;
 pub mod tls;
 pub mod watch;
 

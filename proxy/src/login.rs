@@ -103,14 +103,18 @@ pub enum FormError {
     Fields,
 }
 
+/// Whether a body is declared as an HTML form's.
+fn is_form(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
 /// Reads a sign-in form body. Fields given twice are refused rather than picking one: two
 /// parsers that pick differently are how checks get bypassed.
 pub fn parse_form(content_type: Option<&HeaderValue>, body: &[u8]) -> Result<LoginForm, FormError> {
-    let form_type = content_type
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-    if !form_type {
+    if !is_form(content_type) {
         return Err(FormError::ContentType);
     }
     if body.len() > MAX_FORM_BYTES {
@@ -204,6 +208,44 @@ pub fn set_cookie(name: &str, value: &str, max_age: u64) -> HeaderValue {
         "{name}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
     ))
     .expect("cookie names and base64url values are header-safe")
+}
+
+/// The MLflow UI's own cookie naming the signed-in user, which guard sets beside the session.
+/// Scripts can read and delete it, and the UI's sign-out deletes it (with the Basic credentials
+/// it tries to make the browser forget): a session cookie that arrives without it is a signed-out
+/// session. It proves nothing on its own; the sealed session cookie does.
+pub const UI_USER_COOKIE: &str = "mlflow_user";
+
+/// The two `Set-Cookie`s of a sign-in: the sealed session, and the UI's user cookie (not
+/// HttpOnly, see [`UI_USER_COOKIE`]), both kept for `max_age` seconds.
+pub fn session_cookies(sealed: &str, user: &str, max_age: u64) -> [HeaderValue; 2] {
+    let name: String = form_urlencoded::byte_serialize(user.as_bytes()).collect();
+    [
+        set_cookie(guard_config::session::COOKIE_NAME, sealed, max_age),
+        HeaderValue::try_from(format!(
+            "{UI_USER_COOKIE}={name}; Path=/; Secure; SameSite=Lax; Max-Age={max_age}"
+        ))
+        .expect("a percent-encoded name is header-safe"),
+    ]
+}
+
+/// Adds the `Set-Cookie`s that end a browser's session (and any half-done sign-in form).
+pub fn end_session(headers: &mut HeaderMap) {
+    let [session, user] = session_cookies("", "", 0);
+    headers.append(header::SET_COOKIE, session);
+    headers.append(header::SET_COOKIE, user);
+}
+
+/// The `csrf` field of a posted sign-out form, if the body is one and has it exactly once.
+pub fn csrf_field(content_type: Option<&HeaderValue>, body: &[u8]) -> Option<String> {
+    let form_type = is_form(content_type);
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(body).filter(|_| form_type) {
+        if key == "csrf" && found.replace(value.into_owned()).is_some() {
+            return None;
+        }
+    }
+    found
 }
 
 /// Whether the form's CSRF field matches its cookie (both present, equal, in constant time).

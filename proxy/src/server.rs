@@ -83,6 +83,7 @@ pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
         limits: settings.limits.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
         hsts: crate::acme::hsts_header(&settings.tls),
+        sessions: load_sessions(&settings),
     });
     Ok(Prepared {
         settings,
@@ -152,6 +153,25 @@ impl Handle {
     }
 }
 
+/// The session keys, when some site has guard's sign-in page. A key file that cannot be made
+/// turns the page off, loudly, rather than stopping guard: Basic and tokens still work.
+fn load_sessions(settings: &ServeSettings) -> Option<Arc<crate::sessions::Sessions>> {
+    let wanted = settings.sites.iter().any(|s| !s.auth.disabled && s.auth.login_page);
+    if !wanted {
+        return None;
+    }
+    match crate::sessions::Sessions::load(&settings.state_dir) {
+        Ok(sessions) => Some(Arc::new(sessions)),
+        Err(e) => {
+            tracing::error!(
+                "the sign-in page is off (browsers get the Basic prompt): {}",
+                crate::tls::error_chain(&e)
+            );
+            None
+        }
+    }
+}
+
 /// Starts a file watcher for every site's authenticator; each ends with its site.
 fn watch_sites(router: &Router, reload: &watch::Sender<u64>) {
     for site in router.sites() {
@@ -188,6 +208,9 @@ pub async fn serve(
         tls::watch_files(resolver.clone(), cert.clone(), key.clone(), reload.subscribe());
     }
     watch_sites(&state.router.load(), &reload);
+    if let Some(sessions) = &state.sessions {
+        sessions.watch(reload.subscribe());
+    }
     // Ordering and renewal run beside the accept loop and stop when `serve` returns.
     let _acme = match &settings.tls {
         TlsSource::Acme(acme) => Some(crate::acme::start(

@@ -1,6 +1,8 @@
 // The MLflow UI in Debian's Chromium through guard, under a host name other than localhost
-// (one browser process for every case): the UI's own buttons create an experiment and rename
-// a run, and a page on another origin that auto-submits a form to MLflow gets guard's 403.
+// (one browser process for every case): the user signs in on guard's page, the UI's own
+// buttons create an experiment and rename a run, the account menu names the user, a page on
+// another origin that auto-submits a form to MLflow gets guard's 403, and the UI's own Logout
+// signs the user out, back to guard's sign-in page.
 // Run by tests/browser.rs, which starts MLflow and guard and checks MLflow's store afterwards.
 //
 // Environment: GUARD_PORT (guard's TLS port on 127.0.0.1), GUARD_USER, GUARD_PASSWORD,
@@ -41,16 +43,29 @@ const browser = await chromium.launch({
 });
 const report = {};
 try {
-  const ctx = await browser.newContext({
-    ignoreHTTPSErrors: true,
-    httpCredentials: { username: process.env.GUARD_USER, password: process.env.GUARD_PASSWORD },
-    viewport: { width: 1280, height: 800 },
-  });
+  // No httpCredentials: the browser has no password to send, only guard's session cookie.
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
   const page = await ctx.newPage();
   const failed = [];
   page.on('response', (r) => {
     if (r.url().startsWith(base) && r.status() === 403) failed.push(`${r.request().method()} ${r.url()}`);
   });
+
+  // A navigation without credentials gets guard's sign-in page; a wrong password is told so.
+  const first = await page.goto(`${base}/#/experiments`);
+  assert.equal(first.status(), 401, 'the first navigation');
+  assert.equal(await page.title(), 'Sign in');
+  await page.screenshot({ path: `${shots}/0-sign-in.png` });
+  await page.locator('#user').fill(process.env.GUARD_USER);
+  await page.locator('#password').fill('not the password');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByText('Wrong user name or password.').waitFor();
+  await page.locator('#user').fill(process.env.GUARD_USER);
+  await page.locator('#password').fill(process.env.GUARD_PASSWORD);
+  await Promise.all([page.waitForURL(`${base}/`), page.getByRole('button', { name: 'Sign in' }).click()]);
+  const cookies = await ctx.cookies(base);
+  const session = cookies.find((c) => c.name === '__Host-guard_session');
+  assert.ok(session && session.httpOnly && session.secure && session.sameSite === 'Lax', JSON.stringify(cookies));
 
   // The experiments list renders.
   await page.goto(`${base}/#/experiments`);
@@ -70,7 +85,9 @@ try {
   await page.screenshot({ path: `${shots}/2-experiment-created.png` });
 
   // A run, logged as a script would log it; then renamed with the UI's own menu.
+  const basic = Buffer.from(`${process.env.GUARD_USER}:${process.env.GUARD_PASSWORD}`).toString('base64');
   const run = await ctx.request.post(`${api}/api/2.0/mlflow/runs/create`, {
+    headers: { authorization: `Basic ${basic}` },
     data: { experiment_id: report.experiment_id, run_name: 'logged-by-a-script' },
   });
   assert.equal(run.status(), 200, await run.text());
@@ -87,6 +104,11 @@ try {
   await page.screenshot({ path: `${shots}/3-run-renamed.png` });
   assert.deepEqual(failed, [], 'no 403 while using the UI');
 
+  // The account menu names the signed-in user (guard answers users/current).
+  const account = page.getByRole('button', { name: `Account menu for ${process.env.GUARD_USER}` });
+  await account.waitFor({ timeout: 30_000 });
+  report.account_menu = await account.getAttribute('aria-label');
+
   // The attacker's page, opened by the same signed-in browser: its form post is refused.
   const forged = page.waitForResponse((r) => r.url().includes('/experiments/create'));
   await page.goto(`${evilOrigin}/`);
@@ -100,6 +122,21 @@ try {
   await page.screenshot({ path: `${shots}/4-cross-site-form-refused.png` });
   report.evil_origin = evilOrigin;
   report.forged_status = forgedResp.status();
+
+  // The UI's own Logout: back to guard's sign-in page, and the session cookie is gone.
+  await page.goto(`${base}/#/experiments`);
+  await account.click({ timeout: 30_000 });
+  await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith('/') && r.status() === 401),
+    page.getByRole('menuitem', { name: 'Logout' }).click(),
+  ]);
+  await page.getByRole('button', { name: 'Sign in' }).waitFor();
+  await page.screenshot({ path: `${shots}/5-signed-out.png` });
+  const left = (await ctx.cookies(base)).map((c) => c.name);
+  assert.ok(!left.includes('__Host-guard_session'), `cookies after sign-out: ${left}`);
+  const again = await page.reload();
+  assert.equal(again.status(), 401, 'asked to sign in again');
+  report.signed_out = true;
   console.log(JSON.stringify(report));
 } catch (e) {
   console.error(e.stack || String(e));

@@ -1,0 +1,423 @@
+//! Browsers through guard, on the request path: the session step of authentication (a sealed
+//! cookie instead of a password on every request, renewed as it is used), the sign-in page a
+//! navigation without credentials gets, guard's `/_guard/login` and `/_guard/logout`, and the
+//! MLflow UI's account endpoints (`users/current`, `users/update-password`) answered for
+//! guard's own users. The pages and cookies are `login`'s; the password checks are `auth`'s.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use guard_config::clock::unix_now;
+use guard_config::serve::Limits;
+use guard_config::session::{new_csrf_token, Lifetimes, Session, SignIn, COOKIE_NAME};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::account::{self, ChangeRefused, Endpoint};
+use crate::auth::{AuthFailure, Authenticator, PasswordChangeError, Principal, Via};
+use crate::body::{full, ProxyBody, RequestBody};
+use crate::error::{json_error, ProxyError};
+use crate::login::{self, LOGIN_CSRF_COOKIE, MAX_FORM_BYTES, PAGE_CSP, UI_USER_COOKIE};
+use crate::sessions::Sessions;
+
+/// Seconds between renewals of a session cookie: often enough for the idle timeout to count
+/// from the last minute of use, rarely enough that a busy UI is not sent a cookie per response.
+const RENEW_AFTER: u64 = 60;
+/// How long the sign-in form's CSRF cookie lasts: a page left open longer is shown again.
+const LOGIN_FORM_LIFETIME: u64 = 3600;
+/// Longest password-change body read.
+const MAX_ACCOUNT_BODY: u64 = 8 * 1024;
+
+/// Who a request came from, and the cookies its answer must carry (a renewed session, or the
+/// deletion of one that no longer counts).
+#[derive(Debug)]
+pub struct Caller {
+    /// The authenticated user or token.
+    pub principal: Principal,
+    /// `Set-Cookie` values for the response.
+    pub cookies: Vec<HeaderValue>,
+}
+
+/// What the authentication step decided.
+#[derive(Debug)]
+pub enum Step {
+    /// Go on as this caller.
+    Pass(Caller),
+    /// Answer with this instead (the sign-in page).
+    Answer(Response<ProxyBody>),
+}
+
+/// Authenticates a request: its `Authorization` header if it has one, else its session cookie.
+/// A cookie that does not count (sealed elsewhere, expired, its user gone or their password
+/// changed, or signed out in the MLflow UI) is treated as absent and deleted with the answer.
+/// A browser navigation with no credentials gets the sign-in page; everything else the 401.
+pub async fn authenticate(
+    req: &Request<Incoming>,
+    auth: &Authenticator,
+    sessions: Option<&Sessions>,
+    client: IpAddr,
+) -> Result<Step, AuthOutcome> {
+    let headers = req.headers();
+    let cookie = sessions.and(login::cookie(headers, COOKIE_NAME));
+    let mut session_ended = false;
+    if let (Some(sessions), Some(value), false) = (sessions, cookie, headers.contains_key(header::AUTHORIZATION)) {
+        match open(sessions, auth, headers, value) {
+            Ok(caller) => return Ok(Step::Pass(caller)),
+            Err(why) => {
+                tracing::debug!("session cookie not accepted: {why}");
+                session_ended = true;
+            }
+        }
+    }
+    match auth.authenticate(headers, client).await {
+        Ok(principal) => Ok(Step::Pass(Caller {
+            principal,
+            cookies: if session_ended { ended() } else { Vec::new() },
+        })),
+        Err(AuthFailure::Missing)
+            if sessions.is_some()
+                && auth.login_page()
+                && login::wants_page(req.method(), req.uri().path(), headers) =>
+        {
+            let next = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            Ok(Step::Answer(sign_in_page(
+                StatusCode::UNAUTHORIZED,
+                next,
+                None,
+                session_ended,
+            )))
+        }
+        Err(failure) => Err(AuthOutcome {
+            failure,
+            // No password dialog over the UI for a browser whose session just ended.
+            challenge: !session_ended,
+            end_session: cookie.is_some(),
+        }),
+    }
+}
+
+/// A refused request, for [`ProxyError::Auth`].
+#[derive(Debug)]
+pub struct AuthOutcome {
+    /// Why.
+    pub failure: AuthFailure,
+    /// Whether to send `WWW-Authenticate`.
+    pub challenge: bool,
+    /// Whether to delete the session cookies.
+    pub end_session: bool,
+}
+
+/// Why a session cookie does not sign anyone in.
+#[derive(Debug, thiserror::Error)]
+enum NotSignedIn {
+    #[error(transparent)]
+    Refused(#[from] guard_config::session::Refused),
+    #[error("the MLflow UI signed out (its {UI_USER_COOKIE} cookie is gone)")]
+    SignedOutInUi,
+}
+
+/// Opens a session cookie, renewing it when a minute has passed since it was last renewed.
+fn open(sessions: &Sessions, auth: &Authenticator, headers: &HeaderMap, value: &str) -> Result<Caller, NotSignedIn> {
+    if login::cookie(headers, UI_USER_COOKIE).is_none() {
+        return Err(NotSignedIn::SignedOutInUi);
+    }
+    let now = unix_now();
+    let keys = sessions.keys();
+    let lifetimes = auth.lifetimes();
+    let session = keys.open(value, now, lifetimes)?;
+    let principal = auth.session_user(&session)?;
+    let mut cookies = Vec::new();
+    if now.saturating_sub(session.seen) >= RENEW_AFTER {
+        let renewed = Session { seen: now, ..session };
+        // A failed renewal costs the user nothing yet: the cookie they hold is still good.
+        if let Ok(sealed) = keys.seal(&renewed) {
+            cookies.push(login::set_cookie(
+                COOKIE_NAME,
+                &sealed,
+                remaining(&renewed, lifetimes, now),
+            ));
+        }
+    }
+    Ok(Caller { principal, cookies })
+}
+
+/// Seconds until a session reaches its absolute lifetime: the cookies' `Max-Age`.
+fn remaining(session: &Session, lifetimes: Lifetimes, now: u64) -> u64 {
+    session.issued.saturating_add(lifetimes.absolute).saturating_sub(now)
+}
+
+/// The `Set-Cookie`s that end a session.
+fn ended() -> Vec<HeaderValue> {
+    let mut h = HeaderMap::new();
+    login::end_session(&mut h);
+    h.get_all(header::SET_COOKIE).iter().cloned().collect()
+}
+
+/// One of guard's pages: HTML that loads nothing, cannot be framed or cached.
+fn page(status: StatusCode, html: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::from(html)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    resp
+}
+
+/// The sign-in page with a fresh form token (its cookie set with it).
+fn sign_in_page(status: StatusCode, next: &str, error: Option<&str>, end_session: bool) -> Response<ProxyBody> {
+    let Ok(csrf) = new_csrf_token() else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TEMPORARILY_UNAVAILABLE",
+            "no random numbers to make the sign-in form with",
+        );
+    };
+    let mut resp = page(status, login::login_page(next, &csrf, error));
+    let h = resp.headers_mut();
+    if end_session {
+        login::end_session(h);
+    }
+    h.append(
+        header::SET_COOKIE,
+        login::set_cookie(LOGIN_CSRF_COOKIE, &csrf, LOGIN_FORM_LIFETIME),
+    );
+    resp
+}
+
+fn see_other(to: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    resp.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(login::safe_return(to)).unwrap_or(HeaderValue::from_static("/")),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Reads a small request body whole, under `limit` and the body timeout.
+async fn read_body(body: Incoming, limit: u64, limits: &Limits) -> Result<Bytes, ProxyError> {
+    let (body, _, _) = RequestBody::new(body, Some(limit), limits.body_timeout);
+    body.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+        crate::forward::body_fault(&*e).unwrap_or(ProxyError::BadRequest("malformed or truncated request body"))
+    })
+}
+
+/// `/_guard/login`: GET shows the form, POST checks it and signs in.
+pub async fn login(
+    req: Request<Incoming>,
+    auth: &Authenticator,
+    sessions: &Sessions,
+    client: IpAddr,
+    limits: &Limits,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if !auth.login_page() {
+        return Err(ProxyError::NotFound);
+    }
+    match *req.method() {
+        Method::GET | Method::HEAD => {
+            let next = req
+                .uri()
+                .query()
+                .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "next"))
+                .map_or_else(|| "/".to_owned(), |(_, v)| v.into_owned());
+            Ok(sign_in_page(StatusCode::OK, &next, None, false))
+        }
+        Method::POST => {
+            let expected = login::cookie(req.headers(), LOGIN_CSRF_COOKIE).map(str::to_owned);
+            let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+            let body = read_body(req.into_body(), MAX_FORM_BYTES as u64, limits).await?;
+            let form = match login::parse_form(content_type.as_ref(), &body) {
+                Ok(form) => form,
+                Err(e) => return Ok(sign_in_page(StatusCode::BAD_REQUEST, "/", Some(&e.to_string()), false)),
+            };
+            if !login::csrf_matches(expected.as_deref(), &form.csrf) {
+                return Ok(sign_in_page(
+                    StatusCode::FORBIDDEN,
+                    &form.next,
+                    Some("The sign-in form expired. Please sign in again."),
+                    false,
+                ));
+            }
+            match auth
+                .sign_in(form.user.clone(), form.password.expose().as_bytes(), client)
+                .await
+            {
+                Ok(principal) => signed_in(&principal.name, auth, sessions, &form.next),
+                Err(failure @ (AuthFailure::LockedOut(_) | AuthFailure::Busy)) => {
+                    let mut resp = sign_in_page(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &form.next,
+                        Some("Too many attempts. Please wait a few minutes and try again."),
+                        false,
+                    );
+                    let secs = match failure {
+                        AuthFailure::LockedOut(s) => s,
+                        _ => 1,
+                    };
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    Ok(resp)
+                }
+                Err(_) => Ok(sign_in_page(
+                    StatusCode::UNAUTHORIZED,
+                    &form.next,
+                    Some("Wrong user name or password."),
+                    false,
+                )),
+            }
+        }
+        _ => Err(ProxyError::MethodNotAllowed),
+    }
+}
+
+/// A new session for `user`: the cookies, and back to where they were going.
+fn signed_in(
+    user: &str,
+    auth: &Authenticator,
+    sessions: &Sessions,
+    next: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let now = unix_now();
+    // Removed between the password check and here: as if the password had been wrong.
+    let credential = auth.credential_of(user).ok_or(ProxyError::Auth {
+        failure: AuthFailure::BadPassword,
+        realm: auth.realm().to_owned(),
+        challenge: false,
+        end_session: false,
+    })?;
+    let session = Session::new(user, SignIn::Password, credential, now).map_err(|_| ProxyError::NoRandom)?;
+    let sealed = sessions.keys().seal(&session).map_err(|_| ProxyError::NoRandom)?;
+    let mut resp = see_other(next);
+    let h = resp.headers_mut();
+    for c in login::session_cookies(&sealed, user, auth.lifetimes().absolute) {
+        h.append(header::SET_COOKIE, c);
+    }
+    h.append(header::SET_COOKIE, login::set_cookie(LOGIN_CSRF_COOKIE, "", 0));
+    tracing::info!(user, "signed in on the sign-in page");
+    Ok(resp)
+}
+
+/// The session a request carries, if it still counts.
+fn current_session(req: &Request<Incoming>, auth: &Authenticator, sessions: &Sessions) -> Option<Session> {
+    let value = login::cookie(req.headers(), COOKIE_NAME)?;
+    let session = sessions.keys().open(value, unix_now(), auth.lifetimes()).ok()?;
+    auth.session_user(&session).ok()?;
+    Some(session)
+}
+
+/// `/_guard/logout`: GET shows a sign-out button, POST (with the session's CSRF token) ends
+/// the session. Either way a browser without a session is sent to the site's root.
+pub async fn logout(
+    req: Request<Incoming>,
+    auth: &Authenticator,
+    sessions: &Sessions,
+    limits: &Limits,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let session = current_session(&req, auth, sessions);
+    match (req.method().clone(), session) {
+        (Method::GET | Method::HEAD, Some(s)) => Ok(page(StatusCode::OK, login::logout_page(&s.user, &s.csrf))),
+        (Method::GET | Method::HEAD | Method::POST, None) => {
+            let mut resp = see_other("/");
+            login::end_session(resp.headers_mut());
+            Ok(resp)
+        }
+        (Method::POST, Some(s)) => {
+            let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+            let body = read_body(req.into_body(), MAX_FORM_BYTES as u64, limits).await?;
+            let given = login::csrf_field(content_type.as_ref(), &body).unwrap_or_default();
+            if !login::csrf_matches(Some(&s.csrf), &given) {
+                return Ok(page(StatusCode::FORBIDDEN, login::logout_page(&s.user, &s.csrf)));
+            }
+            tracing::info!(user = %s.user, "signed out");
+            let mut resp = see_other("/");
+            login::end_session(resp.headers_mut());
+            Ok(resp)
+        }
+        _ => Err(ProxyError::MethodNotAllowed),
+    }
+}
+
+/// The MLflow UI's account endpoints, answered by guard for the caller.
+pub async fn account(
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+    caller: &Caller,
+    auth: &Authenticator,
+    sessions: Option<&Sessions>,
+    client: IpAddr,
+    limits: &Limits,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let name = &caller.principal.name;
+    match (endpoint, req.method().clone()) {
+        (Endpoint::CurrentUser, Method::GET | Method::HEAD) => {
+            let mut resp = Response::new(full(Bytes::from(account::current_user(name))));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(resp)
+        }
+        (Endpoint::UpdatePassword, Method::PATCH) => {
+            if caller.principal.via == Via::Token {
+                return Ok(refused(ChangeRefused::NotYours));
+            }
+            let body = read_body(req.into_body(), MAX_ACCOUNT_BODY, limits).await?;
+            let change = match account::parse_change(name, &body) {
+                Ok(c) => c,
+                Err(why) => return Ok(refused(why)),
+            };
+            match auth
+                .change_password(name, &change.current_password, change.password, client)
+                .await
+            {
+                Ok(()) => {}
+                Err(PasswordChangeError::Auth(failure @ (AuthFailure::LockedOut(_) | AuthFailure::Busy))) => {
+                    return Err(ProxyError::Auth {
+                        failure,
+                        realm: auth.realm().to_owned(),
+                        challenge: false,
+                        end_session: false,
+                    })
+                }
+                Err(PasswordChangeError::Auth(_)) => {
+                    return Ok(json_error(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_PARAMETER_VALUE",
+                        "Current password is incorrect.",
+                    ))
+                }
+                Err(PasswordChangeError::Write(e)) => return Err(ProxyError::UsersWrite(e)),
+            }
+            let mut resp = Response::new(full(Bytes::from_static(b"{}")));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // The old session ended with the old password; a session user keeps a new one.
+            if let (Via::Session, Some(sessions)) = (caller.principal.via, sessions) {
+                let (credential, now) = (auth.credential_of(name), unix_now());
+                if let Some(Ok(session)) = credential.map(|c| Session::new(name, SignIn::Password, c, now)) {
+                    if let Ok(sealed) = sessions.keys().seal(&session) {
+                        for c in login::session_cookies(&sealed, name, auth.lifetimes().absolute) {
+                            resp.headers_mut().append(header::SET_COOKIE, c);
+                        }
+                    }
+                }
+            }
+            Ok(resp)
+        }
+        _ => Err(ProxyError::MethodNotAllowed),
+    }
+}
+
+fn refused(why: ChangeRefused) -> Response<ProxyBody> {
+    let status = match why {
+        ChangeRefused::NotYours => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    json_error(status, why.error_code(), &why.to_string())
+}
