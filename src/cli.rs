@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use guard_config::acme::{self, ChallengeChoice};
 use guard_config::admin::{self, AdminError, FileChoice, SiteFile};
 use guard_config::clock::unix_now;
+use guard_config::file_error::FileError;
 use guard_config::model::{self, Cidr, Upstream};
+use guard_config::roles::{self, Role, Roles};
 use guard_config::serve::{self as defaults, LogFormat, TlsSource};
 use guard_config::tokens::{self, TokensError};
 use guard_config::users::{self, UsersError};
@@ -41,6 +43,9 @@ enum Command {
     /// Manage the key that seals browser sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Give users their role (reader or writer) in the groups file beside the users file.
+    #[command(subcommand)]
+    Role(RoleCommand),
     /// Write the files that deploy guard in front of MLflow: compose, systemd or supervisor.
     Deploy(Box<DeployArgs>),
     /// Validate a configuration without binding a port or contacting a CA; print what would run.
@@ -56,6 +61,14 @@ enum Command {
         #[arg(long, env = "GUARD_LISTEN", value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },
+}
+
+/// Writes `name`'s role to the groups file of `files`.
+fn set_role(files: &FileArgs, name: &str, role: Role) -> Result<(), Failure> {
+    let path = files.groups()?;
+    roles::set_role(&path, name, Some(role)).map_err(|e| Failure::Runtime(e.into()))?;
+    println!("guard: {name:?} is a {role} in {}", path.display());
+    Ok(())
 }
 
 /// Flags of `guard deploy`.
@@ -142,6 +155,10 @@ impl FileArgs {
     fn tokens(&self) -> Result<PathBuf, Failure> {
         Ok(noted(self.choice().tokens_file()?))
     }
+
+    fn groups(&self) -> Result<PathBuf, Failure> {
+        Ok(noted(self.choice().groups_file()?))
+    }
 }
 
 /// The file's path, after telling the operator when `guard serve` would not read it.
@@ -170,6 +187,25 @@ struct PasswordArgs {
     /// bcrypt cost (4-16); each step doubles the time of a login check. [default: 12]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(4..=16))]
     cost: Option<u32>,
+    /// The user's role, written to the groups file beside the users file: reader (sees
+    /// everything, changes nothing) or writer. [default: the site's default_role]
+    #[arg(long, value_name = "ROLE", value_parser = Role::parse)]
+    role: Option<Role>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoleCommand {
+    /// Set a user's role: reader (sees everything, changes nothing) or writer. It holds from
+    /// the next reload (within about 2 s), for sessions already signed in too.
+    Set {
+        /// The user.
+        name: String,
+        /// reader or writer.
+        #[arg(value_parser = Role::parse)]
+        role: Role,
+        #[command(flatten)]
+        files: FileArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +232,10 @@ enum TokenCommand {
         /// Lifetime, e.g. 90d. [default: never expires]
         #[arg(long, value_name = "DURATION", value_parser = model::parse_duration)]
         expires: Option<Duration>,
+        /// What the token may do: reader (sees everything, changes nothing) or writer.
+        /// [default: the site's default_role]
+        #[arg(long, value_name = "ROLE", value_parser = Role::parse)]
+        role: Option<Role>,
         #[command(flatten)]
         files: FileArgs,
     },
@@ -354,6 +394,16 @@ struct ServeArgs {
     #[arg(long, env = "GUARD_LOCKOUT_DURATION", value_name = "DURATION", value_parser = model::parse_duration)]
     lockout_duration: Option<Duration>,
 
+    /// Groups file giving users their role (`reader: alice bob`, Apache's AuthGroupFile
+    /// format), re-read when it changes. [default: groups beside the users file]
+    #[arg(long, env = "GUARD_GROUPS", value_name = "FILE")]
+    groups: Option<PathBuf>,
+
+    /// Role of users and tokens nothing else gives one: writer (everything) or reader (sees
+    /// everything, changes nothing). [default: writer]
+    #[arg(long, env = "GUARD_DEFAULT_ROLE", value_name = "ROLE", value_parser = Role::parse)]
+    default_role: Option<Role>,
+
     /// Leave browsers the Basic prompt instead of guard's sign-in page (and its session cookie).
     /// API clients get 401 JSON either way.
     #[arg(long, env = "GUARD_NO_LOGIN_PAGE")]
@@ -483,6 +533,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let password = read_password(&args)?;
             users::add_user(&path, &name, &password, cost(&args))?;
             println!("guard: added user {name:?} to {}", path.display());
+            if let Some(role) = args.role {
+                set_role(&args.user.files, &name, role)?;
+            }
             Ok(())
         }
         Command::Passwd(args) => {
@@ -504,10 +557,31 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 Err(UsersError::NotFound { .. }) => Vec::new(),
                 other => other?,
             };
+            let roles = match roles::load(&files.groups()?) {
+                Err(FileError::NotFound { .. }) => Roles::default(),
+                other => other.map_err(|e| Failure::Runtime(e.into()))?.0,
+            };
+            // A name alone has the site's default role; the groups file's role and admin follow.
             for n in names {
-                println!("{n}");
+                let role = roles.role_of(&n).map(|r| format!("\t{r}")).unwrap_or_default();
+                let admin = if roles.is_admin(&n) { "\tadmin" } else { "" };
+                println!("{n}{role}{admin}");
             }
             Ok(())
+        }
+        Command::Role(RoleCommand::Set { name, role, files }) => {
+            let path = files.users()?;
+            let known = match users::list_users(&path) {
+                Err(UsersError::NotFound { .. }) => Vec::new(),
+                other => other?,
+            };
+            if !known.contains(&name) {
+                return Err(Failure::Config(anyhow::anyhow!(
+                    "{}: no user {name:?} (tokens get their role from `guard token create --role`)",
+                    path.display()
+                )));
+            }
+            set_role(&files, &name, role)
         }
         Command::Token(cmd) => token(cmd),
         Command::Session(SessionCommand::RotateKey { keep_old, files }) => {
@@ -660,10 +734,15 @@ impl From<AdminError> for Failure {
 
 fn token(cmd: TokenCommand) -> Result<(), Failure> {
     match cmd {
-        TokenCommand::Create { name, expires, files } => {
+        TokenCommand::Create {
+            name,
+            expires,
+            role,
+            files,
+        } => {
             let path = files.tokens()?;
             admin::refuse_user_named(&files.choice().every_users_file()?, &name)?;
-            let token = tokens::create_token(&path, &name, expires, unix_now())?;
+            let token = tokens::create_token(&path, &name, role, expires, unix_now())?;
             eprintln!(
                 "guard: created token {name:?} in {}; it is shown once, store it now:",
                 path.display()
@@ -767,6 +846,8 @@ fn overlay_from(args: &ServeArgs) -> Overlay {
             login_page: args.no_login_page.then_some(false),
             session_lifetime: args.session_lifetime,
             session_idle: args.session_idle,
+            groups_file: args.groups.clone(),
+            default_role: args.default_role,
         },
         upstream: args.upstream.clone(),
         preserve_host: args.preserve_host.then_some(true),
@@ -822,6 +903,8 @@ fn flag_for(key: &str) -> Option<&'static str> {
         "auth.login_page" => "--no-login-page",
         "auth.session" | "auth.session.lifetime" => "--session-lifetime",
         "auth.session.idle" => "--session-idle",
+        "auth.groups" => "--groups",
+        "auth.default_role" => "--default-role",
         "upstream" => "--upstream",
         "preserve_host" => "--preserve-host",
         _ => return None,

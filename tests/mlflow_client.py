@@ -7,6 +7,11 @@ Usage: python mlflow_client.py MODE [ARTIFACT_BYTES]
                        with a fresh client and compare the downloaded artifact's sha256
   expect-auth-failure  try to create an experiment; exit 0 only if that fails with a 401
   count-experiments    print how many experiments the server holds (all lifecycle stages)
+  role-ops             as the configured user or token: read a run (search, metric history,
+                       artifact download) made by `roundtrip`, then try every kind of write
+                       (create_experiment, log_metric, set_tag, delete_run, an artifact upload,
+                       create_registered_model); prints each operation's outcome, "ok" or the
+                       HTTP status. Reads must succeed; the caller checks the writes.
 
 Everything else comes from the environment, as in a user's script: MLFLOW_TRACKING_URI,
 MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_USERNAME / _PASSWORD, MLFLOW_TRACKING_TOKEN.
@@ -25,6 +30,7 @@ import uuid
 T0 = time.monotonic()
 
 import mlflow  # noqa: E402  (import time is part of what the caller measures)
+import requests  # noqa: E402
 from mlflow.entities import ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -172,6 +178,52 @@ def expect_auth_failure():
     fail(f"creating experiment {name} succeeded (id {experiment_id}); expected a 401")
 
 
+def outcome(op):
+    """Runs `op`: "ok", or the HTTP status it failed with (0 when none is known)."""
+    try:
+        op()
+        return "ok"
+    except requests.HTTPError as e:
+        # Artifact uploads go through requests directly and raise its error.
+        return e.response.status_code if e.response is not None else 0
+    except MlflowException as e:
+        if isinstance(e, RestException):
+            return e.get_http_status_code()
+        text = str(e)
+        for code in (401, 403, 404, 500, 502):
+            if f"error code {code}" in text or f"{code} Client Error" in text or f"status code {code}" in text:
+                return code
+        return f"0: {text[:200]}"
+
+
+def role_ops(experiment_id, run_id):
+    client = MlflowClient()
+    result = {"mode": "role-ops"}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = client.search_runs([experiment_id])
+        check(any(r.info.run_id == run_id for r in runs), f"run {run_id} not found by search")
+        history = client.get_metric_history(run_id, "loss")
+        check(len(history) == 10, f"{len(history)} loss steps read back")
+        local = client.download_artifacts(run_id, "blobs", tmp)
+        check(os.listdir(local) == ["blob.bin"], f"downloaded {os.listdir(local)}")
+        result["reads"] = "ok"
+        note = os.path.join(tmp, "note.txt")
+        with open(note, "w") as f:
+            f.write("written by role-ops")
+        result["create_experiment"] = outcome(
+            lambda: client.create_experiment(f"guard-role-{uuid.uuid4().hex}")
+        )
+        result["log_metric"] = outcome(lambda: client.log_metric(run_id, "role", 1.0))
+        result["set_tag"] = outcome(lambda: client.set_tag(run_id, "role", "x"))
+        result["log_artifact"] = outcome(lambda: client.log_artifact(run_id, note, "role"))
+        result["create_registered_model"] = outcome(
+            lambda: client.create_registered_model(f"guard-role-{uuid.uuid4().hex}")
+        )
+        # Last: a writer's delete would take the run the others act on.
+        result["delete_run"] = outcome(lambda: client.delete_run(run_id))
+    print(json.dumps(result))
+
+
 def count_experiments():
     client = MlflowClient()
     count, token = 0, None
@@ -201,6 +253,8 @@ def main():
         expect_auth_failure()
     elif mode == "count-experiments":
         count_experiments()
+    elif mode == "role-ops":
+        role_ops(sys.argv[2], sys.argv[3])
     else:
         fail(f"unknown mode {mode}")
 

@@ -132,6 +132,18 @@ impl FileChoice {
         }
     }
 
+    /// The groups file giving the users file's users their roles: beside `users` when that is
+    /// given, else the chosen site's.
+    pub fn groups_file(&self) -> Result<SiteFile, AdminError> {
+        match &self.users {
+            Some(path) => Ok(SiteFile {
+                path: path.with_file_name(crate::roles::GROUPS_FILE_NAME),
+                note: None,
+            }),
+            None => self.site_file("groups", |a| &a.groups_file),
+        }
+    }
+
     /// Every users file a token of this choice's tokens file could meet: `users`, else the
     /// chosen site's, else every site's (sites may share a tokens file but not a users file).
     pub fn every_users_file(&self) -> Result<Vec<PathBuf>, AdminError> {

@@ -13,6 +13,7 @@ pub mod htpasswd;
 pub mod model;
 pub mod overlay;
 pub mod raw;
+pub mod roles;
 pub mod secret;
 pub mod serve;
 pub mod session;

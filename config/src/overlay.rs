@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::acme::ChallengeChoice;
 use crate::error::{ConfigError, Position};
 use crate::model::{Cidr, Upstream};
+use crate::roles::Role;
 use crate::serve::LogFormat;
 use crate::yaml::Spot;
 
@@ -152,6 +153,10 @@ pub struct AuthOverlay {
     pub session_lifetime: Option<Duration>,
     /// `session.idle`, `--session-idle`.
     pub session_idle: Option<Duration>,
+    /// `groups`, `--groups`.
+    pub groups_file: Option<PathBuf>,
+    /// `default_role`, `--default-role`.
+    pub default_role: Option<Role>,
 }
 
 /// One entry of `sites`.
@@ -432,6 +437,8 @@ fn merge_auth(h: AuthOverlay, l: AuthOverlay, at: &str, o: &mut Origins) -> Auth
         login_page: pick(h.login_page, l.login_page, &p("login_page"), o),
         session_lifetime: pick(h.session_lifetime, l.session_lifetime, &p("session.lifetime"), o),
         session_idle: pick(h.session_idle, l.session_idle, &p("session.idle"), o),
+        groups_file: pick(h.groups_file, l.groups_file, &p("groups"), o),
+        default_role: pick(h.default_role, l.default_role, &p("default_role"), o),
     }
 }
 

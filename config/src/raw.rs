@@ -159,6 +159,12 @@ pub struct Auth {
     pub login_page: Option<bool>,
     /// Sign-in sessions.
     pub session: Option<SessionLimits>,
+    /// Groups file (Apache `AuthGroupFile` format: `reader: alice bob`) giving users their
+    /// role, re-read when it changes. Default: `groups` beside the users file.
+    pub groups: Option<String>,
+    /// Role of a user or token the groups file or the token does not name: `writer` (may do
+    /// everything) or `reader` (sees everything, changes nothing). Default: `writer`.
+    pub default_role: Option<String>,
     /// Serve without authentication: anyone who reaches the port reaches the upstream.
     /// Default: false.
     pub dangerous_no_auth: Option<bool>,

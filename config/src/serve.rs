@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::model::{Cidr, Upstream};
+use crate::roles::{Role, GROUPS_FILE_NAME};
 
 /// guard's reserved path prefix: never forwarded, never authenticated.
 pub const RESERVED_PREFIX: &str = "/_guard/";
@@ -115,6 +116,10 @@ pub struct AuthSettings {
     pub session_lifetime: Duration,
     /// How long a sign-in session lasts without a request.
     pub session_idle: Duration,
+    /// The groups file giving users their role; may not exist.
+    pub groups_file: PathBuf,
+    /// The role of a user or token nothing else gives one.
+    pub default_role: Role,
 }
 
 /// Default realm.
@@ -144,6 +149,8 @@ impl AuthSettings {
             login_page: true,
             session_lifetime: Duration::from_secs(12 * 3600),
             session_idle: Duration::from_secs(3600),
+            groups_file: state_dir.join(GROUPS_FILE_NAME),
+            default_role: Role::Writer,
         }
     }
 }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fsutil::{lock_exclusive, write_atomic, FileLockGuard};
 use crate::htpasswd::{validate_name, InvalidName};
+use crate::roles::Role;
 use crate::secret::{ct_eq, Secret};
 
 /// Every token starts with this, so a leaked one is recognisable (and greppable by secret
@@ -106,6 +107,9 @@ struct TokenRecord {
     expires: Option<u64>,
     /// Unix seconds of revocation; `null` while not revoked.
     revoked: Option<u64>,
+    /// What the token may do; absent: the site's default role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
 }
 
 /// What `token list` shows: never the hash.
@@ -119,6 +123,8 @@ pub struct TokenInfo {
     pub expires: Option<u64>,
     /// Unix seconds of revocation, if revoked.
     pub revoked: Option<u64>,
+    /// The role it was created with; `None`: the site's default.
+    pub role: Option<Role>,
 }
 
 /// Where a token stands at a given time.
@@ -152,6 +158,8 @@ pub enum Lookup<'a> {
     Valid {
         /// Its name, for logs and the upstream.
         name: &'a str,
+        /// Its role, if it was given one.
+        role: Option<Role>,
     },
     /// A known token past its expiry.
     Expired {
@@ -188,7 +196,7 @@ impl TokenSet {
         }
         let name = info.name.as_str();
         match info.status(now) {
-            TokenStatus::Active => Lookup::Valid { name },
+            TokenStatus::Active => Lookup::Valid { name, role: info.role },
             TokenStatus::Expired => Lookup::Expired { name },
             TokenStatus::Revoked => Lookup::Revoked { name },
         }
@@ -325,10 +333,16 @@ pub fn validate_token_name(name: &str) -> Result<(), InvalidName> {
     validate_name(name, "token name")
 }
 
-/// Creates a token called `name`, stores its hash, and returns the token: the only time it is
-/// ever available. `expires_in` of `None` means it never expires; `now` is Unix seconds.
+/// Creates a token called `name` with `role` (`None`: the site's default), stores its hash,
+/// and returns the token: the only time it is ever available. `expires_in` of `None` means it never expires; `now` is Unix seconds.
 /// Refuses the name of a token that is still active (an expired or revoked name may be reused).
-pub fn create_token(path: &Path, name: &str, expires_in: Option<Duration>, now: u64) -> Result<Secret, TokensError> {
+pub fn create_token(
+    path: &Path,
+    name: &str,
+    role: Option<Role>,
+    expires_in: Option<Duration>,
+    now: u64,
+) -> Result<Secret, TokensError> {
     validate_token_name(name)?;
     let expires = match expires_in {
         None => None,
@@ -357,6 +371,7 @@ pub fn create_token(path: &Path, name: &str, expires_in: Option<Duration>, now: 
         created: now,
         expires,
         revoked: None,
+        role,
     });
     write_file(path, &file)?;
     Ok(token)
@@ -433,6 +448,7 @@ fn info_of(record: &TokenRecord) -> TokenInfo {
         created: record.created,
         expires: record.expires,
         revoked: record.revoked,
+        role: record.role,
     }
 }
 
@@ -534,7 +550,7 @@ mod tests {
     fn created_token_is_valid_and_only_its_hash_is_stored() {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
-        let token = create_token(&path, "ci", None, NOW).unwrap();
+        let token = create_token(&path, "ci", None, None, NOW).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(token.expose()), "{text}");
         assert!(text.contains(&TokenHash::of(token.expose()).to_hex()));
@@ -544,7 +560,7 @@ mod tests {
         let set = load(&path).unwrap();
         assert_eq!(
             set.lookup(token.expose(), NOW + 1000 * DAY),
-            Lookup::Valid { name: "ci" }
+            Lookup::Valid { name: "ci", role: None }
         );
         assert_eq!(set.lookup("grd_wrong", NOW), Lookup::Unknown);
         assert_eq!(set.lookup("", NOW), Lookup::Unknown);
@@ -554,7 +570,7 @@ mod tests {
     fn the_file_has_the_documented_shape() {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
-        let token = create_token(&path, "ci", Some(Duration::from_secs(90 * DAY)), NOW).unwrap();
+        let token = create_token(&path, "ci", None, Some(Duration::from_secs(90 * DAY)), NOW).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(
             value,
@@ -575,9 +591,12 @@ mod tests {
     fn token_expires_at_its_expiry_second() {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
-        let token = create_token(&path, "ci", Some(Duration::from_secs(DAY)), NOW).unwrap();
+        let token = create_token(&path, "ci", None, Some(Duration::from_secs(DAY)), NOW).unwrap();
         let set = load(&path).unwrap();
-        assert_eq!(set.lookup(token.expose(), NOW + DAY - 1), Lookup::Valid { name: "ci" });
+        assert_eq!(
+            set.lookup(token.expose(), NOW + DAY - 1),
+            Lookup::Valid { name: "ci", role: None }
+        );
         assert_eq!(set.lookup(token.expose(), NOW + DAY), Lookup::Expired { name: "ci" });
     }
 
@@ -585,7 +604,7 @@ mod tests {
     fn revoked_token_is_reported_as_revoked_and_cannot_be_revoked_twice() {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
-        let token = create_token(&path, "ci", Some(Duration::from_secs(DAY)), NOW).unwrap();
+        let token = create_token(&path, "ci", None, Some(Duration::from_secs(DAY)), NOW).unwrap();
         revoke_token(&path, "ci", NOW + 10).unwrap();
         let set = load(&path).unwrap();
         assert_eq!(set.lookup(token.expose(), NOW + 20), Lookup::Revoked { name: "ci" });
@@ -606,7 +625,7 @@ mod tests {
         let path = dir.path().join("tokens.json");
         let err = revoke_token(&path, "ci", NOW).unwrap_err();
         assert!(matches!(err, TokensError::UnknownToken { .. }), "{err}");
-        create_token(&path, "ci", None, NOW).unwrap();
+        create_token(&path, "ci", None, None, NOW).unwrap();
         let err = revoke_token(&path, "cd", NOW).unwrap_err();
         assert!(err.to_string().ends_with(": no token \"cd\""), "{err}");
     }
@@ -615,31 +634,31 @@ mod tests {
     fn an_active_name_cannot_be_reused_but_a_revoked_or_expired_one_can() {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
-        let old = create_token(&path, "ci", Some(Duration::from_secs(DAY)), NOW).unwrap();
-        let err = create_token(&path, "ci", None, NOW).unwrap_err();
+        let old = create_token(&path, "ci", None, Some(Duration::from_secs(DAY)), NOW).unwrap();
+        let err = create_token(&path, "ci", None, None, NOW).unwrap_err();
         assert!(matches!(err, TokensError::Exists { .. }), "{err}");
 
-        let renewed = create_token(&path, "ci", None, NOW + DAY).unwrap();
+        let renewed = create_token(&path, "ci", None, None, NOW + DAY).unwrap();
         revoke_token(&path, "ci", NOW + DAY + 1).unwrap();
-        let again = create_token(&path, "ci", None, NOW + DAY + 2).unwrap();
+        let again = create_token(&path, "ci", None, None, NOW + DAY + 2).unwrap();
 
         let set = load(&path).unwrap();
         assert_eq!(set.len(), 3);
         let at = NOW + DAY + 3;
         assert_eq!(set.lookup(old.expose(), at), Lookup::Revoked { name: "ci" });
         assert_eq!(set.lookup(renewed.expose(), at), Lookup::Revoked { name: "ci" });
-        assert_eq!(set.lookup(again.expose(), at), Lookup::Valid { name: "ci" });
+        assert_eq!(set.lookup(again.expose(), at), Lookup::Valid { name: "ci", role: None });
     }
 
     #[test]
     fn create_token_refuses_bad_names_and_lifetimes() {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
-        let err = create_token(&path, "my token", None, NOW).unwrap_err();
+        let err = create_token(&path, "my token", None, None, NOW).unwrap_err();
         assert!(err.to_string().starts_with("invalid token name \"my token\""), "{err}");
-        let err = create_token(&path, "ci", Some(Duration::from_millis(500)), NOW).unwrap_err();
+        let err = create_token(&path, "ci", None, Some(Duration::from_millis(500)), NOW).unwrap_err();
         assert!(matches!(err, TokensError::Lifetime(_)), "{err}");
-        let err = create_token(&path, "ci", Some(Duration::from_secs(u64::MAX)), NOW).unwrap_err();
+        let err = create_token(&path, "ci", None, Some(Duration::from_secs(u64::MAX)), NOW).unwrap_err();
         assert!(matches!(err, TokensError::Lifetime(_)), "{err}");
         assert!(!path.exists());
     }
@@ -649,8 +668,15 @@ mod tests {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
         assert_eq!(list_tokens(&path).unwrap(), []);
-        create_token(&path, "ci", None, NOW).unwrap();
-        create_token(&path, "laptop", Some(Duration::from_secs(DAY)), NOW + 5).unwrap();
+        create_token(&path, "ci", None, None, NOW).unwrap();
+        create_token(
+            &path,
+            "laptop",
+            Some(Role::Reader),
+            Some(Duration::from_secs(DAY)),
+            NOW + 5,
+        )
+        .unwrap();
         let listed = list_tokens(&path).unwrap();
         assert_eq!(
             listed,
@@ -659,13 +685,15 @@ mod tests {
                     name: "ci".into(),
                     created: NOW,
                     expires: None,
-                    revoked: None
+                    revoked: None,
+                    role: None,
                 },
                 TokenInfo {
                     name: "laptop".into(),
                     created: NOW + 5,
                     expires: Some(NOW + 5 + DAY),
-                    revoked: None
+                    revoked: None,
+                    role: Some(Role::Reader),
                 },
             ]
         );
@@ -711,7 +739,7 @@ mod tests {
             assert!(msg.starts_with(&path.display().to_string()), "{msg}");
             assert!(msg.contains(expect), "{text}: {msg}");
             // Commands refuse to overwrite a file they cannot read.
-            assert!(create_token(&path, "new", None, NOW).is_err());
+            assert!(create_token(&path, "new", None, None, NOW).is_err());
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
         std::fs::write(&path, "{\"version\": 1,\n \"tokens\": [\n").unwrap();
@@ -727,7 +755,7 @@ mod tests {
         let threads: Vec<_> = (0..10)
             .map(|i| {
                 let path = path.clone();
-                std::thread::spawn(move || create_token(&path, &format!("t{i}"), None, NOW))
+                std::thread::spawn(move || create_token(&path, &format!("t{i}"), None, None, NOW))
             })
             .collect();
         let tokens: Vec<Secret> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();

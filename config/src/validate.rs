@@ -16,6 +16,7 @@ use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{parse_duration, parse_size, Cidr, Upstream};
 use crate::overlay::{AcmeOverlay, AuthOverlay, LimitsOverlay, Origins, Overlay, SiteOverlay, TlsOverlay};
 use crate::raw;
+use crate::roles::{Role, GROUPS_FILE_NAME};
 use crate::serve::{self, AuthSettings, Limits, LogFormat, ServeSettings, SiteSettings, TlsSource};
 use crate::tokens::{self, TokensError};
 use crate::users::{self, UsersError};
@@ -234,6 +235,8 @@ fn auth_from_raw(a: raw::Auth, at: &str, c: &mut Check<'_>) -> AuthOverlay {
         login_page: a.login_page,
         session_lifetime: c.value(&p("session.lifetime"), session.lifetime.as_deref(), parse_duration),
         session_idle: c.value(&p("session.idle"), session.idle.as_deref(), parse_duration),
+        groups_file: c.file(&p("groups"), a.groups),
+        default_role: c.value(&p("default_role"), a.default_role.as_deref(), Role::parse),
     }
 }
 
@@ -465,13 +468,20 @@ fn check_sites(list: &[SiteOverlay], o: &Overlay, c: &mut Check<'_>) {
 /// A site's auth: its own values over the top-level ones over the defaults.
 fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> AuthSettings {
     let d = AuthSettings::defaults(state_dir);
+    let users_file = site
+        .users_file
+        .clone()
+        .or_else(|| top.users_file.clone())
+        .unwrap_or(d.users_file);
     AuthSettings {
         disabled: site.disabled.or(top.disabled).unwrap_or(d.disabled),
-        users_file: site
-            .users_file
+        // Beside the users file unless named: the two are one account database.
+        groups_file: site
+            .groups_file
             .clone()
-            .or_else(|| top.users_file.clone())
-            .unwrap_or(d.users_file),
+            .or_else(|| top.groups_file.clone())
+            .unwrap_or_else(|| users_file.with_file_name(GROUPS_FILE_NAME)),
+        users_file,
         tokens_file: site
             .tokens_file
             .clone()
@@ -505,6 +515,7 @@ fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> Auth
             .or(top.session_lifetime)
             .unwrap_or(d.session_lifetime),
         session_idle: site.session_idle.or(top.session_idle).unwrap_or(d.session_idle),
+        default_role: site.default_role.or(top.default_role).unwrap_or(d.default_role),
     }
 }
 

@@ -13,7 +13,9 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use guard_config::credential::{parse_credential, Credential};
+use guard_config::file_error::FileError;
 use guard_config::htpasswd::{Htpasswd, DEFAULT_BCRYPT_COST};
+use guard_config::roles::{Role, Roles};
 use guard_config::secret::Secret;
 use guard_config::serve::AuthSettings;
 use guard_config::session::{credential_fingerprint, credential_matches, Lifetimes, Refused, Session};
@@ -76,6 +78,8 @@ pub struct Principal {
     pub name: String,
     /// How.
     pub via: Via,
+    /// What they may do.
+    pub role: Role,
 }
 
 /// How a principal proved who they are.
@@ -127,6 +131,23 @@ pub enum AuthError {
     /// The tokens file exists but cannot be read or parsed.
     #[error(transparent)]
     Tokens(TokensError),
+    /// The groups file exists but cannot be read.
+    #[error(transparent)]
+    Groups(FileError),
+}
+
+/// The groups file's roles, with its warnings logged; a missing file gives nobody a role.
+fn load_roles(path: &std::path::Path) -> Result<Roles, FileError> {
+    match guard_config::roles::load(path) {
+        Ok((roles, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(roles)
+        }
+        Err(FileError::NotFound { .. }) => Ok(Roles::default()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Parses `Authorization`. `Ok(None)` when absent; more than one header, or one longer than
@@ -177,6 +198,7 @@ pub struct Authenticator {
     settings: AuthSettings,
     users: ArcSwap<Htpasswd>,
     tokens: ArcSwap<TokenSet>,
+    roles: ArcSwap<Roles>,
     /// Whether the last reload of each file failed, so the set in use is older than the file.
     users_stale: AtomicBool,
     tokens_stale: AtomicBool,
@@ -240,10 +262,12 @@ impl Authenticator {
         );
         let mut cache_key = [0u8; 32];
         getrandom::fill(&mut cache_key).expect("the OS random source works");
+        let roles = load_roles(&settings.groups_file).map_err(AuthError::Groups)?;
         Ok(Authenticator {
             settings,
             users: ArcSwap::from_pointee(users),
             tokens: ArcSwap::from_pointee(tokens),
+            roles: ArcSwap::from_pointee(roles),
             users_stale: AtomicBool::new(false),
             tokens_stale: AtomicBool::new(false),
             cache: Mutex::new(HashMap::new()),
@@ -318,6 +342,18 @@ impl Authenticator {
                 );
             }
         }
+        match load_roles(&self.settings.groups_file) {
+            Ok(roles) => self.roles.store(Arc::new(roles)),
+            Err(e) => {
+                // Kept, like the users: a reader must not become a writer because a file broke.
+                self.users_stale.store(true, Ordering::Relaxed);
+                self.metrics.auth_reload_errors.inc();
+                tracing::error!(
+                    "roles NOT reloaded, the previous roles stay in use: {}",
+                    crate::tls::error_chain(&e)
+                );
+            }
+        }
         self.cache.lock().expect("cache lock").clear();
     }
 
@@ -332,7 +368,11 @@ impl Authenticator {
 
     /// Watches both files and reloads on change or when `force` fires, until dropped.
     pub fn watch(self: &Arc<Self>, force: crate::watch::ReloadSignal) {
-        let paths = vec![self.settings.users_file.clone(), self.settings.tokens_file.clone()];
+        let paths = vec![
+            self.settings.users_file.clone(),
+            self.settings.tokens_file.clone(),
+            self.settings.groups_file.clone(),
+        ];
         crate::watch::spawn(paths, force, Arc::downgrade(self), Authenticator::reload);
     }
 
@@ -360,9 +400,10 @@ impl Authenticator {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 match self.tokens.load().lookup(&token, now) {
-                    Lookup::Valid { name } => Ok(Principal {
+                    Lookup::Valid { name, role } => Ok(Principal {
                         name: name.to_owned(),
                         via: Via::Token,
+                        role: role.unwrap_or(self.settings.default_role),
                     }),
                     Lookup::Expired { .. } => Err(AuthFailure::ExpiredToken),
                     Lookup::Revoked { .. } => Err(AuthFailure::RevokedToken),
@@ -387,6 +428,7 @@ impl Authenticator {
         }
         match self.verify_password(&user, password, peer).await? {
             true => Ok(Principal {
+                role: self.role_of(&user),
                 name: user,
                 via: Via::Password,
             }),
@@ -402,9 +444,15 @@ impl Authenticator {
             Some(entry) if credential_matches(session, entry.hash_str()) => Ok(Principal {
                 name: session.user.clone(),
                 via: Via::Session,
+                role: self.role_of(&session.user),
             }),
             _ => Err(Refused::CredentialChanged),
         }
+    }
+
+    /// `user`'s role: the groups file's, else the site's default.
+    fn role_of(&self, user: &str) -> Role {
+        self.roles.load().role_of(user).unwrap_or(self.settings.default_role)
     }
 
     /// What a new session of `user` carries of their stored hash (see [`Session::credential`]).

@@ -69,6 +69,18 @@ pub enum ProxyError {
     /// A path under guard's reserved prefix that guard does not serve.
     #[error("no such guard endpoint")]
     NotFound,
+    /// The caller's role does not allow the request.
+    #[error("refused {method} {path} to {user}: role {role} may not")]
+    RoleDenied {
+        /// Who asked.
+        user: String,
+        /// Their role.
+        role: guard_config::roles::Role,
+        /// What they asked.
+        method: http::Method,
+        /// Where (the path only, never the query).
+        path: String,
+    },
     /// A method one of guard's own endpoints does not take.
     #[error("method not allowed on a guard endpoint")]
     MethodNotAllowed,
@@ -156,6 +168,17 @@ impl ProxyError {
                 "the request target is too long",
             ),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, "ENDPOINT_NOT_FOUND", "no such endpoint"),
+            // Names the role, so a reader's UI says why instead of a bare 403.
+            ProxyError::RoleDenied { role, .. } => (
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                match role {
+                    guard_config::roles::Role::Reader => {
+                        "permission denied: your role is reader, which can see everything and change nothing"
+                    }
+                    guard_config::roles::Role::Writer => "permission denied for your role",
+                },
+            ),
             ProxyError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "BAD_REQUEST",
@@ -238,6 +261,7 @@ impl ProxyError {
             | ProxyError::Auth { .. } => tracing::debug!("{self}{chain}"),
             // Worth seeing: an attack, or a page that needs `allowed_origins`.
             ProxyError::CrossOrigin(_) => tracing::info!("refused {self}"),
+            ProxyError::RoleDenied { .. } => tracing::info!("{self}"),
             _ => tracing::warn!("{self}{chain}"),
         }
     }

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use crate::accesslog::AccessRecord;
 use crate::account;
 use crate::auth::AuthFailure;
+use crate::authorize;
 use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::forward::forward;
@@ -207,6 +208,21 @@ async fn route(
         let mut resp = signin::account(endpoint, req, caller, auth, sessions, client_ip, &state.limits).await?;
         add_cookies(&mut resp, &caller.cookies);
         return Ok(resp);
+    }
+    // What the caller may do, from the method and path alone: before a byte of the body is
+    // read or sent on.
+    if let Some(c) = &caller {
+        if !authorize::permits(c.principal.role, req.method(), path) {
+            let refused = ProxyError::RoleDenied {
+                user: c.principal.name.clone(),
+                role: c.principal.role,
+                method: req.method().clone(),
+                path: path.to_owned(),
+            };
+            // Read and dropped for a while, so an uploading client sees the 403, not a reset.
+            discard_body(req.into_body());
+            return Err(refused);
+        }
     }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));

@@ -6,6 +6,7 @@ pub mod accesslog;
 pub mod account;
 pub mod acme;
 pub mod auth;
+pub mod authorize;
 pub mod body;
 pub mod error;
 pub mod forward;

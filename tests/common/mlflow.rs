@@ -198,13 +198,19 @@ impl MlflowServer {
     /// POSTs `json` to the server's REST API at `path`, directly over plain HTTP with no
     /// credentials and no Origin, and returns the JSON answer (panics on a non-200).
     pub fn api_post(&self, path: &str, json: &serde_json::Value) -> serde_json::Value {
+        self.api("POST", path, json)
+    }
+
+    /// Like [`MlflowServer::api_post`] with any method; a GET's JSON body is read as its
+    /// parameters (MLflow does so when there is no query string).
+    pub fn api(&self, method: &str, path: &str, json: &serde_json::Value) -> serde_json::Value {
         use std::io::{Read, Write};
         let body = json.to_string();
         let mut tcp = std::net::TcpStream::connect(self.addr).unwrap();
         tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
         write!(
             tcp,
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
             body.len()
@@ -213,7 +219,10 @@ impl MlflowServer {
         let mut out = String::new();
         let _ = tcp.read_to_string(&mut out);
         let (head, answer) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        assert!(head.starts_with("HTTP/1.1 200"), "MLflow answered POST {path}: {out}");
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "MLflow answered {method} {path}: {out}"
+        );
         // uvicorn may answer chunked; MLflow's JSON is one chunk.
         let start = answer.find('{').unwrap_or(0);
         let end = answer.rfind('}').map_or(answer.len(), |e| e + 1);
