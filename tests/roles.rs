@@ -152,7 +152,10 @@ fn readers_read_everything_and_change_nothing_writers_do_everything() {
     // A new role holds from the next reload, without a restart (on a new run: the last one is
     // deleted).
     let made = client(&venv, &["roundtrip", "1024"], &writer);
-    let (experiment, run) = (made["experiment_id"].as_str().unwrap(), made["run_id"].as_str().unwrap());
+    let (experiment, run) = (
+        made["experiment_id"].as_str().unwrap(),
+        made["run_id"].as_str().unwrap(),
+    );
     let (code, _, err) = run_guard(&["role", "set", READER, "writer", "--users", u], None);
     assert_eq!(code, 0, "{err}");
     let deadline = Instant::now() + Duration::from_secs(10);

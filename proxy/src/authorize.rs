@@ -13,7 +13,8 @@ use guard_config::roles::Role;
 use http::Method;
 
 /// The POSTs that only read (searches, batch reads, aggregates, GraphQL whose every root field
-/// is a read in 3.17), as exact decoded paths. The UI's telemetry post writes no MLflow data.
+/// is a read in 3.17), as exact decoded paths. Not the UI's telemetry post: it writes no MLflow
+/// data but sends usage records out, and a reader's UI works without it.
 const READ_ONLY_POSTS: &[&str] = &[
     "/api/2.0/mlflow/experiments/search",
     "/ajax-api/2.0/mlflow/experiments/search",
@@ -42,7 +43,6 @@ const READ_ONLY_POSTS: &[&str] = &[
     "/ajax-api/3.0/mlflow/prompt-optimization/jobs/search",
     "/ajax-api/3.0/jobs/search",
     "/graphql",
-    "/ajax-api/3.0/mlflow/ui-telemetry",
 ];
 
 /// Reads a reader may not make, as prefixes of the normalised path: the assistant (a GET on
