@@ -2,7 +2,9 @@
 //! (`tests/browser/origin.mjs`, one browser process for every case), opens the UI under a host
 //! name other than localhost, signs in on guard's page, creates an experiment and renames a run
 //! with the UI's own buttons, sees its name in the account menu, opens an attacker's page on
-//! another origin that auto-submits a form to MLflow, and signs out with the UI's Logout. This test owns MLflow and guard, and checks MLflow's store itself afterwards:
+//! another origin that auto-submits a form to MLflow, and signs out with the UI's Logout; then a
+//! reader signs in, sees the experiments list and a run page with no read refused, and the UI's
+//! Create experiment shows guard's "your role is reader" message. This test owns MLflow and guard, and checks MLflow's store itself afterwards:
 //! what the UI did is there, what the forged form asked for is not.
 
 mod common;
@@ -16,6 +18,8 @@ use common::*;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse battery staple";
+/// A user with the reader role, same password.
+const READER: &str = "rita";
 
 /// Whether the browser tier can run: Chromium, Node.js and `npm ci`'s packages. CI requires
 /// all three.
@@ -45,6 +49,12 @@ fn the_ui_writes_under_a_real_host_name_and_a_cross_site_form_is_refused() {
     let dir = TempDir::new("browser");
     let users = dir.path().join("users");
     adduser(&users, USER, PASSWORD);
+    adduser(&users, READER, PASSWORD);
+    let (code, _, err) = run_guard(
+        &["role", "set", READER, "reader", "--users", users.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
     let g = Guard::start(&["--upstream", &mlflow.upstream(), "--users", users.to_str().unwrap()]);
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-origin");
@@ -55,6 +65,7 @@ fn the_ui_writes_under_a_real_host_name_and_a_cross_site_form_is_refused() {
         .env("GUARD_PORT", g.addr.port().to_string())
         .env("GUARD_USER", USER)
         .env("GUARD_PASSWORD", PASSWORD)
+        .env("GUARD_READER", READER)
         .env("SHOTS", &shots)
         .output()
         .expect("node runs");
@@ -78,6 +89,9 @@ fn the_ui_writes_under_a_real_host_name_and_a_cross_site_form_is_refused() {
         "3-run-renamed",
         "4-cross-site-form-refused",
         "5-signed-out",
+        "6-reader-experiments",
+        "7-reader-run",
+        "8-reader-create-refused",
     ] {
         let p = shots.join(format!("{shot}.png"));
         assert!(
@@ -117,7 +131,7 @@ fn the_ui_writes_under_a_real_host_name_and_a_cross_site_form_is_refused() {
 
     // The forged form created nothing, and guard logged why.
     assert!(!names.iter().any(|n| n.contains("pwned")), "{names:?}");
-    assert_eq!(names.len(), 2, "Default and the UI's: {names:?}");
+    assert_eq!(names.len(), 2, "Default and the UI's, none of the reader's: {names:?}");
     let evil = report["evil_origin"].as_str().unwrap();
     assert!(
         g.stderr.wait_for(

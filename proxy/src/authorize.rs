@@ -45,11 +45,14 @@ const READ_ONLY_POSTS: &[&str] = &[
     "/graphql",
 ];
 
-/// Reads a reader may not make, as prefixes of the normalised path: the assistant (a GET on
-/// its stream runs a turn, with tools) and what MLflow itself keeps for admins.
+/// The assistant's routes, where a GET can act: its session stream runs a turn (with tools)
+/// and a provider's health check calls out. A reader gets only what the UI reads on every
+/// page (its settings and the providers and their models), see [`assistant_read`].
+const ASSISTANT: &[&str] = &["/ajax-api/3.0/mlflow/assistant/", "/api/3.0/mlflow/assistant/"];
+
+/// Reads a reader may not make, as prefixes of the normalised path: what MLflow itself keeps
+/// for admins.
 const DENIED_READ_PREFIXES: &[&str] = &[
-    "/ajax-api/3.0/mlflow/assistant/",
-    "/api/3.0/mlflow/assistant/",
     "/api/2.0/mlflow/webhooks",
     "/ajax-api/2.0/mlflow/webhooks",
     "/api/3.0/mlflow/gateway/guardrails/",
@@ -73,11 +76,24 @@ fn reader_permits(method: &Method, path: &str) -> bool {
     match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => {
             let normal = normalise(&decoded);
+            if let Some(rest) = ASSISTANT.iter().find_map(|p| normal.strip_prefix(p)) {
+                return assistant_read(rest);
+            }
             !DENIED_READ_PREFIXES.iter().any(|p| normal.starts_with(p))
         }
         // Exact strings only: any variant (a trailing slash, `;x`, `//`, another case) is not
         // on the list, so it is refused, whatever MLflow would make of it.
         Method::POST => READ_ONLY_POSTS.contains(&&*decoded),
+        _ => false,
+    }
+}
+
+/// Whether a read under the assistant's prefix (`rest` follows it) only reads: `config`,
+/// `providers` and `providers/NAME/models`. Anything else, a new route included, is refused.
+fn assistant_read(rest: &str) -> bool {
+    match rest.split('/').collect::<Vec<_>>()[..] {
+        ["config"] | ["providers"] => true,
+        ["providers", name, "models"] => !name.is_empty(),
         _ => false,
     }
 }
@@ -157,6 +173,12 @@ mod tests {
             (&Method::from_bytes(b"PROPFIND").unwrap(), "/", false),
             // Reads that act, or that MLflow keeps for admins.
             (&get, "/ajax-api/3.0/mlflow/assistant/sessions/1/stream", false),
+            (&get, "/ajax-api/3.0/mlflow/assistant/providers/openai/health", false),
+            (&get, "/ajax-api/3.0/mlflow/assistant/something-new", false),
+            (&get, "/ajax-api/3.0/mlflow/assistant/config", true),
+            (&get, "/ajax-api/3.0/mlflow/assistant/providers", true),
+            (&get, "/ajax-api/3.0/mlflow/assistant/providers/openai/models", true),
+            (&post, "/ajax-api/3.0/mlflow/assistant/message", false),
             (&get, "/api/2.0/mlflow/webhooks", false),
             (&get, "/api/2.0/mlflow/webhooks/123", false),
             (&get, "/ajax-api/3.0/mlflow/gateway/guardrails/list", false),

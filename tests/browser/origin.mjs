@@ -137,6 +137,43 @@ try {
   const again = await page.reload();
   assert.equal(again.status(), 401, 'asked to sign in again');
   report.signed_out = true;
+
+  // A reader (GUARD_READER, same password), in a fresh context of the same browser: the
+  // experiments list and the run page render with no read refused, and the UI's own Create
+  // fails with a message that says why.
+  const rctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
+  const rpage = await rctx.newPage();
+  const refused = [];
+  rpage.on('response', (r) => {
+    if (r.url().startsWith(base) && r.status() === 403) {
+      refused.push(`${r.request().method()} ${new URL(r.url()).pathname}`);
+    }
+  });
+  await rpage.goto(`${base}/#/experiments`);
+  await rpage.locator('#user').fill(process.env.GUARD_READER);
+  await rpage.locator('#password').fill(process.env.GUARD_PASSWORD);
+  await Promise.all([rpage.waitForURL(`${base}/`), rpage.getByRole('button', { name: 'Sign in' }).click()]);
+  await rpage.goto(`${base}/#/experiments`);
+  const rcreate = rpage.getByRole('button', { name: 'Create', exact: true });
+  await rcreate.waitFor({ timeout: 30_000 });
+  await rpage.getByText('created-in-the-ui').first().waitFor({ timeout: 30_000 });
+  await rpage.screenshot({ path: `${shots}/6-reader-experiments.png` });
+  await rpage.goto(`${base}/#/experiments/${report.experiment_id}/runs/${report.run_id}`);
+  await rpage.getByText('renamed-in-the-ui').first().waitFor({ timeout: 30_000 });
+  await rpage.waitForTimeout(1500);
+  await rpage.screenshot({ path: `${shots}/7-reader-run.png` });
+  // The UI's usage telemetry is the one POST a reader's page makes that is not a read.
+  const readsRefused = refused.filter((r) => r !== 'POST /ajax-api/3.0/mlflow/ui-telemetry');
+  assert.deepEqual(readsRefused, [], 'no read refused to the reader');
+  await rpage.goto(`${base}/#/experiments`);
+  await rcreate.click({ timeout: 30_000 });
+  await rpage.locator('#experimentName').fill('created-by-a-reader');
+  const rcreated = rpage.waitForResponse((r) => r.url().includes('/experiments/create'));
+  await rpage.getByRole('dialog').getByRole('button', { name: 'Create', exact: true }).click();
+  assert.equal((await rcreated).status(), 403, "the reader's create");
+  await rpage.getByText(/your role is reader/).first().waitFor({ timeout: 10_000 });
+  await rpage.screenshot({ path: `${shots}/8-reader-create-refused.png` });
+  report.reader_refused = refused;
   console.log(JSON.stringify(report));
 } catch (e) {
   console.error(e.stack || String(e));
