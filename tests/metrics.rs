@@ -195,3 +195,104 @@ async fn user_labels_are_opt_in() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Starts guard with a metrics listener and a one-second header timeout; returns it, its
+/// metrics address and the user that can be served.
+async fn with_short_header_timeout(dir: &TempDir) -> (Guard, String, Echo) {
+    let up = Echo::start().await;
+    let users = dir.path().join("users");
+    adduser(&users, "carol", "pw");
+    let g = Guard::start(&[
+        "--upstream",
+        &up.authority(),
+        "--users",
+        users.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--header-timeout",
+        "1s",
+    ]);
+    let addr = metrics_addr(&g);
+    (g, addr, up)
+}
+
+/// Reads until the peer closes and returns how long that took (an error counts as closed).
+async fn time_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the connection was still open after {limit:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_metrics_connection_is_closed_at_the_header_timeout() {
+    let dir = TempDir::new("metrics-silent");
+    let (_g, addr, _up) = with_short_header_timeout(&dir).await;
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let took = time_to_close(&mut silent, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900), "closed too early: {took:?}");
+    eprintln!("a silent metrics connection was closed after {took:?}");
+    // A half-sent head is bounded the same way.
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n").await.unwrap();
+    let took = time_to_close(&mut slow, Duration::from_secs(5)).await;
+    eprintln!("a half-sent head was closed after {took:?}");
+    let _ = scrape(&addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_metrics_connections_past_the_cap_only_delay_a_scrape() {
+    const CAP: usize = 64;
+    let dir = TempDir::new("metrics-cap");
+    let (g, addr, _up) = with_short_header_timeout(&dir).await;
+    // Twice the cap, opened at once: the first 64 hold every slot, the rest wait in the kernel's
+    // accept queue and then take the slots as the first ones time out.
+    let mut idle = Vec::new();
+    for _ in 0..2 * CAP {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let opened = Instant::now();
+    // The scrape queues behind them; it is answered once the idle ones have been closed.
+    let scraped = tokio::spawn({
+        let addr = addr.clone();
+        async move {
+            let t = scrape(&addr).await;
+            (t, Instant::now())
+        }
+    });
+    // Meanwhile the main listener serves as usual.
+    let req = Request::get("/api/x")
+        .header("host", "localhost")
+        .header("authorization", basic("carol", "pw"))
+        .body(empty())
+        .unwrap();
+    let resp = g.client().send(req).await;
+    assert_eq!(resp.status(), 200);
+    let main_at = opened.elapsed();
+    let (t, at) = tokio::time::timeout(Duration::from_secs(10), scraped)
+        .await
+        .expect("the scrape was never answered")
+        .unwrap();
+    assert!(t.ends_with("# EOF\n"));
+    let waited = at - opened;
+    eprintln!("main listener answered after {main_at:?}; the scrape after {waited:?}");
+    assert!(
+        main_at < Duration::from_secs(1),
+        "the main listener was held up: {main_at:?}"
+    );
+    // Two rounds of one-second timeouts stood before the scrape.
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the cap did not hold: {waited:?}"
+    );
+    for mut s in idle {
+        time_to_close(&mut s, Duration::from_secs(5)).await;
+    }
+}

@@ -6,11 +6,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::body::{full, ProxyBody};
 use crate::server::PerWorker;
@@ -402,12 +404,45 @@ impl Metrics {
     }
 }
 
+/// At most this many scrape connections at once: a scraper or two, with room for a human with
+/// curl. Past it new connections wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 64;
+/// A scrape is one short request; a connection that lives longer than this is dropped, so a
+/// client that trickles its request or never reads the answer cannot keep its slot.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// The pause after a failed accept (EMFILE and friends), so the loop backs off instead of
+/// spinning while the process is out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Serves `GET /metrics` on `listener` (plain HTTP; bind it to loopback) until the process ends.
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// A connection must send its request head within `header_timeout` (the serve header timeout),
+/// carries one request, and is closed after [`CONNECTION_LIFETIME`] whatever it is doing.
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, header_timeout: Duration) {
     tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        // Warn when accepts start failing, not for each failure: a full descriptor table would
+        // otherwise log ten lines a second.
+        let mut failing = false;
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let (tcp, peer) = match listener.accept().await {
+                Ok(pair) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("metrics listener: accepting again");
+                    }
+                    pair
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!("metrics listener: accept failed: {e}");
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
@@ -415,9 +450,22 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                     let metrics = metrics.clone();
                     async move { Ok::<_, std::convert::Infallible>(answer(&req, &metrics)) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                // HTTP/1.1 only: scrapers speak it over plain TCP, and hyper's header timeout
+                // starts at once here, where the auto builder would first wait, untimed, for
+                // enough bytes to tell HTTP/1.1 from HTTP/2. No keep-alive: a scraper opens one
+                // request per scrape, and an idle kept-alive connection would hold a slot.
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .keep_alive(false);
+                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                    Ok(Err(e)) => tracing::debug!(%peer, "metrics connection ended: {e}"),
+                    Err(_) => tracing::debug!(%peer, "metrics connection dropped after its lifetime"),
+                    Ok(Ok(())) => {}
+                }
+                drop(permit);
             });
         }
     });

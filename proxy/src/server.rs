@@ -200,7 +200,7 @@ pub async fn serve(
         ..
     } = prepared;
     if let Some(listener) = metrics_listener {
-        crate::metrics::serve(listener, state.metrics.clone());
+        crate::metrics::serve(listener, state.metrics.clone(), settings.limits.header_read_timeout);
     }
     spawn_expiry_gauge(resolver.clone(), state.metrics.clone());
     let limits = settings.limits.clone();
