@@ -22,9 +22,11 @@ use crate::error::{json_error, ProxyError};
 use crate::login::{self, LOGIN_CSRF_COOKIE, MAX_FORM_BYTES, PAGE_CSP, UI_USER_COOKIE};
 use crate::sessions::Sessions;
 
-/// Seconds between renewals of a session cookie: often enough for the idle timeout to count
-/// from the last minute of use, rarely enough that a busy UI is not sent a cookie per response.
-const RENEW_AFTER: u64 = 60;
+/// A session cookie is renewed once a tenth of the idle timeout has passed since its last
+/// renewal: the idle timeout then ends a session between 90% and 100% of it after its last
+/// request, and a busy UI (or a script that keeps an old cookie) is not sent a new cookie, and
+/// made to wait for a seal, with every response.
+const RENEW_FRACTION: u64 = 10;
 /// How long the sign-in form's CSRF cookie lasts: a page left open longer is shown again.
 const LOGIN_FORM_LIFETIME: u64 = 3600;
 /// Longest password-change body read.
@@ -118,7 +120,8 @@ enum NotSignedIn {
     SignedOutInUi,
 }
 
-/// Opens a session cookie, renewing it when a minute has passed since it was last renewed.
+/// Opens a session cookie, renewing it when a tenth of the idle timeout has passed since it
+/// was last renewed.
 fn open(sessions: &Sessions, auth: &Authenticator, headers: &HeaderMap, value: &str) -> Result<Caller, NotSignedIn> {
     if login::cookie(headers, UI_USER_COOKIE).is_none() {
         return Err(NotSignedIn::SignedOutInUi);
@@ -129,7 +132,7 @@ fn open(sessions: &Sessions, auth: &Authenticator, headers: &HeaderMap, value: &
     let session = keys.open(value, now, lifetimes)?;
     let principal = auth.session_user(&session)?;
     let mut cookies = Vec::new();
-    if now.saturating_sub(session.seen) >= RENEW_AFTER {
+    if now.saturating_sub(session.seen) >= (lifetimes.idle / RENEW_FRACTION).max(1) {
         let renewed = Session { seen: now, ..session };
         // A failed renewal costs the user nothing yet: the cookie they hold is still good.
         if let Ok(sealed) = keys.seal(&renewed) {
