@@ -871,12 +871,9 @@ impl Backoff {
 }
 
 /// A time for logs: RFC 3339 in UTC.
+/// A certificate time for logs, as every other time guard prints.
 fn when(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| t.into());
-    dt.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{dt}"))
+    guard_config::clock::format_utc(t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 
 #[cfg(test)]
