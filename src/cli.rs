@@ -554,7 +554,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Users(files) => {
             let path = files.users()?;
             let names = match users::list_users(&path) {
-                Err(UsersError::NotFound { .. }) => Vec::new(),
+                Err(UsersError::File(FileError::NotFound { .. })) => Vec::new(),
                 other => other?,
             };
             let roles = match roles::load(&files.groups()?) {
@@ -572,7 +572,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Role(RoleCommand::Set { name, role, files }) => {
             let path = files.users()?;
             let known = match users::list_users(&path) {
-                Err(UsersError::NotFound { .. }) => Vec::new(),
+                Err(UsersError::File(FileError::NotFound { .. })) => Vec::new(),
                 other => other?,
             };
             if !known.contains(&name) {

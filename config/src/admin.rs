@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigErrors;
+use crate::file_error::FileError;
 use crate::overlay::Overlay;
 use crate::serve::AuthSettings;
 use crate::tokens::{self, TokenStatus, TokensError};
@@ -253,7 +254,7 @@ pub fn refuse_token_named(tokens_file: &Path, name: &str, now: u64) -> Result<()
 pub fn refuse_user_named(users_files: &[PathBuf], name: &str) -> Result<(), AdminError> {
     for path in users_files {
         let users = match users::list_users(path) {
-            Err(UsersError::NotFound { .. }) => Vec::new(),
+            Err(UsersError::File(FileError::NotFound { .. })) => Vec::new(),
             other => other?,
         };
         if users.iter().any(|u| u == name) {

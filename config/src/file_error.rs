@@ -1,8 +1,11 @@
-//! The errors of reading, writing and locking one of guard's files, shared by the users file,
-//! the tokens file and the session key file so each names the file the same way.
+//! The errors of reading, writing and locking one of guard's files, and the locked, atomic
+//! helpers that raise them, shared by the users, tokens, groups and session key files so each
+//! names the file the same way.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::{lock_exclusive, write_atomic, FileLockGuard};
 
 /// An I/O failure on a named file. A failed write leaves the old file as it was (writes are
 /// atomic renames), which is why no variant speaks of a half-written file.
@@ -40,4 +43,39 @@ pub enum FileError {
         /// The I/O error.
         source: io::Error,
     },
+}
+
+impl FileError {
+    /// Whether the file is simply not there yet (often "no users yet", not a failure).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FileError::NotFound { .. })
+    }
+}
+
+/// The whole of `path`, or `None` when it does not exist.
+pub fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Takes the lock beside `path` for a read-modify-write (see [`crate::fsutil::lock_exclusive`]).
+pub fn lock(path: &Path) -> Result<FileLockGuard, FileError> {
+    lock_exclusive(path).map_err(|source| FileError::Lock {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Replaces `path` atomically with `bytes` at `mode` (see [`crate::fsutil::write_atomic`]).
+pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    write_atomic(path, bytes, mode).map_err(|source| FileError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }

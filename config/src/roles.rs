@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::file_error::FileError;
-use crate::fsutil::{lock_exclusive, write_atomic};
+use crate::file_error::{self, FileError};
 
 /// The groups file's name beside the users file.
 pub const GROUPS_FILE_NAME: &str = "groups";
@@ -167,29 +166,15 @@ pub fn load(path: &Path) -> Result<(Roles, Vec<GroupsWarning>), FileError> {
 }
 
 fn read(path: &Path) -> Result<Option<String>, FileError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(FileError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+    Ok(file_error::read_bytes(path)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Gives `user` the role `role` (`None`: the site's default), keeping every other line,
 /// comment and group as it was. Locked and atomic like the users file.
 pub fn set_role(path: &Path, user: &str, role: Option<Role>) -> Result<(), FileError> {
-    let _lock = lock_exclusive(path).map_err(|source| FileError::Lock {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let _lock = file_error::lock(path)?;
     let text = read(path)?.unwrap_or_default();
-    let new = with_role(&text, user, role);
-    write_atomic(path, new.as_bytes(), GROUPS_FILE_MODE).map_err(|source| FileError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    file_error::write(path, with_role(&text, user, role).as_bytes(), GROUPS_FILE_MODE)
 }
 
 /// `text` with `user` taken out of `reader` and `writer` and put in `role`'s group.

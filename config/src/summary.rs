@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::acme::{ChallengeChoice, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING};
+use crate::file_error::FileError;
 use crate::model::format_duration;
 use crate::serve::{LogFormat, ServeSettings, TlsSource};
 use crate::tokens::{self, TokensError};
@@ -101,7 +102,7 @@ fn plural(n: usize, one: &str) -> String {
 fn count_users(path: &Path) -> String {
     match users::load(path) {
         Ok((u, _)) => plural(u.len(), "user"),
-        Err(UsersError::NotFound { .. }) => "not found".into(),
+        Err(UsersError::File(FileError::NotFound { .. })) => "not found".into(),
         Err(_) => "unreadable".into(),
     }
 }
@@ -109,7 +110,7 @@ fn count_users(path: &Path) -> String {
 fn count_tokens(path: &Path) -> String {
     match tokens::load(path) {
         Ok(t) => plural(t.len(), "token"),
-        Err(TokensError::NotFound { .. }) => "not found".into(),
+        Err(TokensError::File(FileError::NotFound { .. })) => "not found".into(),
         Err(_) => "unreadable".into(),
     }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +10,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::fsutil::{lock_exclusive, write_atomic, FileLockGuard};
+use crate::file_error::{self, FileError};
+use crate::fsutil::FileLockGuard;
 use crate::htpasswd::{validate_name, InvalidName};
 use crate::roles::Role;
 use crate::secret::{ct_eq, Secret};
@@ -222,36 +222,10 @@ impl TokenSet {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokensError {
-    /// The file does not exist.
-    #[error("{}: tokens file not found", path.display())]
-    NotFound {
-        /// The file.
-        path: PathBuf,
-    },
-    /// Reading failed for another reason.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// Writing the new file failed; the old one is unchanged.
-    #[error("cannot write {}", path.display())]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// Taking the lock beside the file failed.
-    #[error("cannot lock {}.lock", path.display())]
-    Lock {
-        /// The file the lock protects.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
+    /// Reading, writing or locking the file failed, or it does not exist
+    /// ([`FileError::NotFound`]).
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Not JSON of the expected shape; the source names line and column.
     #[error("{}: invalid tokens file", path.display())]
     Parse {
@@ -317,13 +291,11 @@ impl TokensError {
     /// Whether the operator can fix this by changing the command or the file (a refused name, a
     /// damaged file: exit 2), rather than I/O or the random source failing (exit 1).
     pub fn is_usage(&self) -> bool {
-        !matches!(
-            self,
-            TokensError::Read { .. }
-                | TokensError::Write { .. }
-                | TokensError::Lock { .. }
-                | TokensError::Random { .. }
-        )
+        match self {
+            TokensError::File(e) => e.is_not_found(),
+            TokensError::Random { .. } => false,
+            _ => true,
+        }
     }
 }
 
@@ -412,10 +384,11 @@ pub fn revoke_token(path: &Path, name: &str, now: u64) -> Result<(), TokensError
 }
 
 /// Loads the file for the proxy. Takes no lock: writers replace the file atomically. A missing
-/// file is [`TokensError::NotFound`], so the caller decides whether that means "no tokens".
+/// file is [`FileError::NotFound`], so the caller decides whether that means "no tokens".
 pub fn load(path: &Path) -> Result<TokenSet, TokensError> {
-    let file = read_file(path)?.ok_or_else(|| TokensError::NotFound {
+    let file = read_file(path)?.ok_or_else(|| FileError::NotFound {
         path: path.to_path_buf(),
+        what: "tokens file",
     })?;
     // read_file has checked the records; indexing again is cheap and keeps this obvious.
     index(path, &file)
@@ -461,24 +434,14 @@ fn bad_record(path: &Path, name: &str, reason: String) -> TokensError {
 }
 
 fn lock(path: &Path) -> Result<FileLockGuard, TokensError> {
-    lock_exclusive(path).map_err(|source| TokensError::Lock {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(file_error::lock(path)?)
 }
 
 /// The parsed file; `None` when it does not exist. An empty file (say, made with `touch`) is
 /// a file with no tokens.
 fn read_file(path: &Path) -> Result<Option<TokensFile>, TokensError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(TokensError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+    let Some(bytes) = file_error::read_bytes(path)? else {
+        return Ok(None);
     };
     if bytes.trim_ascii().is_empty() {
         return Ok(Some(TokensFile {
@@ -503,13 +466,12 @@ fn read_file(path: &Path) -> Result<Option<TokensFile>, TokensError> {
 }
 
 fn write_file(path: &Path, file: &TokensFile) -> Result<(), TokensError> {
-    let write_error = |source| TokensError::Write {
+    let mut text = serde_json::to_string_pretty(file).map_err(|e| FileError::Write {
         path: path.to_path_buf(),
-        source,
-    };
-    let mut text = serde_json::to_string_pretty(file).map_err(|e| write_error(e.into()))?;
+        source: e.into(),
+    })?;
     text.push('\n');
-    write_atomic(path, text.as_bytes(), TOKENS_FILE_MODE).map_err(write_error)
+    Ok(file_error::write(path, text.as_bytes(), TOKENS_FILE_MODE)?)
 }
 
 #[cfg(test)]
@@ -704,7 +666,10 @@ mod tests {
     fn a_missing_file_is_a_distinct_error_and_an_empty_one_has_no_tokens() {
         let dir = TestDir::new();
         let path = dir.path().join("tokens.json");
-        assert!(matches!(load(&path), Err(TokensError::NotFound { .. })));
+        assert!(matches!(
+            load(&path),
+            Err(TokensError::File(FileError::NotFound { .. }))
+        ));
         std::fs::write(&path, "\n").unwrap();
         assert!(load(&path).unwrap().is_empty());
     }

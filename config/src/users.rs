@@ -2,10 +2,9 @@
 //! load for the proxy. Every change is a read-modify-write under the file's lock, written
 //! atomically with mode 0600, so concurrent commands never lose an entry.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{lock_exclusive, write_atomic};
+use crate::file_error::{self, FileError};
 use crate::htpasswd::{
     hash_password, named_users, remove_entry, set_entry, validate_username, Htpasswd, InvalidName, LoadWarning,
     PasswordError,
@@ -19,36 +18,10 @@ pub const USERS_FILE_MODE: u32 = 0o600;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UsersError {
-    /// The file does not exist; callers may treat this as "no users yet".
-    #[error("{}: users file not found", path.display())]
-    NotFound {
-        /// The file.
-        path: PathBuf,
-    },
-    /// Reading failed for another reason.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// Writing the new file failed; the old one is unchanged.
-    #[error("cannot write {}", path.display())]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// Taking the lock beside the file failed.
-    #[error("cannot lock {}.lock", path.display())]
-    Lock {
-        /// The file the lock protects.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
+    /// Reading, writing or locking the file failed, or it does not exist
+    /// ([`FileError::NotFound`]: callers may treat that as "no users yet").
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file has bytes that are not UTF-8, which the commands will not rewrite.
     #[error("{}:{line}: line is not valid UTF-8; fix it by hand first", path.display())]
     NotUtf8 {
@@ -96,7 +69,7 @@ impl UsersError {
                 | UsersError::UnknownUser { .. }
                 | UsersError::InvalidName(_)
                 | UsersError::Password { .. }
-                | UsersError::NotFound { .. }
+                | UsersError::File(FileError::NotFound { .. })
                 | UsersError::NotUtf8 { .. }
         )
     }
@@ -163,10 +136,7 @@ fn hash(name: &str, password: &Secret, cost: u32) -> Result<String, UsersError> 
 }
 
 fn lock(path: &Path) -> Result<crate::fsutil::FileLockGuard, UsersError> {
-    lock_exclusive(path).map_err(|source| UsersError::Lock {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(file_error::lock(path)?)
 }
 
 fn unknown(path: &Path, name: &str) -> UsersError {
@@ -177,24 +147,18 @@ fn unknown(path: &Path, name: &str) -> UsersError {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, UsersError> {
-    std::fs::read(path).map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
-            UsersError::NotFound {
-                path: path.to_path_buf(),
-            }
-        } else {
-            UsersError::Read {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
+    file_error::read_bytes(path)?.ok_or_else(|| {
+        UsersError::File(FileError::NotFound {
+            path: path.to_path_buf(),
+            what: "users file",
+        })
     })
 }
 
 /// The file as text for editing; a missing file reads as empty when `missing_ok`.
 fn read_text(path: &Path, missing_ok: bool) -> Result<String, UsersError> {
     let bytes = match read_bytes(path) {
-        Err(UsersError::NotFound { .. }) if missing_ok => return Ok(String::new()),
+        Err(UsersError::File(FileError::NotFound { .. })) if missing_ok => return Ok(String::new()),
         other => other?,
     };
     String::from_utf8(bytes).map_err(|e| {
@@ -207,10 +171,7 @@ fn read_text(path: &Path, missing_ok: bool) -> Result<String, UsersError> {
 }
 
 fn write(path: &Path, text: &str) -> Result<(), UsersError> {
-    write_atomic(path, text.as_bytes(), USERS_FILE_MODE).map_err(|source| UsersError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(file_error::write(path, text.as_bytes(), USERS_FILE_MODE)?)
 }
 
 #[cfg(test)]
@@ -301,7 +262,7 @@ mod tests {
         let dir = TestDir::new();
         let path = dir.path().join("users");
         let err = set_password(&path, "ghost", &pw("x"), COST).unwrap_err();
-        assert!(matches!(err, UsersError::NotFound { .. }), "{err}");
+        assert!(matches!(err, UsersError::File(FileError::NotFound { .. })), "{err}");
         add_user(&path, "alice", &pw("x"), COST).unwrap();
         let err = set_password(&path, "ghost", &pw("x"), COST).unwrap_err();
         assert!(err.to_string().ends_with(": no user \"ghost\""), "{err}");
@@ -334,8 +295,11 @@ mod tests {
     fn list_users_includes_unusable_entries_and_a_missing_file_is_detectable() {
         let dir = TestDir::new();
         let path = dir.path().join("users");
-        assert!(matches!(list_users(&path), Err(UsersError::NotFound { .. })));
-        assert!(matches!(load(&path), Err(UsersError::NotFound { .. })));
+        assert!(matches!(
+            list_users(&path),
+            Err(UsersError::File(FileError::NotFound { .. }))
+        ));
+        assert!(matches!(load(&path), Err(UsersError::File(FileError::NotFound { .. }))));
         std::fs::write(&path, "# c\nalice:$2y$garbage\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
         assert_eq!(list_users(&path).unwrap(), ["alice", "bob"]);
         let (users, warnings) = load(&path).unwrap();

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::acme::{self, AcmeSettings, ChallengeChoice};
 use crate::error::{ConfigError, ConfigErrors};
+use crate::file_error::FileError;
 use crate::model::{parse_duration, parse_size, Cidr, Upstream};
 use crate::overlay::{AcmeOverlay, AuthOverlay, LimitsOverlay, Origins, Overlay, SiteOverlay, TlsOverlay};
 use crate::raw;
@@ -527,7 +528,7 @@ fn check_auth_files(auth: &AuthSettings, users_at: &str, tokens_at: &str, at: &s
     }
     let users = match users::load(&auth.users_file) {
         Ok((u, _)) => Some(u.len()),
-        Err(UsersError::NotFound { .. }) => Some(0),
+        Err(UsersError::File(FileError::NotFound { .. })) => Some(0),
         Err(e) => {
             c.error(users_at, unreadable(&auth.users_file, &e));
             None
@@ -535,7 +536,7 @@ fn check_auth_files(auth: &AuthSettings, users_at: &str, tokens_at: &str, at: &s
     };
     let tokens = match tokens::load(&auth.tokens_file) {
         Ok(t) => Some(t.len()),
-        Err(TokensError::NotFound { .. }) => Some(0),
+        Err(TokensError::File(FileError::NotFound { .. })) => Some(0),
         Err(e) => {
             c.error(tokens_at, unreadable(&auth.tokens_file, &e));
             None

@@ -239,12 +239,12 @@ impl Authenticator {
                 }
                 users
             }
-            Err(UsersError::NotFound { .. }) => Htpasswd::parse("", &settings.users_file).0,
+            Err(UsersError::File(FileError::NotFound { .. })) => Htpasswd::parse("", &settings.users_file).0,
             Err(e) => return Err(AuthError::Users(e)),
         };
         let tokens = match guard_config::tokens::load(&settings.tokens_file) {
             Ok(t) => t,
-            Err(TokensError::NotFound { .. }) => TokenSet::default(),
+            Err(TokensError::File(FileError::NotFound { .. })) => TokenSet::default(),
             Err(e) => return Err(AuthError::Tokens(e)),
         };
         if users.is_empty() && tokens.is_empty() {
@@ -304,7 +304,7 @@ impl Authenticator {
                 self.users.store(Arc::new(users));
                 self.users_stale.store(false, Ordering::Relaxed);
             }
-            Err(UsersError::NotFound { .. }) => {
+            Err(UsersError::File(FileError::NotFound { .. })) => {
                 tracing::warn!(
                     "users file {} is gone: no user can log in",
                     self.settings.users_file.display()
@@ -325,7 +325,7 @@ impl Authenticator {
         }
         let tokens = match guard_config::tokens::load(&self.settings.tokens_file) {
             Ok(tokens) => Ok(tokens),
-            Err(TokensError::NotFound { .. }) => Ok(TokenSet::default()),
+            Err(TokensError::File(FileError::NotFound { .. })) => Ok(TokenSet::default()),
             Err(e) => Err(e),
         };
         match tokens {
