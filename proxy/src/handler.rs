@@ -27,7 +27,7 @@ use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers;
 use crate::login::{self, LOGIN_PATH, LOGOUT_PATH};
-use crate::metrics::{MethodClass, Metrics, ReasonLabel, RequestLabels, UpstreamErrorLabels, UserLabel};
+use crate::metrics::{MethodClass, Metrics, RequestLabels, UpstreamErrorLabels, UserLabel};
 use crate::origin::{self, Verdict};
 use crate::route::Router;
 use crate::server::{ConnSlot, InFlight};
@@ -172,7 +172,7 @@ async fn route(
             return Err(ProxyError::NotFound);
         };
         return if path == LOGIN_PATH {
-            signin::login(req, auth, sessions, client_ip, &state.limits).await
+            signin::login(req, auth, sessions, client_ip, &state.limits, &state.metrics).await
         } else {
             signin::logout(req, auth, sessions, &state.limits).await
         };
@@ -186,11 +186,11 @@ async fn route(
             match signin::authenticate(&req, auth, sessions, client_ip).await {
                 Ok(Step::Pass(caller)) => Some(caller),
                 Ok(Step::Answer(page)) => {
-                    count_auth_failure(&state.metrics, AuthFailure::Missing);
+                    state.metrics.count_auth_failure(AuthFailure::Missing.reason());
                     return Ok(page);
                 }
                 Err(refused) => {
-                    count_auth_failure(&state.metrics, refused.failure);
+                    state.metrics.count_auth_failure(refused.failure.reason());
                     return Err(ProxyError::Auth {
                         failure: refused.failure,
                         realm: auth.realm().to_owned(),
@@ -380,15 +380,6 @@ fn add_cookies(resp: &mut Response<ProxyBody>, cookies: &[HeaderValue]) {
     for c in cookies {
         resp.headers_mut().append(header::SET_COOKIE, c.clone());
     }
-}
-
-fn count_auth_failure(metrics: &Metrics, failure: AuthFailure) {
-    metrics
-        .auth_failures
-        .get_or_create(&ReasonLabel {
-            reason: failure.reason(),
-        })
-        .inc();
 }
 
 /// guard's own endpoints under the reserved prefix.

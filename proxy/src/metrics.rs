@@ -396,6 +396,12 @@ impl Metrics {
         }
     }
 
+    /// Counts a refused authentication (Basic, token, session or the sign-in page) by its
+    /// reason label (`AuthFailure::reason`).
+    pub fn count_auth_failure(&self, reason: &'static str) {
+        self.auth_failures.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -20,6 +20,7 @@ use crate::auth::{AuthFailure, Authenticator, PasswordChangeError, Principal, Vi
 use crate::body::{full, ProxyBody, RequestBody};
 use crate::error::{json_error, ProxyError};
 use crate::login::{self, LOGIN_CSRF_COOKIE, MAX_FORM_BYTES, PAGE_CSP, UI_USER_COOKIE};
+use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 
 /// A session cookie is renewed once a tenth of the idle timeout has passed since its last
@@ -221,6 +222,7 @@ pub async fn login(
     sessions: &Sessions,
     client: IpAddr,
     limits: &Limits,
+    metrics: &Metrics,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if !auth.login_page() {
         return Err(ProxyError::NotFound);
@@ -250,10 +252,13 @@ pub async fn login(
                     false,
                 ));
             }
-            match auth
+            let outcome = auth
                 .sign_in(form.user.clone(), form.password.expose().as_bytes(), client)
-                .await
-            {
+                .await;
+            if let Err(failure) = outcome {
+                metrics.count_auth_failure(failure.reason());
+            }
+            match outcome {
                 Ok(principal) => signed_in(&principal.name, auth, sessions, &form.next),
                 Err(failure @ (AuthFailure::LockedOut(_) | AuthFailure::Busy)) => {
                     let mut resp = sign_in_page(
