@@ -650,3 +650,132 @@ fn bad_input_names_the_flag_or_path_and_exits_with_the_documented_code() {
         }
     }
 }
+
+/// Starts guard in front of an echo upstream with one user, `dave`, and `extra` flags.
+async fn with_user(dir: &TempDir, extra: &[&str]) -> (Guard, Echo) {
+    let up = Echo::start().await;
+    let users = dir.path().join("users");
+    adduser(&users, "dave", "pw");
+    let (authority, users) = (up.authority(), users.display().to_string());
+    let mut args = vec!["--upstream", &authority, "--users", &users];
+    args.extend_from_slice(extra);
+    (Guard::start(&args), up)
+}
+
+/// Opens an authenticated WebSocket tunnel through `g` and checks bytes echo through it.
+async fn open_tunnel(g: &Guard) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = g.client().tls().await;
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        basic("dave", "pw")
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tls.read_exact(&mut b).await.unwrap();
+        got.push(b[0]);
+    }
+    let got = String::from_utf8(got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 101"), "{got}");
+    tls.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back))
+        .await
+        .expect("no echo through the tunnel")
+        .unwrap();
+    assert_eq!(&back, b"ping");
+    tls
+}
+
+/// An authenticated GET of `/api/x` on a fresh connection; its status.
+async fn authed_get(g: &Guard) -> u16 {
+    let req = Request::get("/api/x")
+        .header("host", "localhost")
+        .header("authorization", basic("dave", "pw"))
+        .body(empty())
+        .unwrap();
+    g.client().send(req).await.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_tunnel_holds_its_connection_slot() {
+    let dir = TempDir::new("tunnel-slot");
+    let (g, _up) = with_user(&dir, &["--max-connections", "1"]).await;
+    let mut tunnel = open_tunnel(&g).await;
+    // The HTTP connection became the tunnel; the only slot is still taken, so a second client
+    // waits in the accept queue (no handshake, no answer).
+    let g = std::sync::Arc::new(g);
+    let second = tokio::spawn({
+        let g = g.clone();
+        async move {
+            let status = authed_get(&g).await;
+            (status, Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        !second.is_finished(),
+        "a second connection was served while the tunnel was open"
+    );
+    // The tunnel still works, and closing it frees the slot.
+    tunnel.write_all(b"pong").await.unwrap();
+    let mut back = [0u8; 4];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"pong");
+    tunnel.shutdown().await.unwrap();
+    let closed = Instant::now();
+    drop(tunnel);
+    let (status, at) = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second connection was not served after the tunnel closed")
+        .unwrap();
+    assert_eq!(status, 200);
+    eprintln!(
+        "the queued connection was served {:?} after the tunnel closed",
+        at - closed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_an_open_tunnel_within_the_grace_and_exits_0() {
+    let dir = TempDir::new("tunnel-term");
+    let (mut g, _up) = with_user(&dir, &["--shutdown-grace", "1s"]).await;
+    let mut tunnel = open_tunnel(&g).await;
+    let signalled = Instant::now();
+    g.signal("TERM");
+    // guard waits up to the grace for open connections, this tunnel among them, then closes
+    // what is left: the read ends with EOF or an error, not at this test's own limit.
+    let mut buf = [0u8; 64];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tunnel.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let took = signalled.elapsed();
+    assert!(ended.is_ok(), "the tunnel was still open {took:?} after SIGTERM");
+    eprintln!("the tunnel was closed {took:?} after SIGTERM");
+    assert!(took >= Duration::from_millis(900), "closed before the grace: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "closed well after the 1s grace: {took:?}"
+    );
+    let st = tokio::task::spawn_blocking(move || {
+        let st = g.wait_exit(Duration::from_secs(5));
+        (st, g)
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.0.code(), Some(0), "{}", st.1.stderr.text());
+    assert!(
+        st.1.stderr.text().contains("shutdown grace expired") || st.1.stdout.text().contains("shutdown grace expired"),
+        "guard did not say it closed the tunnel at the grace:\n{}",
+        st.1.stderr.text()
+    );
+}
