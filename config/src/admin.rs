@@ -164,11 +164,7 @@ impl FileChoice {
     /// The session key file `guard serve` would use, and the longest session lifetime of its
     /// sites: how long a key rotated out must keep opening cookies so no session is cut short.
     pub fn session_keys(&self) -> Result<(PathBuf, std::time::Duration), AdminError> {
-        let flags = Overlay {
-            state_dir: self.state_dir.clone(),
-            ..Overlay::default()
-        };
-        let layered = flags.over_file(self.config.as_deref()).map_err(AdminError::Config)?;
+        let layered = self.layered()?;
         let state_dir = layered
             .state_dir
             .clone()
@@ -184,12 +180,16 @@ impl FileChoice {
     /// Each site's auth as `guard serve` resolves it (flags over the file over the defaults),
     /// without the start-up checks: the files may not exist yet.
     fn sites(&self) -> Result<Vec<(String, AuthSettings)>, AdminError> {
+        Ok(crate::site_auth(&self.layered()?))
+    }
+
+    /// `--state-dir` over the configuration file, as `guard serve` layers them.
+    fn layered(&self) -> Result<Overlay, AdminError> {
         let flags = Overlay {
             state_dir: self.state_dir.clone(),
             ..Overlay::default()
         };
-        let layered = flags.over_file(self.config.as_deref()).map_err(AdminError::Config)?;
-        Ok(crate::site_auth(&layered))
+        flags.over_file(self.config.as_deref()).map_err(AdminError::Config)
     }
 
     /// The `what` file of the chosen site.

@@ -182,19 +182,14 @@ fn with_role(text: &str, user: &str, role: Option<Role>) -> String {
     let mut out = Vec::new();
     let mut placed = role.is_none();
     for line in text.lines() {
-        let group = match split_line(line) {
-            Some(Ok((g @ ("reader" | "writer"), _))) => g,
+        let (group, members) = match split_line(line) {
+            Some(Ok((g @ ("reader" | "writer"), members))) => (g, members),
             _ => {
                 out.push(line.to_owned());
                 continue;
             }
         };
-        let mut members: Vec<&str> = line
-            .split_once(':')
-            .map_or("", |(_, m)| m)
-            .split_whitespace()
-            .filter(|m| *m != user)
-            .collect();
+        let mut members: Vec<&str> = members.filter(|m| *m != user).collect();
         if !placed && role.is_some_and(|r| r.as_str() == group) {
             members.push(user);
             placed = true;

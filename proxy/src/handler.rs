@@ -20,7 +20,6 @@ use hyper_util::rt::TokioIo;
 
 use crate::accesslog::AccessRecord;
 use crate::account;
-use crate::auth::AuthFailure;
 use crate::authorize;
 use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
@@ -183,21 +182,9 @@ async fn route(
     // Nothing below this line runs for a request that did not authenticate.
     let caller = match &site.auth {
         Some(auth) if websocket || !site.is_public(path) => {
-            match signin::authenticate(&req, auth, sessions, client_ip).await {
-                Ok(Step::Pass(caller)) => Some(caller),
-                Ok(Step::Answer(page)) => {
-                    state.metrics.count_auth_failure(AuthFailure::Missing.reason());
-                    return Ok(page);
-                }
-                Err(refused) => {
-                    state.metrics.count_auth_failure(refused.failure.reason());
-                    return Err(ProxyError::Auth {
-                        failure: refused.failure,
-                        realm: auth.realm().to_owned(),
-                        challenge: refused.challenge,
-                        end_session: refused.end_session,
-                    });
-                }
+            match signin::authenticate(&req, auth, sessions, client_ip, &state.metrics).await? {
+                Step::Pass(caller) => Some(caller),
+                Step::Answer(page) => return Ok(page),
             }
         }
         _ => None,

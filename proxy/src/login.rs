@@ -229,7 +229,7 @@ pub fn session_cookies(sealed: &str, user: &str, max_age: u64) -> [HeaderValue; 
     ]
 }
 
-/// Adds the `Set-Cookie`s that end a browser's session (and any half-done sign-in form).
+/// Adds the `Set-Cookie`s that end a browser's session: guard's and the UI's user cookie.
 pub fn end_session(headers: &mut HeaderMap) {
     let [session, user] = session_cookies("", "", 0);
     headers.append(header::SET_COOKIE, session);

@@ -56,12 +56,14 @@ pub enum Step {
 /// A cookie that does not count (sealed elsewhere, expired, its user gone or their password
 /// changed, or signed out in the MLflow UI) is treated as absent and deleted with the answer.
 /// A browser navigation with no credentials gets the sign-in page; everything else the 401.
+/// Every refusal, the page included, is counted in `metrics`.
 pub async fn authenticate(
     req: &Request<Incoming>,
     auth: &Authenticator,
     sessions: Option<&Sessions>,
     client: IpAddr,
-) -> Result<Step, AuthOutcome> {
+    metrics: &Metrics,
+) -> Result<Step, ProxyError> {
     let headers = req.headers();
     let cookie = sessions.and(login::cookie(headers, COOKIE_NAME));
     let mut session_ended = false;
@@ -74,12 +76,20 @@ pub async fn authenticate(
             }
         }
     }
-    match auth.authenticate(headers, client).await {
-        Ok(principal) => Ok(Step::Pass(Caller {
-            principal,
-            cookies: if session_ended { ended() } else { Vec::new() },
-        })),
-        Err(AuthFailure::Missing)
+    // A cookie is only opened without a header, so `session_ended` means no header: the check
+    // below can then only fail, and a stale cookie never rides on a success.
+    let failure = match auth.authenticate(headers, client).await {
+        Ok(principal) => {
+            return Ok(Step::Pass(Caller {
+                principal,
+                cookies: Vec::new(),
+            }))
+        }
+        Err(failure) => failure,
+    };
+    metrics.count_auth_failure(failure.reason());
+    match failure {
+        AuthFailure::Missing
             if sessions.is_some()
                 && auth.login_page()
                 && login::wants_page(req.method(), req.uri().path(), headers) =>
@@ -92,24 +102,14 @@ pub async fn authenticate(
                 session_ended,
             )))
         }
-        Err(failure) => Err(AuthOutcome {
+        failure => Err(ProxyError::Auth {
             failure,
+            realm: auth.realm().to_owned(),
             // No password dialog over the UI for a browser whose session just ended.
             challenge: !session_ended,
             end_session: cookie.is_some(),
         }),
     }
-}
-
-/// A refused request, for [`ProxyError::Auth`].
-#[derive(Debug)]
-pub struct AuthOutcome {
-    /// Why.
-    pub failure: AuthFailure,
-    /// Whether to send `WWW-Authenticate`.
-    pub challenge: bool,
-    /// Whether to delete the session cookies.
-    pub end_session: bool,
 }
 
 /// Why a session cookie does not sign anyone in.
@@ -150,13 +150,6 @@ fn open(sessions: &Sessions, auth: &Authenticator, headers: &HeaderMap, value: &
 /// Seconds until a session reaches its absolute lifetime: the cookies' `Max-Age`.
 fn remaining(session: &Session, lifetimes: Lifetimes, now: u64) -> u64 {
     session.issued.saturating_add(lifetimes.absolute).saturating_sub(now)
-}
-
-/// The `Set-Cookie`s that end a session.
-fn ended() -> Vec<HeaderValue> {
-    let mut h = HeaderMap::new();
-    login::end_session(&mut h);
-    h.get_all(header::SET_COOKIE).iter().cloned().collect()
 }
 
 /// One of guard's pages: HTML that loads nothing, cannot be framed or cached.
