@@ -120,18 +120,29 @@ pub enum Refused {
 /// The fingerprint of a stored password hash that a session carries. One-way, so the cookie's
 /// holder learns nothing of the hash even if the sealing were broken.
 pub fn credential_fingerprint(stored_hash: &str) -> String {
+    let buf = fingerprint_bytes(stored_hash);
+    String::from_utf8(buf.to_vec()).expect("base64 is ASCII")
+}
+
+/// Length of a fingerprint: 16 bytes of SHA-256, base64url without padding.
+const FINGERPRINT_LEN: usize = 22;
+
+/// [`credential_fingerprint`] on the stack: it is checked on every request a session makes.
+fn fingerprint_bytes(stored_hash: &str) -> [u8; FINGERPRINT_LEN] {
     let mut h = Sha256::new();
     h.update(b"guard-session-credential\0");
     h.update(stored_hash.as_bytes());
-    B64.encode(&h.finalize()[..16])
+    let mut buf = [0u8; FINGERPRINT_LEN];
+    let n = B64
+        .encode_slice(&h.finalize()[..16], &mut buf)
+        .expect("16 bytes encode to 22");
+    debug_assert_eq!(n, FINGERPRINT_LEN);
+    buf
 }
 
 /// Whether a session's fingerprint matches the user's current stored hash, in constant time.
 pub fn credential_matches(session: &Session, stored_hash: &str) -> bool {
-    ct_eq(
-        session.credential.as_bytes(),
-        credential_fingerprint(stored_hash).as_bytes(),
-    )
+    ct_eq(session.credential.as_bytes(), &fingerprint_bytes(stored_hash))
 }
 
 /// A fresh CSRF token (128 random bits, base64url), for a form that is not tied to a session
@@ -319,7 +330,7 @@ impl SessionKeys {
         if cookie.len() > MAX_COOKIE_LEN {
             return Err(Refused::Malformed);
         }
-        let raw = B64.decode(cookie).map_err(|_| Refused::Malformed)?;
+        let mut raw = B64.decode(cookie).map_err(|_| Refused::Malformed)?;
         if raw.len() < 1 + KEY_ID_LEN + NONCE_LEN + TAG_LEN || raw[0] != COOKIE_VERSION {
             return Err(Refused::Malformed);
         }
@@ -332,10 +343,13 @@ impl SessionKeys {
             .iter()
             .find(|k| k.id == id && k.accept_until.is_none_or(|until| now < until))
             .ok_or(Refused::UnknownKey)?;
-        let mut body = raw[1 + KEY_ID_LEN + NONCE_LEN..].to_vec();
         let plain = key
             .aead
-            .open_in_place(Nonce::assume_unique_for_key(nonce), aad(&id), &mut body)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                aad(&id),
+                &mut raw[1 + KEY_ID_LEN + NONCE_LEN..],
+            )
             .map_err(|_| Refused::Tampered)?;
         // Sealed by a guard key yet not a session: treat it as tampered, never trust a part.
         let session: Session = serde_json::from_slice(plain).map_err(|_| Refused::Tampered)?;

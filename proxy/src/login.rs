@@ -150,19 +150,29 @@ pub fn parse_form(content_type: Option<&HeaderValue>, body: &[u8]) -> Result<Log
 /// a plain name, and which one a server reads first must not matter (a `__Host-` one cannot be
 /// planted so, but the rule costs nothing).
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    let mut found = None;
+    let [found] = cookies(headers, [name]);
+    found
+}
+
+/// [`cookie`] for several names in one pass over the headers.
+pub fn cookies<'h, const N: usize>(headers: &'h HeaderMap, names: [&str; N]) -> [Option<&'h str>; N] {
+    let mut found = [None; N];
+    let mut twice = [false; N];
     for value in headers.get_all(header::COOKIE) {
         let Ok(text) = value.to_str() else { continue };
         for pair in text.split(';') {
             let Some((k, v)) = pair.trim().split_once('=') else {
                 continue;
             };
-            if k == name {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(v);
+            if let Some(i) = names.iter().position(|n| *n == k) {
+                twice[i] |= found[i].is_some();
+                found[i] = Some(v);
             }
+        }
+    }
+    for (f, twice) in found.iter_mut().zip(twice) {
+        if twice {
+            *f = None;
         }
     }
     found
@@ -179,18 +189,24 @@ pub fn strip_guard_cookies(headers: &mut HeaderMap) {
     }) {
         return;
     }
-    let kept: Vec<String> = headers
+    // One string, built as the pairs are read: this runs on every request a session makes.
+    let mut kept = String::new();
+    for pair in headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|text| text.split(';'))
         .map(str::trim)
         .filter(|pair| !pair.is_empty() && !pair.starts_with(GUARD_COOKIE_PREFIX))
-        .map(str::to_owned)
-        .collect();
+    {
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Ok(v) = HeaderValue::from_str(&kept) {
             headers.insert(header::COOKIE, v);
         }
     }
@@ -435,6 +451,8 @@ mod tests {
         assert_eq!(cookie(&h, "c"), None);
         let twice = headers(&[("cookie", "x=1; x=2")]);
         assert_eq!(cookie(&twice, "x"), None);
+        let both = headers(&[("cookie", "x=1; y=2"), ("cookie", "x=3")]);
+        assert_eq!(cookies(&both, ["x", "y", "z"]), [None, Some("2"), None]);
 
         let mut h = headers(&[
             ("cookie", "a=1; __Host-guard_session=SEALED"),

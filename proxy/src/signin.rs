@@ -10,7 +10,7 @@ use bytes::Bytes;
 use guard_config::clock::unix_now;
 use guard_config::serve::Limits;
 use guard_config::session::{new_csrf_token, Lifetimes, Session, SignIn, COOKIE_NAME};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -65,10 +65,13 @@ pub async fn authenticate(
     metrics: &Metrics,
 ) -> Result<Step, ProxyError> {
     let headers = req.headers();
-    let cookie = sessions.and(login::cookie(headers, COOKIE_NAME));
+    let [cookie, ui_user] = match sessions {
+        Some(_) => login::cookies(headers, [COOKIE_NAME, UI_USER_COOKIE]),
+        None => [None, None],
+    };
     let mut session_ended = false;
     if let (Some(sessions), Some(value), false) = (sessions, cookie, headers.contains_key(header::AUTHORIZATION)) {
-        match open(sessions, auth, headers, value) {
+        match open(sessions, auth, value, ui_user.is_some()) {
             Ok(caller) => return Ok(Step::Pass(caller)),
             Err(why) => {
                 tracing::debug!("session cookie not accepted: {why}");
@@ -122,9 +125,9 @@ enum NotSignedIn {
 }
 
 /// Opens a session cookie, renewing it when a tenth of the idle timeout has passed since it
-/// was last renewed.
-fn open(sessions: &Sessions, auth: &Authenticator, headers: &HeaderMap, value: &str) -> Result<Caller, NotSignedIn> {
-    if login::cookie(headers, UI_USER_COOKIE).is_none() {
+/// was last renewed. `ui_user`: whether the MLflow UI's user cookie came with it.
+fn open(sessions: &Sessions, auth: &Authenticator, value: &str, ui_user: bool) -> Result<Caller, NotSignedIn> {
+    if !ui_user {
         return Err(NotSignedIn::SignedOutInUi);
     }
     let now = unix_now();
