@@ -20,10 +20,8 @@ use instant_acme::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::redirect::{self, Redirect};
 use crate::tls::{self, CertResolver, Validity};
 
 /// First retry after a failed attempt; doubled after each further failure.
@@ -154,37 +152,27 @@ fn check_ca_root(path: &Path) -> Result<(), AcmeError> {
         .map_err(|e| err(format!("not a usable CA certificate: {e}")))
 }
 
-/// The plain listener and the certificate task; both stop when this is dropped.
+/// The certificate task; it stops when this is dropped.
 #[derive(Debug)]
 pub struct Running {
-    tasks: Vec<JoinHandle<()>>,
+    task: JoinHandle<()>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.task.abort();
     }
 }
 
-/// Starts the plain-HTTP listener (HTTP-01 answers, 308 to HTTPS) and the task that obtains and
-/// renews the certificate into `resolver`. Without a plain listener only TLS-ALPN-01 can work.
+/// Starts the task that obtains and renews the certificate into `resolver`, publishing its
+/// HTTP-01 answers in `answers` for the plain listener (which `server` runs: without it only
+/// TLS-ALPN-01 can work).
 pub fn start(
     settings: AcmeSettings,
     state_dir: &Path,
     resolver: Arc<CertResolver>,
-    plain: Option<TcpListener>,
+    answers: Arc<Http01Answers>,
 ) -> Running {
-    let answers = Arc::new(Http01Answers::default());
-    let mut tasks = Vec::new();
-    match plain {
-        Some(listener) => {
-            let r = Redirect::new(answers.clone(), settings.domains.clone(), settings.https_port);
-            tasks.push(tokio::spawn(redirect::serve(listener, Arc::new(r))));
-        }
-        None => tracing::warn!("no plain-HTTP listener: HTTP-01 validation cannot succeed"),
-    }
     let manager = Manager {
         store: Store::new(state_dir, &settings.directory),
         settings,
@@ -192,8 +180,9 @@ pub fn start(
         answers,
         account: None,
     };
-    tasks.push(tokio::spawn(manager.run()));
-    Running { tasks }
+    Running {
+        task: tokio::spawn(manager.run()),
+    }
 }
 
 // ---------------------------------------------------------------- the state directory
@@ -280,7 +269,7 @@ impl Store {
         if !cert.exists() && !key.exists() {
             return Ok(None);
         }
-        let ck = tls::load_pair(&cert, &key).map_err(|e| tls::error_chain(&e))?;
+        let ck = tls::load_pair(&cert, &key).map_err(|e| guard_config::error::chain(&e))?;
         let leaf = ck.cert.first().ok_or("the chain is empty")?;
         let v =
             tls::validity(leaf).ok_or_else(|| format!("{}: the leaf certificate cannot be parsed", cert.display()))?;
@@ -385,7 +374,7 @@ impl AttemptError {
             instant_acme::Error::Timeout(_) => {
                 Cause::Transport(format!("the CA did not finish within {}s", POLL_TIMEOUT.as_secs()))
             }
-            other => Cause::Transport(tls::error_chain(&other)),
+            other => Cause::Transport(guard_config::error::chain(&other)),
         };
         AttemptError {
             step,
@@ -632,7 +621,7 @@ impl Manager {
             Some(root) => Account::builder_with_root(root),
             None => Account::builder(),
         };
-        built.map_err(|e| AttemptError::local("ACME client setup", tls::error_chain(&e)))
+        built.map_err(|e| AttemptError::local("ACME client setup", guard_config::error::chain(&e)))
     }
 
     /// The account from the state directory, or a new one. Kept for later attempts.
@@ -643,7 +632,7 @@ impl Manager {
         let creds = match self.store.load_account() {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("{}; creating a new ACME account", tls::error_chain(&e));
+                tracing::warn!("{}; creating a new ACME account", guard_config::error::chain(&e));
                 None
             }
         };
@@ -674,7 +663,7 @@ impl Manager {
             .map_err(|e| self.unreachable(AttemptError::new("creating the ACME account", None, e)))?;
         self.store
             .save_account(&creds)
-            .map_err(|e| AttemptError::local("storing the ACME account", tls::error_chain(&e)))?;
+            .map_err(|e| AttemptError::local("storing the ACME account", guard_config::error::chain(&e)))?;
         tracing::info!(account = account.id(), directory = %self.settings.directory, "created an ACME account");
         self.account = Some(account.clone());
         Ok(account)
@@ -810,7 +799,7 @@ impl Manager {
             &cert_path,
             &key_path,
         )
-        .map_err(|e| AttemptError::local("checking the issued certificate", tls::error_chain(&e)))?;
+        .map_err(|e| AttemptError::local("checking the issued certificate", guard_config::error::chain(&e)))?;
         let v = ck
             .cert
             .first()
@@ -827,7 +816,7 @@ impl Manager {
         // Serving comes first; a state directory that cannot be written costs a new order on the
         // next start, which the log says.
         if let Err(e) = self.store.save_certificate(&issued.chain_pem, &issued.key_pem) {
-            tracing::error!(domains = %self.names(), "{}; the next start orders a new certificate", tls::error_chain(&e));
+            tracing::error!(domains = %self.names(), "{}; the next start orders a new certificate", guard_config::error::chain(&e));
         }
         Ok(())
     }

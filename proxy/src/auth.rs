@@ -319,7 +319,7 @@ impl Authenticator {
                 self.metrics.auth_reload_errors.inc();
                 tracing::error!(
                     "users NOT reloaded, the previous set stays in use (removed users can still log in): {}",
-                    crate::tls::error_chain(&e)
+                    guard_config::error::chain(&e)
                 );
             }
         }
@@ -338,7 +338,7 @@ impl Authenticator {
                 self.metrics.auth_reload_errors.inc();
                 tracing::error!(
                     "tokens NOT reloaded, the previous set stays in use (revoked tokens still work): {}",
-                    crate::tls::error_chain(&e)
+                    guard_config::error::chain(&e)
                 );
             }
         }
@@ -350,7 +350,7 @@ impl Authenticator {
                 self.metrics.auth_reload_errors.inc();
                 tracing::error!(
                     "roles NOT reloaded, the previous roles stay in use: {}",
-                    crate::tls::error_chain(&e)
+                    guard_config::error::chain(&e)
                 );
             }
         }

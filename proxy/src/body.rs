@@ -255,3 +255,46 @@ where
         self.inner.size_hint()
     }
 }
+/// What went wrong with a client's request body: the client's fault, whoever noticed it.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyFault {
+    /// The body exceeds `--max-body-size`.
+    #[error("request body larger than {limit} bytes")]
+    TooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// No body data for `--body-timeout`; the upstream request was cut (its connection closed,
+    /// not reused).
+    #[error("request body stalled: no data for {seconds}s")]
+    Stalled {
+        /// The timeout that fired.
+        seconds: u64,
+    },
+    /// The client broke off or garbled the body.
+    #[error("malformed or truncated request body")]
+    Malformed,
+}
+
+impl BodyFault {
+    /// The body's fault in an error chain, if it holds one: over the size limit, stalled, or
+    /// broken off.
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<BodyFault> {
+        let mut src = Some(e);
+        while let Some(s) = src {
+            if let Some(limit) = s.downcast_ref::<BodyLimitExceeded>() {
+                return Some(BodyFault::TooLarge { limit: limit.0 });
+            }
+            if let Some(stalled) = s.downcast_ref::<BodyStalled>() {
+                return Some(BodyFault::Stalled {
+                    seconds: stalled.0.as_secs(),
+                });
+            }
+            if s.downcast_ref::<ClientBodyError>().is_some() {
+                return Some(BodyFault::Malformed);
+            }
+            src = s.source();
+        }
+        None
+    }
+}

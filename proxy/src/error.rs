@@ -6,57 +6,19 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::auth::AuthFailure;
-use crate::body::{full, ProxyBody};
+use crate::body::{full, BodyFault, ProxyBody};
+use crate::forward::{ForwardError, UpstreamFault};
 use crate::route::Misroute;
 
 /// Why guard answered a request itself instead of relaying the upstream's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The upstream refused the connection or could not be reached.
-    #[error("upstream {upstream} unreachable")]
-    UpstreamUnreachable {
-        /// The upstream's authority.
-        upstream: String,
-        /// The connect error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// Connecting took longer than the connect timeout.
-    #[error("upstream {upstream}: connect timed out")]
-    UpstreamConnectTimeout {
-        /// The upstream's authority.
-        upstream: String,
-    },
-    /// The upstream did not start its response in time after the request was sent.
-    #[error("upstream {upstream}: no response within {seconds}s")]
-    UpstreamTimeout {
-        /// The upstream's authority.
-        upstream: String,
-        /// The timeout that fired.
-        seconds: u64,
-    },
-    /// The upstream broke the protocol or closed mid-request.
-    #[error("upstream {upstream}: request failed")]
-    UpstreamFailed {
-        /// The upstream's authority.
-        upstream: String,
-        /// hyper's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The request body exceeds `--max-body-size`.
-    #[error("request body larger than {limit} bytes")]
-    BodyTooLarge {
-        /// The configured limit.
-        limit: u64,
-    },
-    /// The client sent no request body data for `--body-timeout`; the upstream request was cut
-    /// (its connection closed, not reused).
-    #[error("request body stalled: no data for {seconds}s")]
-    BodyStalled {
-        /// The timeout that fired.
-        seconds: u64,
-    },
+    /// The upstream failed the request.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamFault),
+    /// The client's request body failed: too large, stalled or broken off.
+    #[error(transparent)]
+    Body(#[from] BodyFault),
     /// The request could not be turned into an upstream request.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -94,7 +56,7 @@ pub enum ProxyError {
     #[error("misrouted request: {0:?}")]
     Misrouted(Misroute),
     /// A write from a browser page of another origin (CSRF).
-    #[error("{0}")]
+    #[error("refused {0}")]
     CrossOrigin(crate::origin::CrossOrigin),
     /// The authenticated name cannot be written as the forwarded-user header's value (not
     /// visible ASCII): refused rather than forwarded without an identity.
@@ -122,37 +84,59 @@ pub enum ProxyError {
     },
 }
 
+impl From<ForwardError> for ProxyError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Body(b) => ProxyError::Body(b),
+            ForwardError::Upstream(u) => ProxyError::Upstream(u),
+        }
+    }
+}
+
+/// Whose fault a failure is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The client's (a bad request, missing credentials): routine, logged at debug, 4xx.
+    Client,
+    /// A refusal an operator wants to see (a cross-site write, a role's limit): info, 403.
+    Refused,
+    /// The upstream's, with its metrics kind: warn, 502 or 504.
+    Upstream(&'static str),
+    /// guard's own or its configuration's: warn.
+    Guard,
+}
+
 impl ProxyError {
     /// Status, MLflow-style error code and the fixed message the client sees.
     pub fn public_parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ProxyError::UpstreamUnreachable { .. } => (
+            ProxyError::Upstream(UpstreamFault::Unreachable { .. }) => (
                 StatusCode::BAD_GATEWAY,
                 "TEMPORARILY_UNAVAILABLE",
                 "the upstream server is unreachable",
             ),
-            ProxyError::UpstreamFailed { .. } => (
+            ProxyError::Upstream(UpstreamFault::Failed { .. }) => (
                 StatusCode::BAD_GATEWAY,
                 "TEMPORARILY_UNAVAILABLE",
                 "the upstream server failed to answer",
             ),
-            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => (
+            ProxyError::Upstream(UpstreamFault::ConnectTimeout { .. } | UpstreamFault::Timeout { .. }) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "DEADLINE_EXCEEDED",
                 "the upstream server did not answer in time",
             ),
-            ProxyError::BodyTooLarge { .. } => (
+            ProxyError::Body(BodyFault::TooLarge { .. }) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "REQUEST_LIMIT_EXCEEDED",
                 "the request body exceeds the configured maximum size",
             ),
             // Not retried by the MLflow client (a body cannot be replayed from here anyway).
-            ProxyError::BodyStalled { .. } => (
+            ProxyError::Body(BodyFault::Stalled { .. }) => (
                 StatusCode::REQUEST_TIMEOUT,
                 "DEADLINE_EXCEEDED",
                 "the request body stopped arriving",
             ),
-            ProxyError::BadRequest(_) => (
+            ProxyError::BadRequest(_) | ProxyError::Body(BodyFault::Malformed) => (
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
                 "the request could not be forwarded",
@@ -240,29 +224,32 @@ impl ProxyError {
         }
     }
 
-    /// Logs the failure once, with its cause chain, at a level fitting who is at fault.
-    pub fn log(&self) {
-        let mut chain = String::new();
-        let mut src = std::error::Error::source(self);
-        while let Some(s) = src {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            src = s.source();
-        }
+    /// Whose fault the failure is: the one answer that decides how loudly it is logged and
+    /// whether it counts as an upstream error (the status, in [`ProxyError::public_parts`],
+    /// agrees: a test holds them together).
+    pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::BodyTooLarge { .. }
-            | ProxyError::BodyStalled { .. }
+            ProxyError::Body(_)
             | ProxyError::BadRequest(_)
             | ProxyError::NotFound
             | ProxyError::MethodNotAllowed
             | ProxyError::TooManyHeaders(_)
             | ProxyError::UriTooLong(_)
             | ProxyError::Misrouted(_)
-            | ProxyError::Auth { .. } => tracing::debug!("{self}{chain}"),
-            // Worth seeing: an attack, or a page that needs `allowed_origins`.
-            ProxyError::CrossOrigin(_) => tracing::info!("refused {self}"),
-            ProxyError::RoleDenied { .. } => tracing::info!("{self}"),
-            _ => tracing::warn!("{self}{chain}"),
+            | ProxyError::Auth { .. } => Fault::Client,
+            ProxyError::CrossOrigin(_) | ProxyError::RoleDenied { .. } => Fault::Refused,
+            ProxyError::Upstream(u) => Fault::Upstream(u.kind()),
+            ProxyError::UnsendableIdentity { .. } | ProxyError::NoRandom | ProxyError::UsersWrite(_) => Fault::Guard,
+        }
+    }
+
+    /// Logs the failure once, with its cause chain, at a level fitting who is at fault.
+    pub fn log(&self) {
+        match self.fault() {
+            Fault::Client => tracing::debug!("{}", guard_config::error::chain(self)),
+            // Worth seeing: an attack, a page that needs `allowed_origins`, a role's limit.
+            Fault::Refused => tracing::info!("{self}"),
+            Fault::Upstream(_) | Fault::Guard => tracing::warn!("{}", guard_config::error::chain(self)),
         }
     }
 
@@ -321,37 +308,52 @@ mod tests {
         let up = || "127.0.0.1:5000".to_string();
         let cases: Vec<(ProxyError, u16, &str)> = vec![
             (
-                ProxyError::UpstreamUnreachable {
+                UpstreamFault::Unreachable {
                     upstream: up(),
                     source: io(),
-                },
+                }
+                .into(),
                 502,
                 "TEMPORARILY_UNAVAILABLE",
             ),
             (
-                ProxyError::UpstreamFailed {
+                UpstreamFault::Failed {
                     upstream: up(),
                     source: io(),
-                },
+                }
+                .into(),
                 502,
                 "TEMPORARILY_UNAVAILABLE",
             ),
             (
-                ProxyError::UpstreamConnectTimeout { upstream: up() },
+                UpstreamFault::ConnectTimeout { upstream: up() }.into(),
                 504,
                 "DEADLINE_EXCEEDED",
             ),
             (
-                ProxyError::UpstreamTimeout {
+                UpstreamFault::Timeout {
                     upstream: up(),
                     seconds: 5,
-                },
+                }
+                .into(),
                 504,
                 "DEADLINE_EXCEEDED",
             ),
-            (ProxyError::BodyTooLarge { limit: 10 }, 413, "REQUEST_LIMIT_EXCEEDED"),
-            (ProxyError::BodyStalled { seconds: 60 }, 408, "DEADLINE_EXCEEDED"),
+            (BodyFault::TooLarge { limit: 10 }.into(), 413, "REQUEST_LIMIT_EXCEEDED"),
+            (BodyFault::Stalled { seconds: 60 }.into(), 408, "DEADLINE_EXCEEDED"),
+            (BodyFault::Malformed.into(), 400, "BAD_REQUEST"),
             (ProxyError::BadRequest("x"), 400, "BAD_REQUEST"),
+            (
+                ProxyError::RoleDenied {
+                    user: "ann".into(),
+                    role: guard_config::roles::Role::Reader,
+                    method: http::Method::POST,
+                    path: "/api/2.0/mlflow/runs/create".into(),
+                },
+                403,
+                "PERMISSION_DENIED",
+            ),
+            (ProxyError::NoRandom, 503, "TEMPORARILY_UNAVAILABLE"),
             (ProxyError::NotFound, 404, "ENDPOINT_NOT_FOUND"),
             (ProxyError::TooManyHeaders(100), 431, "BAD_REQUEST"),
             (ProxyError::UriTooLong(16384), 414, "BAD_REQUEST"),
@@ -411,6 +413,16 @@ mod tests {
             let (s, c, m) = err.public_parts();
             assert_eq!((s.as_u16(), c), (status, code), "{err}");
             assert!(!m.contains("refused"), "internal detail leaked: {m}");
+            // Whose fault it is and the status agree.
+            match err.fault() {
+                Fault::Client => assert!(s.is_client_error(), "{err}"),
+                Fault::Refused => assert_eq!(s, StatusCode::FORBIDDEN, "{err}"),
+                Fault::Upstream(_) => assert!(
+                    s == StatusCode::BAD_GATEWAY || s == StatusCode::GATEWAY_TIMEOUT,
+                    "{err}"
+                ),
+                Fault::Guard => {}
+            }
         }
     }
 

@@ -16,9 +16,74 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::body::{BodyLimitExceeded, BodyStalled, BoxError, ClientBodyError, RequestBody};
-use crate::error::ProxyError;
-use crate::server::PerWorker;
+use crate::body::{BodyFault, BoxError, RequestBody};
+use crate::worker::PerWorker;
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The client's body failed on the way: the client's fault, not the upstream's.
+    #[error(transparent)]
+    Body(BodyFault),
+    /// The upstream failed.
+    #[error(transparent)]
+    Upstream(UpstreamFault),
+}
+
+/// How the upstream failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamFault {
+    /// It refused the connection or could not be reached.
+    #[error("upstream {upstream} unreachable")]
+    Unreachable {
+        /// Its authority.
+        upstream: String,
+        /// The connect error.
+        #[source]
+        source: BoxError,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error("upstream {upstream}: connect timed out")]
+    ConnectTimeout {
+        /// Its authority.
+        upstream: String,
+    },
+    /// It did not start its response in time after the request was sent.
+    #[error("upstream {upstream}: no response within {seconds}s")]
+    Timeout {
+        /// Its authority.
+        upstream: String,
+        /// The timeout that fired.
+        seconds: u64,
+    },
+    /// It broke the protocol or closed mid-request.
+    #[error("upstream {upstream}: request failed")]
+    Failed {
+        /// Its authority.
+        upstream: String,
+        /// hyper's error, or what was wrong.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl UpstreamFault {
+    /// The `kind` label of `guard_upstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamFault::Unreachable { .. } => "unreachable",
+            UpstreamFault::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamFault::Timeout { .. } => "timeout",
+            UpstreamFault::Failed { .. } => "failed",
+        }
+    }
+}
+
+impl From<UpstreamFault> for ForwardError {
+    fn from(f: UpstreamFault) -> Self {
+        ForwardError::Upstream(f)
+    }
+}
 
 /// The request body type sent upstream.
 pub type UpstreamBody = RequestBody<Incoming>;
@@ -76,22 +141,22 @@ impl Upstream {
 
     /// Opens a connection: resolve, connect (both within the connect timeout), `TCP_NODELAY`,
     /// HTTP/1.1 handshake, and the connection's task on this worker.
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, ProxyError> {
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamFault> {
         let upstream = || self.authority.clone();
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.authority)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
-                return Err(ProxyError::UpstreamUnreachable {
+                return Err(UpstreamFault::Unreachable {
                     upstream: upstream(),
                     source: Box::new(e),
                 })
             }
-            Err(_) => return Err(ProxyError::UpstreamConnectTimeout { upstream: upstream() }),
+            Err(_) => return Err(UpstreamFault::ConnectTimeout { upstream: upstream() }),
         };
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = http1::handshake(TokioIo::new(tcp))
             .await
-            .map_err(|e| ProxyError::UpstreamFailed {
+            .map_err(|e| UpstreamFault::Failed {
                 upstream: upstream(),
                 source: Box::new(e),
             })?;
@@ -106,7 +171,7 @@ impl Upstream {
     /// Sends `req` on a pooled connection, or a new one. A pooled connection the upstream closed
     /// before the request was written (keep-alive timeouts race) is replaced and the request sent
     /// again; nothing of it had reached the upstream.
-    async fn send(&self, mut req: http::Request<UpstreamBody>) -> Result<http::Response<PooledBody>, ProxyError> {
+    async fn send(&self, mut req: http::Request<UpstreamBody>) -> Result<http::Response<PooledBody>, ForwardError> {
         let pool = self.pools.get();
         loop {
             let (mut sender, reused) = match pool.checkout() {
@@ -247,10 +312,12 @@ pub async fn forward(
     req: http::Request<UpstreamBody>,
     body_sent: Option<watch::Receiver<bool>>,
     response_timeout: Duration,
-) -> Result<http::Response<PooledBody>, ProxyError> {
-    let timed_out = || ProxyError::UpstreamTimeout {
-        upstream: upstream.authority.clone(),
-        seconds: response_timeout.as_secs(),
+) -> Result<http::Response<PooledBody>, ForwardError> {
+    let timed_out = || {
+        ForwardError::Upstream(UpstreamFault::Timeout {
+            upstream: upstream.authority.clone(),
+            seconds: response_timeout.as_secs(),
+        })
     };
     let Some(mut body_sent) = body_sent else {
         return match tokio::time::timeout(response_timeout, upstream.send(req)).await {
@@ -273,30 +340,12 @@ pub async fn forward(
 
 /// Sorts an error from sending a request into who is at fault: the client's body, or the
 /// upstream.
-fn classify(e: hyper::Error, upstream: &str) -> ProxyError {
-    body_fault(&e).unwrap_or_else(|| ProxyError::UpstreamFailed {
-        upstream: upstream.to_owned(),
-        source: Box::new(e) as BoxError,
-    })
-}
-
-/// The client's fault in reading a request body, if the error chain holds one: over the size
-/// limit, stalled, or broken off.
-pub fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
-    let mut src = Some(e);
-    while let Some(s) = src {
-        if let Some(limit) = s.downcast_ref::<BodyLimitExceeded>() {
-            return Some(ProxyError::BodyTooLarge { limit: limit.0 });
-        }
-        if let Some(stalled) = s.downcast_ref::<BodyStalled>() {
-            return Some(ProxyError::BodyStalled {
-                seconds: stalled.0.as_secs(),
-            });
-        }
-        if s.downcast_ref::<ClientBodyError>().is_some() {
-            return Some(ProxyError::BadRequest("malformed or truncated request body"));
-        }
-        src = s.source();
+fn classify(e: hyper::Error, upstream: &str) -> ForwardError {
+    match BodyFault::find(&e) {
+        Some(fault) => ForwardError::Body(fault),
+        None => ForwardError::Upstream(UpstreamFault::Failed {
+            upstream: upstream.to_owned(),
+            source: Box::new(e),
+        }),
     }
-    None
 }

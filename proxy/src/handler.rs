@@ -21,15 +21,15 @@ use hyper_util::rt::TokioIo;
 use crate::accesslog::AccessRecord;
 use crate::account;
 use crate::authorize;
-use crate::body::{full, ProxyBody, RequestBody, ResponseBody};
-use crate::error::ProxyError;
-use crate::forward::forward;
+use crate::body::{full, BodyFault, ProxyBody, RequestBody, ResponseBody};
+use crate::conn::{ConnSlot, InFlight};
+use crate::error::{Fault, ProxyError};
+use crate::forward::{forward, UpstreamFault};
 use crate::headers;
 use crate::login::{self, LOGIN_PATH, LOGOUT_PATH};
 use crate::metrics::{MethodClass, Metrics, RequestLabels, UpstreamErrorLabels, UserLabel};
 use crate::origin::{self, Verdict};
 use crate::route::Router;
-use crate::server::{ConnSlot, InFlight};
 use crate::signin::{self, Step};
 
 /// What every request on every connection shares.
@@ -224,7 +224,7 @@ async fn route(
     if let Some(limit) = state.limits.max_body_bytes {
         if content_length(&req).is_some_and(|len| len > limit) {
             discard_body(req.into_body());
-            return Err(ProxyError::BodyTooLarge { limit });
+            return Err(BodyFault::TooLarge { limit }.into());
         }
     }
 
@@ -310,22 +310,18 @@ async fn route(
         state.limits.upstream_response_timeout,
     )
     .await
+    .map_err(ProxyError::from)
     .inspect_err(|e| {
-        let kind = match e {
-            ProxyError::UpstreamUnreachable { .. } => "unreachable",
-            ProxyError::UpstreamConnectTimeout { .. } => "connect_timeout",
-            ProxyError::UpstreamTimeout { .. } => "timeout",
-            ProxyError::UpstreamFailed { .. } => "failed",
-            _ => return,
-        };
-        state
-            .metrics
-            .upstream_errors
-            .get_or_create(&UpstreamErrorLabels {
-                site: site.name.clone(),
-                kind,
-            })
-            .inc();
+        if let Fault::Upstream(kind) = e.fault() {
+            state
+                .metrics
+                .upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    site: site.name.clone(),
+                    kind,
+                })
+                .inc();
+        }
     })?;
     let upstream_time = started.elapsed();
     rec.upstream_time = Some(upstream_time);
@@ -334,10 +330,10 @@ async fn route(
     let mut resp = resp;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = client_upgrade.filter(|_| headers::wants_websocket(resp.headers())) else {
-            return Err(ProxyError::UpstreamFailed {
+            return Err(ProxyError::Upstream(UpstreamFault::Failed {
                 upstream: site.upstream.authority().to_owned(),
                 source: "upstream switched to a protocol it was not asked for".into(),
-            });
+            }));
         };
         // The tunnel holds the connection's slot: it counts against `max_connections`, and the
         // shutdown drain waits for it up to the grace, then ends it with the worker.

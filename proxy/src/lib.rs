@@ -8,6 +8,7 @@ pub mod acme;
 pub mod auth;
 pub mod authorize;
 pub mod body;
+pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod handler;
@@ -24,5 +25,6 @@ pub mod sessions;
 pub mod signin;
 pub mod tls;
 pub mod watch;
+pub mod worker;
 
 pub use server::{prepare, serve, Handle, Prepared, ServeError};

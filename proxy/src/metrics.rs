@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::body::{full, ProxyBody};
-use crate::server::PerWorker;
+use crate::worker::PerWorker;
 
 /// Method classes: few label values, and the split operators care about.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]

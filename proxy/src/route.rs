@@ -11,7 +11,7 @@ use http::header::{HeaderName, HeaderValue};
 use crate::auth::{AuthError, Authenticator, Defence};
 use crate::forward::Upstream;
 use crate::metrics::{Metrics, SiteMetrics};
-use crate::server::PerWorker;
+use crate::worker::PerWorker;
 
 /// A site ready to serve: its upstream client, its authenticator, its rules.
 #[derive(Debug)]

@@ -2,18 +2,16 @@
 //! its timeout, one hyper connection (HTTP/1.1 or HTTP/2 by ALPN) per client, idle and
 //! connection limits, and the graceful drain on shutdown.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use guard_config::model::Cidr;
 use guard_config::serve::{Limits, ServeSettings, SiteSettings, TlsSource};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,11 +19,13 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::conn::{Activity, ClientConn, ConnSlot, OpenConnection, PerClient};
 use crate::handler::{handle, ConnInfo, State};
-use crate::headers::ClientNet;
 use crate::metrics::Metrics;
+use crate::redirect::Redirect;
 use crate::route::{Router, SiteError};
 use crate::tls::{self, CertResolver, TlsError};
+use crate::worker::worker_count;
 
 /// A reason `serve` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +165,7 @@ fn load_sessions(settings: &ServeSettings) -> Option<Arc<crate::sessions::Sessio
         Err(e) => {
             tracing::error!(
                 "the sign-in page is off (browsers get the Basic prompt): {}",
-                crate::tls::error_chain(&e)
+                guard_config::error::chain(&e)
             );
             None
         }
@@ -211,15 +211,25 @@ pub async fn serve(
     if let Some(sessions) = &state.sessions {
         sessions.watch(reload.subscribe());
     }
-    // Ordering and renewal run beside the accept loop and stop when `serve` returns.
-    let _acme = match &settings.tls {
-        TlsSource::Acme(acme) => Some(crate::acme::start(
-            acme.clone(),
-            &settings.state_dir,
-            resolver.clone(),
-            plain,
-        )),
-        _ => None,
+    // The plain listener (HTTP-01 answers, 308 to HTTPS), and ordering and renewal, run beside
+    // the accept loop and stop when `serve` returns.
+    let (_acme, _plain) = match &settings.tls {
+        TlsSource::Acme(acme) => {
+            let answers = Arc::new(crate::acme::Http01Answers::default());
+            let plain = match plain {
+                Some(listener) => {
+                    let r = Redirect::new(answers.clone(), acme.domains.clone(), acme.https_port);
+                    Some(AbortOnDrop(tokio::spawn(crate::redirect::serve(listener, Arc::new(r)))))
+                }
+                None => {
+                    tracing::warn!("no plain-HTTP listener: HTTP-01 validation cannot succeed");
+                    None
+                }
+            };
+            let running = crate::acme::start(acme.clone(), &settings.state_dir, resolver.clone(), answers);
+            (Some(running), plain)
+        }
+        _ => (None, None),
     };
     let acceptor = tls::Acceptor::new(resolver);
     let builder = Arc::new(http_builder(&limits));
@@ -327,42 +337,12 @@ pub async fn serve(
     Ok(())
 }
 
-/// How many worker threads serve connections: one per CPU this process may use (cgroup quotas and
-/// affinity included), fixed at the first call.
-pub fn worker_count() -> usize {
-    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
+/// A task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-thread_local! {
-    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// The calling worker thread's index (0 on any other thread).
-pub fn worker_index() -> usize {
-    WORKER_INDEX.with(std::cell::Cell::get)
-}
-
-/// One `T` per worker thread, each used by its own worker (others use the first): what the
-/// request path writes (reference counts, counters, pools) is kept this way so two workers never
-/// write the same memory.
-#[derive(Debug)]
-pub struct PerWorker<T>(Box<[T]>);
-
-impl<T> PerWorker<T> {
-    /// One `make()` for each worker.
-    pub fn new(mut make: impl FnMut() -> T) -> Self {
-        PerWorker((0..worker_count()).map(|_| make()).collect())
-    }
-
-    /// The calling worker's own.
-    pub fn get(&self) -> &T {
-        &self.0[worker_index() % self.0.len()]
-    }
-
-    /// Every worker's, to add them up.
-    pub fn iter(&self) -> std::slice::Iter<'_, T> {
-        self.0.iter()
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -372,84 +352,6 @@ struct Accepted {
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     client: Option<ClientConn>,
-}
-
-/// Open connections per client, held under `max_connections_per_client` so that one client
-/// cannot take every slot of `max_connections`. A trusted proxy is not limited: its connections
-/// carry many clients, and which ones is only known per request.
-#[derive(Debug)]
-struct PerClient {
-    max: usize,
-    trusted: Vec<Cidr>,
-    open: Mutex<HashMap<ClientNet, ClientCount>>,
-}
-
-#[derive(Debug, Default)]
-struct ClientCount {
-    open: usize,
-    // Whether this client's refusals have been logged since it was last under the limit: one
-    // warning per episode, not one per connection of a flood.
-    warned: bool,
-}
-
-impl PerClient {
-    fn new(max: usize, trusted: &[Cidr]) -> Self {
-        PerClient {
-            max,
-            trusted: trusted.to_vec(),
-            open: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts a new connection from `peer`: `Ok(None)` when it is not counted, `Err` when the
-    /// client is at its limit and the connection must be closed.
-    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Option<ClientConn>, ()> {
-        if self.max == 0 || self.trusted.iter().any(|c| c.contains(peer)) {
-            return Ok(None);
-        }
-        let net = ClientNet::of(peer);
-        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = open.entry(net).or_default();
-        if count.open >= self.max {
-            if !count.warned {
-                count.warned = true;
-                tracing::warn!(
-                    "closing new connections from {net}: it has {} open (max_connections_per_client)",
-                    count.open
-                );
-            }
-            return Err(());
-        }
-        count.open += 1;
-        Ok(Some(ClientConn {
-            table: self.clone(),
-            net,
-        }))
-    }
-}
-
-/// One connection counted against its client until dropped.
-#[derive(Debug)]
-struct ClientConn {
-    table: Arc<PerClient>,
-    net: ClientNet,
-}
-
-impl Drop for ClientConn {
-    fn drop(&mut self) {
-        let mut open = self
-            .table
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.net) {
-            count.open -= 1;
-            count.warned = false;
-            if count.open == 0 {
-                open.remove(&self.net);
-            }
-        }
-    }
 }
 
 /// The accept loop's side of a worker.
@@ -481,7 +383,7 @@ impl Worker {
         std::thread::Builder::new()
             .name(format!("guard-worker-{}", self.index))
             .spawn(move || {
-                WORKER_INDEX.with(|w| w.set(self.index));
+                crate::worker::set_worker_index(self.index);
                 let mut done = self.done.clone();
                 runtime.block_on(async move {
                     crate::accesslog::buffer_on_this_worker();
@@ -510,11 +412,7 @@ impl Worker {
                 builder: self.builder.clone(),
                 state: self.state.clone(),
                 stop: self.stop.clone(),
-                slot: Arc::new(ConnSlot {
-                    _drain: self.drain.clone(),
-                    _permit: permit,
-                    _client: client,
-                }),
+                slot: Arc::new(ConnSlot::new(self.drain.clone(), permit, client)),
                 _load: load,
             };
             tokio::spawn(conn.run());
@@ -612,16 +510,6 @@ struct Connection {
     stop: watch::Receiver<bool>,
     slot: Arc<ConnSlot>,
     _load: Load,
-}
-
-/// A connection's place: held until the connection ends, and by a WebSocket tunnel until it
-/// closes (it outlives the HTTP connection). The drain waits for every sender to drop, the
-/// permit frees a place under `max_connections`, and the client's count goes down.
-#[derive(Debug)]
-pub struct ConnSlot {
-    _drain: mpsc::Sender<()>,
-    _permit: OwnedSemaphorePermit,
-    _client: Option<ClientConn>,
 }
 
 impl Connection {
@@ -770,90 +658,5 @@ impl Wake for SideWake {
         {
             task.wake_by_ref();
         }
-    }
-}
-
-/// Counts one open client connection in the metrics until dropped.
-struct OpenConnection(Arc<Metrics>);
-
-impl OpenConnection {
-    fn count(metrics: &Arc<Metrics>) -> Self {
-        metrics.open_connections.inc();
-        OpenConnection(metrics.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open_connections.dec();
-    }
-}
-
-/// Requests in flight on one connection and when the last one ended: a connection is idle only
-/// with nothing in flight, so a slow upload or a long wait for the upstream never counts.
-#[derive(Debug)]
-pub struct Activity {
-    in_flight: AtomicUsize,
-    // Set by the first request; never cleared.
-    begun: AtomicBool,
-    last_end_ms: AtomicU64,
-    epoch: Instant,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            in_flight: AtomicUsize::new(0),
-            begun: AtomicBool::new(false),
-            last_end_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.begun.store(true, Ordering::Release);
-        InFlight(self.clone())
-    }
-
-    /// Resolves `timeout` after the connection opened if no request has begun by then; never
-    /// otherwise.
-    async fn no_first_request(&self, timeout: Duration) {
-        tokio::time::sleep(timeout).await;
-        if self.begun.load(Ordering::Acquire) {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Resolves once the connection has had nothing in flight for `timeout`.
-    async fn idle(&self, timeout: Duration) {
-        loop {
-            let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
-                timeout
-            } else {
-                let idle =
-                    Duration::from_millis(self.now_ms().saturating_sub(self.last_end_ms.load(Ordering::Acquire)));
-                match timeout.checked_sub(idle) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => return,
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// Marks one request in flight until dropped (when its response body has ended).
-#[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.last_end_ms.store(self.0.now_ms(), Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -51,7 +51,7 @@ impl Sessions {
             }
             Err(e) => tracing::error!(
                 "session keys NOT reloaded, the previous keys stay in use: {}",
-                crate::tls::error_chain(&e)
+                guard_config::error::chain(&e)
             ),
         }
     }

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::account::{self, ChangeRefused, Endpoint};
 use crate::auth::{AuthFailure, Authenticator, PasswordChangeError, Principal, Via};
-use crate::body::{full, ProxyBody, RequestBody};
+use crate::body::{full, BodyFault, ProxyBody, RequestBody};
 use crate::error::{json_error, ProxyError};
 use crate::login::{self, LOGIN_CSRF_COOKIE, MAX_FORM_BYTES, PAGE_CSP, UI_USER_COOKIE};
 use crate::metrics::Metrics;
@@ -206,9 +206,10 @@ fn see_other(to: &str) -> Response<ProxyBody> {
 /// Reads a small request body whole, under `limit` and the body timeout.
 async fn read_body(body: Incoming, limit: u64, limits: &Limits) -> Result<Bytes, ProxyError> {
     let (body, _, _) = RequestBody::new(body, Some(limit), limits.body_timeout);
-    body.collect().await.map(|c| c.to_bytes()).map_err(|e| {
-        crate::forward::body_fault(&*e).unwrap_or(ProxyError::BadRequest("malformed or truncated request body"))
-    })
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ProxyError::Body(BodyFault::find(&*e).unwrap_or(BodyFault::Malformed)))
 }
 
 /// `/_guard/login`: GET shows the form, POST checks it and signs in.

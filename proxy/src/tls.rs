@@ -507,24 +507,12 @@ pub fn watch_files(resolver: Arc<CertResolver>, cert: PathBuf, key: PathBuf, for
             }
             Err(e) => tracing::error!(
                 "certificate not reloaded, the previous one keeps serving: {}",
-                error_chain(&e)
+                guard_config::error::chain(&e)
             ),
         },
     );
     // The watcher holds only a weak reference; tie the source's life to the resolver's.
     source.resolver.clone().keep_alive(source);
-}
-
-/// `error: cause: cause` in one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
