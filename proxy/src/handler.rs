@@ -1,7 +1,9 @@
-//! The request pipeline, one straight line: guard's reserved paths → site → origin check →
-//! sign-in and sign-out → authentication (header, else session cookie) → the UI's account
-//! endpoints → body limit → upstream headers → forward → downstream headers → access log. Every failure becomes a
-//! response in `error`; nothing here writes a status code of its own for an error.
+//! The request pipeline, one straight line of named steps in `route`: `check_limits` →
+//! guard's reserved paths → pick the site → `check_origin` → `sign_in_pages` → `authenticate`
+//! (header, else session cookie) → `account_endpoint` → `authorize` and `check_body_size` →
+//! `upstream_request` → `forward_counted` → `response` → the access log in `finish`. Every
+//! failure becomes a response in `error`; nothing here writes a status code of its own for an
+//! error.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::accesslog::AccessRecord;
 use crate::account;
+use crate::auth::Principal;
 use crate::authorize;
 use crate::body::{full, BodyFault, ProxyBody, RequestBody, ResponseBody};
 use crate::conn::{ConnSlot, InFlight};
@@ -30,7 +33,8 @@ use crate::login::{self, LOGIN_PATH, LOGOUT_PATH};
 use crate::metrics::{MethodClass, Metrics, RequestLabels, UpstreamErrorLabels, UserLabel};
 use crate::origin::{self, Verdict};
 use crate::route::Router;
-use crate::signin::{self, Step};
+use crate::route::Site;
+use crate::signin::{self, Caller, Step};
 
 /// What every request on every connection shares.
 #[derive(Debug)]
@@ -113,125 +117,243 @@ pub async fn handle(
     Ok(finish(resp, rec, in_flight, conn))
 }
 
+/// The pipeline, one named step per line; each step either lets the request on or answers it.
 async fn route(
     mut req: Request<Incoming>,
     conn: &ConnInfo,
     state: &State,
     rec: &mut AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    // Size limits first: they hold for every request, authenticated or not. hyper enforces the
-    // header count for HTTP/1.1 only, and has no target length limit below its buffer size.
-    if req.headers().len() > state.limits.max_headers {
-        return Err(ProxyError::TooManyHeaders(state.limits.max_headers));
-    }
-    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_len > state.limits.max_uri_bytes {
-        return Err(ProxyError::UriTooLong(state.limits.max_uri_bytes));
-    }
-    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; hyper lets none and two
-    // through, and either would be routed by a guess. HTTP/2 names its host in `:authority`.
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
-        (None, _) if req.version() == Version::HTTP_11 => {
-            return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
-        }
-        _ => {}
-    }
+    check_limits(&req, &state.limits)?;
     // guard's own paths come next so health checks need no credentials, and are never
     // forwarded whatever follows the prefix.
     let path = req.uri().path();
-    let reserved = path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/');
     let sign_in = path == LOGIN_PATH || path == LOGOUT_PATH;
-    if reserved && !sign_in {
-        return self::reserved(path, state);
+    if is_reserved(path) && !sign_in {
+        return reserved(path, state);
     }
     let router = state.router.load();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let site = router.pick(host, conn.sni.as_deref()).map_err(ProxyError::Misrouted)?;
+    let site = router
+        .pick(request_host(&req), conn.sni.as_deref())
+        .map_err(ProxyError::Misrouted)?;
     rec.site = Some(site.local().clone());
     // Before authentication: a cross-site write is refused whoever's credentials the browser
     // attached to it.
-    let (strip_origin, cors) = match origin::check(req.method(), req.headers(), host, &site.allowed_origins) {
-        Verdict::Unchecked => (false, None),
-        Verdict::SameOrigin => (true, None),
-        Verdict::Allowed(o) => (true, Some(o)),
-        Verdict::Preflight(o) => return Ok(origin::preflight(req.headers(), o)),
-        Verdict::Refused(why) => return Err(ProxyError::CrossOrigin(why)),
+    let origin = match check_origin(&req, site)? {
+        Ok(origin) => origin,
+        Err(preflight) => return Ok(preflight),
     };
     let client_ip = headers::client_ip(req.headers(), conn.peer.ip(), &state.trusted_proxies);
-    let sessions = state.sessions.as_deref();
     if sign_in {
-        // After the origin check: a sign-in or sign-out posted from another site is refused.
-        let (Some(auth), Some(sessions)) = (&site.auth, sessions) else {
-            return Err(ProxyError::NotFound);
-        };
-        return if path == LOGIN_PATH {
-            signin::login(req, auth, sessions, client_ip, &state.limits, &state.metrics).await
-        } else {
-            signin::logout(req, auth, sessions, &state.limits).await
-        };
+        return sign_in_pages(req, site, state, client_ip).await;
     }
-    // The only protocol a connection may switch to, HTTP/1.1 only. A public path does not
-    // open a tunnel to anyone: an upgrade there needs credentials like any other path.
-    let websocket = req.version() == Version::HTTP_11 && headers::wants_websocket(req.headers());
     // Nothing below this line runs for a request that did not authenticate.
-    let caller = match &site.auth {
-        Some(auth) if websocket || !site.is_public(path) => {
-            match signin::authenticate(&req, auth, sessions, client_ip, &state.metrics).await? {
-                Step::Pass(caller) => Some(caller),
-                Step::Answer(page) => return Ok(page),
-            }
-        }
-        _ => None,
+    let caller = match authenticate(&req, site, state, client_ip).await? {
+        Ok(caller) => caller,
+        Err(page) => return Ok(page),
     };
-    // The MLflow UI's account menu and password change, for guard's own users: never forwarded.
-    if let (Some(auth), Some(caller), Some(endpoint)) = (&site.auth, &caller, account::endpoint(path)) {
-        rec.user = Some(caller.principal.name.clone());
-        let mut resp = signin::account(endpoint, req, caller, auth, sessions, client_ip, &state.limits).await?;
-        add_cookies(&mut resp, &caller.cookies);
-        return Ok(resp);
+    if let (Some(auth), Some(caller)) = (&site.auth, &caller) {
+        if let Some(endpoint) = account::endpoint(req.uri().path()) {
+            rec.user = Some(caller.principal.name.clone());
+            return account_endpoint(endpoint, req, caller, auth, state, client_ip).await;
+        }
     }
-    // What the caller may do, from the method and path alone: before a byte of the body is
-    // read or sent on.
-    if let Some(c) = &caller {
+    if let Err(refused) = authorize(&req, caller.as_ref()).and_then(|()| check_body_size(&req, &state.limits)) {
+        // Read and dropped for a while, so an uploading client sees the answer, not a reset.
+        discard_body(req.into_body());
+        return Err(refused);
+    }
+    // Take the client's half of an upgrade before the request is consumed.
+    let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (principal, cookies) = match caller {
+        Some(c) => (Some(c.principal), c.cookies),
+        None => (None, Vec::new()),
+    };
+    let upstream_req = upstream_request(req, conn, state, site, principal.as_ref(), origin.is_some())?;
+    rec.user = principal.map(|p| p.name);
+    let (body, progress, body_sent) = RequestBody::new(
+        upstream_req.body,
+        state.limits.max_body_bytes,
+        state.limits.body_timeout,
+    );
+    rec.request_body = Some(progress);
+    let resp = forward_counted(
+        Request::from_parts(upstream_req.parts, body),
+        body_sent,
+        site,
+        state,
+        rec,
+    )
+    .await?;
+    let mut resp = response(resp, client_upgrade, origin.and_then(|o| o.cors), conn, site)?;
+    add_cookies(&mut resp, &cookies);
+    Ok(resp)
+}
+
+/// Size limits first: they hold for every request, authenticated or not. hyper enforces the
+/// header count for HTTP/1.1 only, and has no target length limit below its buffer size. And
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; hyper lets none and two through,
+/// and either would be routed by a guess. HTTP/2 names its host in `:authority`.
+fn check_limits<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyError> {
+    if req.headers().len() > limits.max_headers {
+        return Err(ProxyError::TooManyHeaders(limits.max_headers));
+    }
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong(limits.max_uri_bytes));
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+        (None, _) if req.version() == Version::HTTP_11 => Err(ProxyError::BadRequest("HTTP/1.1 request without Host")),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `path` is under guard's reserved prefix (or is the prefix itself).
+fn is_reserved(path: &str) -> bool {
+    path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/')
+}
+
+/// The host the client asked for: `Host`, else the HTTP/2 `:authority`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// What the origin check let through: a write from the site's own pages or an allowed origin
+/// (whose `Origin` guard vouched for and removes before forwarding), and that origin's CORS
+/// grant when it is another one.
+struct Vouched {
+    cors: Option<HeaderValue>,
+}
+
+/// The origin check: `Ok(None)` for a request it does not concern, `Ok(Some)` for a write it
+/// vouches for, `Err(answer)` for a CORS preflight it answers itself; a cross-site write is
+/// refused.
+fn check_origin<B>(req: &Request<B>, site: &Site) -> Result<Result<Option<Vouched>, Response<ProxyBody>>, ProxyError> {
+    match origin::check(req.method(), req.headers(), request_host(req), &site.allowed_origins) {
+        Verdict::Unchecked => Ok(Ok(None)),
+        Verdict::SameOrigin => Ok(Ok(Some(Vouched { cors: None }))),
+        Verdict::Allowed(o) => Ok(Ok(Some(Vouched { cors: Some(o) }))),
+        Verdict::Preflight(o) => Ok(Err(origin::preflight(req.headers(), o))),
+        Verdict::Refused(why) => Err(ProxyError::CrossOrigin(why)),
+    }
+}
+
+/// `/_guard/login` and `/_guard/logout`, after the origin check: a sign-in or sign-out posted
+/// from another site never gets here.
+async fn sign_in_pages(
+    req: Request<Incoming>,
+    site: &Site,
+    state: &State,
+    client_ip: std::net::IpAddr,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (Some(auth), Some(sessions)) = (&site.auth, state.sessions.as_deref()) else {
+        return Err(ProxyError::NotFound);
+    };
+    if req.uri().path() == LOGIN_PATH {
+        signin::login(req, auth, sessions, client_ip, &state.limits, &state.metrics).await
+    } else {
+        signin::logout(req, auth, sessions, &state.limits).await
+    }
+}
+
+/// Whether the request asks to switch to WebSocket: the only protocol a connection may switch
+/// to, HTTP/1.1 only.
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11 && headers::wants_websocket(req.headers())
+}
+
+/// Who the request comes from: `Ok(None)` on a site without authentication or a public path
+/// (a public path does not open a tunnel to anyone: an upgrade there needs credentials like any
+/// other path), `Err(page)` for a browser sent to the sign-in page.
+async fn authenticate(
+    req: &Request<Incoming>,
+    site: &Site,
+    state: &State,
+    client_ip: std::net::IpAddr,
+) -> Result<Result<Option<Caller>, Response<ProxyBody>>, ProxyError> {
+    let Some(auth) = &site.auth else { return Ok(Ok(None)) };
+    if !wants_upgrade(req) && site.is_public(req.uri().path()) {
+        return Ok(Ok(None));
+    }
+    Ok(
+        match signin::authenticate(req, auth, state.sessions.as_deref(), client_ip, &state.metrics).await? {
+            Step::Pass(caller) => Ok(Some(caller)),
+            Step::Answer(page) => Err(page),
+        },
+    )
+}
+
+/// The MLflow UI's account menu and password change, for guard's own users: never forwarded.
+async fn account_endpoint(
+    endpoint: account::Endpoint,
+    req: Request<Incoming>,
+    caller: &Caller,
+    auth: &crate::auth::Authenticator,
+    state: &State,
+    client_ip: std::net::IpAddr,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let sessions = state.sessions.as_deref();
+    let mut resp = signin::account(endpoint, req, caller, auth, sessions, client_ip, &state.limits).await?;
+    add_cookies(&mut resp, &caller.cookies);
+    Ok(resp)
+}
+
+/// What the caller may do, from the method and path alone: decided before a byte of the body is
+/// read or sent on. Then what no caller may ask: CONNECT, and a target that is not a path
+/// (`OPTIONS *` and other non-origin forms have no meaning for the upstream).
+fn authorize<B>(req: &Request<B>, caller: Option<&Caller>) -> Result<(), ProxyError> {
+    let path = req.uri().path();
+    if let Some(c) = caller {
         if !authorize::permits(c.principal.role, req.method(), path) {
-            let refused = ProxyError::RoleDenied {
+            return Err(ProxyError::RoleDenied {
                 user: c.principal.name.clone(),
                 role: c.principal.role,
                 method: req.method().clone(),
                 path: path.to_owned(),
-            };
-            // Read and dropped for a while, so an uploading client sees the 403, not a reset.
-            discard_body(req.into_body());
-            return Err(refused);
+            });
         }
     }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
     if !path.starts_with('/') {
-        // `OPTIONS *` and other non-origin forms have no meaning for the upstream.
         return Err(ProxyError::BadRequest("request target must be a path"));
     }
+    Ok(())
+}
 
-    // A declared length over the limit is refused before a byte goes upstream; a chunked body is
-    // cut by `RequestBody` when it crosses the limit.
-    if let Some(limit) = state.limits.max_body_bytes {
-        if content_length(&req).is_some_and(|len| len > limit) {
-            discard_body(req.into_body());
-            return Err(BodyFault::TooLarge { limit }.into());
-        }
+/// A declared length over the limit is refused before a byte goes upstream; a chunked body is
+/// cut by `RequestBody` when it crosses the limit.
+fn check_body_size<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyError> {
+    match limits.max_body_bytes {
+        Some(limit) if content_length(req).is_some_and(|len| len > limit) => Err(BodyFault::TooLarge { limit }.into()),
+        _ => Ok(()),
     }
+}
 
-    // Take the client's half of an upgrade before the request is consumed.
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+/// The request as the upstream gets it, its body not yet wrapped.
+struct UpstreamRequest {
+    parts: http::request::Parts,
+    body: Incoming,
+}
 
+/// Prepares the upstream request: guard's cookies and credentials, hop-by-hop and
+/// client-chosen headers out; the identity, `Forwarded` and `Host` in; origin form, HTTP/1.1.
+fn upstream_request(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    state: &State,
+    site: &Site,
+    principal: Option<&Principal>,
+    vouched: bool,
+) -> Result<UpstreamRequest, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    let websocket = parts.version == Version::HTTP_11 && headers::wants_websocket(&parts.headers);
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -246,15 +368,11 @@ async fn route(
     let trusted_peer = state.trusted_proxies.iter().any(|c| c.contains(conn.peer.ip()));
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::drop_client_chosen(&mut parts.headers, trusted_peer, site.forwarded_user.as_ref());
-    if strip_origin {
+    if vouched {
         // guard vouched for it; MLflow refuses any Origin but localhost and its own list.
         parts.headers.remove(header::ORIGIN);
     }
-    let (principal, cookies) = match caller {
-        Some(c) => (Some(c.principal), c.cookies),
-        None => (None, Vec::new()),
-    };
-    if let (Some(header), Some(p)) = (&site.forwarded_user, &principal) {
+    if let (Some(header), Some(p)) = (&site.forwarded_user, principal) {
         // Visible ASCII only: `HeaderValue` takes UTF-8 bytes as obs-text, which the upstream
         // reads as Latin-1, another name (`josé` arrives as `josÃ©`). Fail closed: a request
         // is not sent under a name the upstream would misread, nor without one.
@@ -288,7 +406,6 @@ async fn route(
     if websocket {
         headers::restore_websocket(&mut parts.headers);
     }
-    rec.user = principal.map(|p| p.name);
     // Origin form (`/path?query`), as HTTP/1.1 sends it to an origin server; `Host` says where.
     parts.uri = Uri::from(
         parts
@@ -299,35 +416,48 @@ async fn route(
     );
     // The upstream speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
+    Ok(UpstreamRequest { parts, body })
+}
 
-    let (body, progress, body_sent) = RequestBody::new(body, state.limits.max_body_bytes, state.limits.body_timeout);
-    rec.request_body = Some(progress);
+/// Forwards, timing the upstream and counting its failures by kind.
+async fn forward_counted(
+    req: Request<crate::forward::UpstreamBody>,
+    body_sent: Option<tokio::sync::watch::Receiver<bool>>,
+    site: &Site,
+    state: &State,
+    rec: &mut AccessRecord,
+) -> Result<Response<crate::forward::PooledBody>, ProxyError> {
     let started = Instant::now();
-    let resp = forward(
-        &site.upstream,
-        Request::from_parts(parts, body),
-        body_sent,
-        state.limits.upstream_response_timeout,
-    )
-    .await
-    .map_err(ProxyError::from)
-    .inspect_err(|e| {
-        if let Fault::Upstream(kind) = e.fault() {
-            state
-                .metrics
-                .upstream_errors
-                .get_or_create(&UpstreamErrorLabels {
-                    site: site.name.clone(),
-                    kind,
-                })
-                .inc();
-        }
-    })?;
+    let resp = forward(&site.upstream, req, body_sent, state.limits.upstream_response_timeout)
+        .await
+        .map_err(ProxyError::from)
+        .inspect_err(|e| {
+            if let Fault::Upstream(kind) = e.fault() {
+                state
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        site: site.name.clone(),
+                        kind,
+                    })
+                    .inc();
+            }
+        })?;
     let upstream_time = started.elapsed();
     rec.upstream_time = Some(upstream_time);
     site.local().metrics.upstream_latency.observe(upstream_time);
+    Ok(resp)
+}
 
-    let mut resp = resp;
+/// Prepares the response: hop-by-hop headers and `Server` out, CORS for an allowed origin in;
+/// a switch to WebSocket becomes a tunnel.
+fn response(
+    mut resp: Response<crate::forward::PooledBody>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    cors: Option<HeaderValue>,
+    conn: &ConnInfo,
+    site: &Site,
+) -> Result<Response<ProxyBody>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = client_upgrade.filter(|_| headers::wants_websocket(resp.headers())) else {
             return Err(ProxyError::Upstream(UpstreamFault::Failed {
@@ -341,9 +471,7 @@ async fn route(
         let (mut parts, _) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::restore_websocket(&mut parts.headers);
-        let mut resp = Response::from_parts(parts, full(Bytes::new()));
-        add_cookies(&mut resp, &cookies);
-        return Ok(resp);
+        return Ok(Response::from_parts(parts, full(Bytes::new())));
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -352,9 +480,7 @@ async fn route(
     if let Some(o) = cors {
         origin::allow(&mut parts.headers, o);
     }
-    let mut resp = Response::from_parts(parts, body.map_err(Into::into).boxed());
-    add_cookies(&mut resp, &cookies);
-    Ok(resp)
+    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
 }
 
 /// Adds guard's `Set-Cookie`s (a renewed or ended session) to a response, beside any the
