@@ -1,0 +1,323 @@
+//! The in-process tier: guard's request pipeline run inside the test process, with no binary.
+//! `guard_proxy::prepare` and `serve` on a port-0 listener, in-process echo upstreams, settings
+//! from YAML text: header hygiene, limits, routing and authentication outcomes, each case in
+//! milliseconds. What needs the binary (flags, signals, exit codes, logs) stays in the other files.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use common::*;
+use http::Request;
+use tokio::sync::oneshot;
+
+/// One guard serving in this process until dropped.
+struct InProc {
+    addr: SocketAddr,
+    ca: PathBuf,
+    /// The token `ci`, made before the start.
+    token: String,
+    stop: Option<oneshot::Sender<()>>,
+    _dir: TempDir,
+}
+
+impl InProc {
+    /// A guard on settings `yaml`, where `{dir}` stands for a fresh directory holding the
+    /// users file `users` (ann and bob, bcrypt cost 4), the groups file `groups` (bob is a
+    /// reader), the tokens file `tokens.json` (the token `ci`) and the state directory.
+    async fn start(yaml: &str) -> InProc {
+        init();
+        let dir = TempDir::new("inproc");
+        let users = dir.path().join("users");
+        for (name, pw) in [("ann", "ann-pw"), ("bob", "bob-pw")] {
+            guard_config::users::add_user(&users, name, &pw.into(), 4).expect("add user");
+        }
+        std::fs::write(dir.path().join("groups"), "reader: bob\n").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = guard_config::tokens::create_token(&dir.path().join("tokens.json"), "ci", None, None, now)
+            .expect("token")
+            .expose()
+            .to_owned();
+        let yaml = yaml.replace("{dir}", dir.path().to_str().unwrap());
+        let overlay = guard_config::parse_str(&yaml, "guard.yaml").expect("the YAML parses");
+        let settings = guard_config::finish(overlay).expect("valid settings");
+        let prepared = guard_proxy::prepare(settings).expect("prepared");
+        let ca = prepared.trust_anchor.clone().expect("a self-signed certificate");
+        let listener = guard_proxy::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            guard_proxy::serve(prepared, listener, shutdown).await.expect("serves");
+        });
+        InProc {
+            addr,
+            ca,
+            token,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.addr, &self.ca, "localhost")
+    }
+}
+
+impl Drop for InProc {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The common part of every guard here: state, users and groups in `{dir}`.
+fn base(upstream: &str) -> String {
+    format!(
+        "upstream: {upstream}\nstate_dir: {{dir}}/state\nauth:\n  users: {{dir}}/users\n  groups: {{dir}}/groups\n  \
+         tokens: {{dir}}/tokens.json\n  lockout: {{failures: 0}}\n"
+    )
+}
+
+fn req(method: &str, host: &str, path: &str, auth: Option<&str>) -> http::request::Builder {
+    let b = Request::builder().method(method).uri(path).header("host", host);
+    match auth {
+        Some(a) => b.header("authorization", a),
+        None => b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_between_client_and_upstream_are_cleaned_both_ways() {
+    let up = Echo::start().await;
+    let g = InProc::start(&format!("{}trusted_proxies: []\n", base(&up.authority()))).await;
+    let c = g.client();
+    let r = req("GET", "localhost", "/api/x?q=1", Some(&basic("ann", "ann-pw")))
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("te", "trailers")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-user", "mallory")
+        .header("cookie", "a=1; __Host-guard_session=SEALED")
+        .body(empty())
+        .unwrap();
+    let resp = c.send(r).await;
+    assert_eq!(resp.status(), 200);
+    // Downstream: the upstream's Server and its hop-by-hop headers stop at guard.
+    assert!(
+        resp.headers().get("server").is_none(),
+        "the upstream's Server is not passed on"
+    );
+    assert!(resp.headers().get("x-resp-hop").is_none());
+    assert!(resp.headers().get("keep-alive").is_none());
+    assert_eq!(resp.headers()["x-end"], "kept");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/api/x?q=1");
+    // Hop-by-hop and what the connection header named never go upstream.
+    assert_eq!(seen.header("x-hop"), None);
+    assert_eq!(seen.header("te"), None);
+    // guard's credentials stay with guard; guard says who the user is, not the client.
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("cookie"), Some("a=1"));
+    assert_eq!(seen.header("x-forwarded-user"), Some("ann"));
+    // An untrusted client's forwarding claims are replaced by what guard saw.
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("localhost"));
+    assert!(
+        seen.all("forwarded").is_empty(),
+        "an RFC 7239 Forwarded from the client is dropped"
+    );
+    assert_eq!(seen.header("host"), Some(up.authority().as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_hold_before_anything_is_forwarded() {
+    let up = Echo::start().await;
+    let limits = "limits:\n  max_headers: 12\n  max_uri_size: 1K\n  max_body_size: 1K\n";
+    let g = InProc::start(&format!("{}{limits}", base(&up.authority()))).await;
+    let c = g.client();
+    let ann = basic("ann", "ann-pw");
+    let mut many = req("GET", "localhost", "/", Some(&ann));
+    for i in 0..20 {
+        many = many.header(format!("x-{i}"), "1");
+    }
+    // HTTP/1.1 header count: hyper's own limit, with guard's value.
+    assert_eq!(c.send(many.body(empty()).unwrap()).await.status(), 431);
+    let long = format!("/{}", "a".repeat(1100));
+    assert_eq!(
+        c.send(req("GET", "localhost", &long, Some(&ann)).body(empty()).unwrap())
+            .await
+            .status(),
+        414
+    );
+    let two_hosts = req("GET", "localhost", "/", Some(&ann))
+        .header("host", "other")
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.send(two_hosts).await.status(), 400);
+    let big = req("POST", "localhost", "/upload", Some(&ann))
+        .header("content-length", "2048")
+        .body(body(vec![b'x'; 2048]))
+        .unwrap();
+    assert_eq!(c.send(big).await.status(), 413);
+    assert_eq!(up.count(), 0, "nothing over a limit reached the upstream");
+    let small = req("POST", "localhost", "/upload", Some(&ann))
+        .body(body(vec![b'x'; 512]))
+        .unwrap();
+    assert_eq!(c.send(small).await.status(), 200);
+    assert_eq!(up.last().body_len, 512);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_go_to_their_site_and_guard_paths_stay_guards() {
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let yaml = format!(
+        "state_dir: {{dir}}/state\nauth:\n  users: {{dir}}/users\n  groups: {{dir}}/groups\n  lockout: {{failures: 0}}\n\
+         sites:\n  - name: a\n    hosts: [a.test]\n    upstream: {}\n  - name: b\n    hosts: [b.test]\n    upstream: {}\n    public_paths: [/static/]\n",
+        a.authority(),
+        b.authority()
+    );
+    let g = InProc::start(&yaml).await;
+    let c = g.client();
+    let ann = basic("ann", "ann-pw");
+    let status = |r: http::Response<hyper::body::Incoming>| r.status().as_u16();
+    assert_eq!(
+        status(
+            c.send(req("GET", "a.test", "/x", Some(&ann)).body(empty()).unwrap())
+                .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            c.send(req("GET", "b.test:443", "/y", Some(&ann)).body(empty()).unwrap())
+                .await
+        ),
+        200
+    );
+    assert_eq!((a.count(), b.count()), (1, 1));
+    assert_eq!(b.last().uri, "/y");
+    // A host no site claims: 421, forwarded nowhere.
+    assert_eq!(
+        status(
+            c.send(req("GET", "c.test", "/x", Some(&ann)).body(empty()).unwrap())
+                .await
+        ),
+        421
+    );
+    // A public path needs no credentials on its own site only.
+    assert_eq!(
+        status(
+            c.send(req("GET", "b.test", "/static/app.js", None).body(empty()).unwrap())
+                .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            c.send(req("GET", "a.test", "/static/app.js", None).body(empty()).unwrap())
+                .await
+        ),
+        401
+    );
+    // guard's own paths: health without credentials, anything else under the prefix 404.
+    assert_eq!(
+        status(
+            c.send(req("GET", "a.test", "/_guard/health", None).body(empty()).unwrap())
+                .await
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            c.send(req("GET", "a.test", "/_guard/x", Some(&ann)).body(empty()).unwrap())
+                .await
+        ),
+        404
+    );
+    assert_eq!(
+        (a.count(), b.count()),
+        (1, 2),
+        "guard's paths and refusals were never forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_authentication_outcome_gets_its_answer() {
+    let up = Echo::start().await;
+    let g = InProc::start(&base(&up.authority())).await;
+    let c = g.client();
+    let get = |auth: Option<String>| {
+        req(
+            "GET",
+            "localhost",
+            "/api/2.0/mlflow/experiments/search",
+            auth.as_deref(),
+        )
+    };
+
+    // No credentials: 401 JSON with the Basic challenge, never a redirect.
+    let resp = c.send(get(None).body(empty()).unwrap()).await;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic realm="));
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(
+        echo_json(&text(resp.into_body()).await)["error_code"],
+        "UNAUTHENTICATED"
+    );
+    // A browser navigation without credentials: guard's sign-in page.
+    let nav = req("GET", "localhost", "/", None)
+        .header("accept", "text/html")
+        .header("sec-fetch-mode", "navigate")
+        .body(empty())
+        .unwrap();
+    let resp = c.send(nav).await;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(resp.headers().get("www-authenticate").is_none());
+    // Wrong password, malformed header, unknown token: 401; right ones pass.
+    let statuses = [
+        (Some(basic("ann", "nope")), 401),
+        (Some("Basic !!!".to_owned()), 401),
+        (Some("Bearer grd_unknown".to_owned()), 401),
+        (Some(basic("ann", "ann-pw")), 200),
+        (Some(format!("Bearer {}", g.token)), 200),
+    ];
+    for (auth, want) in statuses {
+        let shown = auth.clone();
+        let got = c.send(get(auth).body(empty()).unwrap()).await.status();
+        assert_eq!(got, want, "{shown:?}");
+    }
+    assert_eq!(up.count(), 2);
+    assert_eq!(up.last().header("x-forwarded-user"), Some("ci"));
+    // A reader may read and not write; the refusal names the role, and nothing is forwarded.
+    let bob = basic("bob", "bob-pw");
+    assert_eq!(
+        c.send(get(Some(bob.clone())).body(empty()).unwrap()).await.status(),
+        200
+    );
+    let write = req("POST", "localhost", "/api/2.0/mlflow/experiments/create", Some(&bob))
+        .header("content-type", "application/json")
+        .body(body(r#"{"name":"x"}"#))
+        .unwrap();
+    let resp = c.send(write).await;
+    assert_eq!(resp.status(), 403);
+    assert!(text(resp.into_body()).await.contains("your role is reader"));
+    assert_eq!(up.count(), 3);
+}
