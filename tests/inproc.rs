@@ -7,8 +7,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::*;
+use guard_config::clock::Clock;
 use http::Request;
 use tokio::sync::oneshot;
 
@@ -18,6 +20,8 @@ struct InProc {
     ca: PathBuf,
     /// The token `ci`, made before the start.
     token: String,
+    /// The token `short`, good for an hour from the start.
+    short: String,
     stop: Option<oneshot::Sender<()>>,
     _dir: TempDir,
 }
@@ -27,6 +31,12 @@ impl InProc {
     /// users file `users` (ann and bob, bcrypt cost 4), the groups file `groups` (bob is a
     /// reader), the tokens file `tokens.json` (the token `ci`) and the state directory.
     async fn start(yaml: &str) -> InProc {
+        InProc::start_with_clock(yaml, Clock::system()).await
+    }
+
+    /// [`InProc::start`] with authentication on `clock`. Beside `ci` there is the token `short`,
+    /// which expires an hour after the start.
+    async fn start_with_clock(yaml: &str, clock: Clock) -> InProc {
         init();
         let dir = TempDir::new("inproc");
         let users = dir.path().join("users");
@@ -42,10 +52,20 @@ impl InProc {
             .expect("token")
             .expose()
             .to_owned();
+        let short = guard_config::tokens::create_token(
+            &dir.path().join("tokens.json"),
+            "short",
+            None,
+            Some(Duration::from_secs(3600)),
+            now,
+        )
+        .expect("token")
+        .expose()
+        .to_owned();
         let yaml = yaml.replace("{dir}", dir.path().to_str().unwrap());
         let overlay = guard_config::parse_str(&yaml, "guard.yaml").expect("the YAML parses");
         let settings = guard_config::finish(overlay).expect("valid settings");
-        let prepared = guard_proxy::prepare(settings).expect("prepared");
+        let prepared = guard_proxy::prepare_with_clock(settings, clock).expect("prepared");
         let ca = prepared.trust_anchor.clone().expect("a self-signed certificate");
         let listener = guard_proxy::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -60,6 +80,7 @@ impl InProc {
             addr,
             ca,
             token,
+            short,
             stop: Some(stop),
             _dir: dir,
         }
@@ -320,4 +341,154 @@ async fn each_authentication_outcome_gets_its_answer() {
     assert_eq!(resp.status(), 403);
     assert!(text(resp.into_body()).await.contains("your role is reader"));
     assert_eq!(up.count(), 3);
+}
+
+const SESSION: &str = "__Host-guard_session";
+
+/// The value `resp` sets for cookie `name`, if it sets one.
+fn set_cookie(resp: &http::Response<hyper::body::Incoming>, name: &str) -> Option<String> {
+    resp.headers().get_all("set-cookie").iter().find_map(|v| {
+        let (k, rest) = v.to_str().ok()?.split_once('=')?;
+        (k == name).then(|| rest.split(';').next().unwrap_or("").to_owned())
+    })
+}
+
+/// Signs `user` in on guard's page as a browser does; the `Cookie` a browser then sends.
+async fn sign_in(c: &Client, user: &str, password: &str) -> String {
+    let page = c
+        .send(
+            req("GET", "localhost", "/_guard/login", None)
+                .header("accept", "text/html")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    let csrf = set_cookie(&page, "__Host-guard_login").expect("the form's cookie");
+    let form = format!("user={user}&password={password}&csrf={csrf}&next=%2F");
+    let post = req("POST", "localhost", "/_guard/login", None)
+        .header("origin", "https://localhost")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", format!("__Host-guard_login={csrf}"))
+        .body(body(form))
+        .unwrap();
+    let resp = c.send(post).await;
+    assert_eq!(resp.status(), 303, "signed in");
+    let session = set_cookie(&resp, SESSION).expect("a session cookie");
+    format!("{SESSION}={session}; mlflow_user={user}")
+}
+
+/// An API call with only `cookie`: its status, and the renewed session cookie if one came.
+async fn api_with(c: &Client, cookie: &str) -> (u16, Option<String>, bool) {
+    let resp = c
+        .send(
+            req("GET", "localhost", "/api/2.0/mlflow/experiments/search", None)
+                .header("cookie", cookie)
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    let renewed = set_cookie(&resp, SESSION).filter(|v| !v.is_empty());
+    let deleted =
+        resp.headers().get_all("set-cookie").iter().any(|v| {
+            v.to_str().unwrap().starts_with(&format!("{SESSION}=;")) && v.to_str().unwrap().contains("Max-Age=0")
+        });
+    (
+        resp.status().as_u16(),
+        renewed.map(|v| format!("{SESSION}={v}; mlflow_user=ann")),
+        deleted,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_ends_when_idle_and_at_its_lifetime_on_a_moved_clock() {
+    let up = Echo::start().await;
+    let clock = Clock::manual();
+    let g = InProc::start_with_clock(&base(&up.authority()), clock.clone()).await;
+    let c = g.client();
+    let hour = Duration::from_secs(3600);
+    let minutes = |m: u64| Duration::from_secs(60 * m);
+
+    // Idle: 1 h without a request ends it; the refusal deletes the cookie.
+    let idle = sign_in(&c, "ann", "ann-pw").await;
+    assert_eq!(api_with(&c, &idle).await.0, 200);
+    clock.advance(hour + minutes(1));
+    let (status, _, deleted) = api_with(&c, &idle).await;
+    assert_eq!((status, deleted), (401, true), "idle past the hour");
+
+    // In use it is renewed (once a tenth of the idle timeout has passed), and the renewed cookie
+    // outlives the idle timeout of the first one.
+    let first = sign_in(&c, "ann", "ann-pw").await;
+    clock.advance(minutes(50));
+    let (status, renewed, _) = api_with(&c, &first).await;
+    assert_eq!(status, 200);
+    let renewed = renewed.expect("a renewed session cookie");
+    assert_ne!(renewed, first);
+    clock.advance(minutes(20));
+    assert_eq!(api_with(&c, &first).await.0, 401, "the first cookie is idle");
+    assert_eq!(api_with(&c, &renewed).await.0, 200, "the renewed one is not");
+
+    // Lifetime: 12 h from sign-in however active, renewals included.
+    let mut cookie = sign_in(&c, "ann", "ann-pw").await;
+    let mut elapsed = Duration::ZERO;
+    while elapsed < 12 * hour - minutes(50) {
+        clock.advance(minutes(50));
+        elapsed += minutes(50);
+        let (status, renewed, _) = api_with(&c, &cookie).await;
+        assert_eq!(status, 200, "at {elapsed:?}");
+        cookie = renewed.unwrap_or(cookie);
+    }
+    clock.advance(12 * hour - elapsed);
+    let (status, _, deleted) = api_with(&c, &cookie).await;
+    assert_eq!((status, deleted), (401, true), "past its lifetime");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_expire_and_lockouts_end_on_a_moved_clock() {
+    let up = Echo::start().await;
+    let clock = Clock::manual();
+    let yaml = base(&up.authority()).replace(
+        "lockout: {failures: 0}",
+        "lockout: {failures: 3, window: 1m, duration: 5m}",
+    );
+    let g = InProc::start_with_clock(&yaml, clock.clone()).await;
+    let c = g.client();
+    let call = |auth: String| req("GET", "localhost", "/x", Some(&auth)).body(empty()).unwrap();
+
+    // A token good for an hour, then not.
+    assert_eq!(c.send(call(format!("Bearer {}", g.short))).await.status(), 200);
+    clock.advance(Duration::from_secs(3601));
+    let resp = c.send(call(format!("Bearer {}", g.short))).await;
+    assert_eq!(resp.status(), 401);
+    assert!(text(resp.into_body()).await.contains("expired"));
+    assert_eq!(
+        c.send(call(format!("Bearer {}", g.token))).await.status(),
+        200,
+        "one without expiry"
+    );
+
+    // Three failures inside the window lock the address out for five minutes, the right
+    // password included; then it may try again. (The expired token was a failure too: a fresh
+    // window first.)
+    clock.advance(Duration::from_secs(61));
+    for _ in 0..2 {
+        assert_eq!(c.send(call(basic("ann", "wrong"))).await.status(), 401);
+    }
+    let resp = c.send(call(basic("ann", "wrong"))).await;
+    assert_eq!(resp.status(), 401);
+    let resp = c.send(call(basic("ann", "ann-pw"))).await;
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((290..=300).contains(&wait), "Retry-After {wait}");
+    clock.advance(Duration::from_secs(301));
+    assert_eq!(c.send(call(basic("ann", "ann-pw"))).await.status(), 200);
+
+    // Failures a window apart never add up to a lockout.
+    for _ in 0..2 {
+        assert_eq!(c.send(call(basic("ann", "wrong"))).await.status(), 401);
+    }
+    clock.advance(Duration::from_secs(61));
+    for _ in 0..2 {
+        assert_eq!(c.send(call(basic("ann", "wrong"))).await.status(), 401);
+    }
+    assert_eq!(c.send(call(basic("ann", "ann-pw"))).await.status(), 200);
 }

@@ -1,5 +1,58 @@
-//! Time as guard writes it: the one UTC formatter, for `token list`, the access log and ACME's
-//! log lines.
+//! Time as guard reads and writes it: the [`Clock`] authentication reads (the system's, or in
+//! tests one moved by hand), and the one UTC formatter, for `token list`, the access log and
+//! ACME's log lines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where the proxy's authentication reads the time: token expiry, lockout windows, the password
+/// cache's TTL, session lifetimes. The system's clock, or a manual one that runs with it but can
+/// be moved ahead, so a test of a five-minute lockout takes no five minutes.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    /// Milliseconds a manual clock is ahead of the system's; `None` for the system's own.
+    ahead: Option<Arc<AtomicU64>>,
+}
+
+impl Clock {
+    /// The system's clock.
+    pub fn system() -> Clock {
+        Clock::default()
+    }
+
+    /// A clock that tests move with [`Clock::advance`]; every clone moves with it.
+    pub fn manual() -> Clock {
+        Clock {
+            ahead: Some(Arc::new(AtomicU64::new(0))),
+        }
+    }
+
+    /// Moves a manual clock forward.
+    ///
+    /// # Panics
+    /// On the system's clock, which only time moves.
+    pub fn advance(&self, by: Duration) {
+        let ahead = self.ahead.as_ref().expect("only a manual clock can be moved");
+        ahead.fetch_add(u64::try_from(by.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn ahead(&self) -> Duration {
+        self.ahead
+            .as_ref()
+            .map_or(Duration::ZERO, |a| Duration::from_millis(a.load(Ordering::Relaxed)))
+    }
+
+    /// Now, for intervals.
+    pub fn instant(&self) -> Instant {
+        Instant::now() + self.ahead()
+    }
+
+    /// Now in Unix seconds.
+    pub fn unix(&self) -> u64 {
+        unix_now().saturating_add(self.ahead().as_secs())
+    }
+}
 
 /// Formats Unix seconds as RFC 3339 UTC, `2026-11-26T14:20:00Z`. A time past year 9999 (only a
 /// hand-edited tokens file holds one) is written as its Unix seconds instead.
@@ -32,6 +85,17 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_with_its_clones_and_the_system_one_does_not() {
+        let c = Clock::manual();
+        let (u, i) = (c.unix(), c.instant());
+        c.clone().advance(Duration::from_secs(600));
+        assert!(c.unix() >= u + 600);
+        assert!(c.instant() >= i + Duration::from_secs(600));
+        let s = Clock::system();
+        assert!(s.unix() < u + 600);
+    }
 
     #[test]
     fn format_utc_matches_gnu_date() {

@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use guard_config::clock::Clock;
 use guard_config::credential::{parse_credential, Credential};
 use guard_config::file_error::FileError;
 use guard_config::htpasswd::{Htpasswd, DEFAULT_BCRYPT_COST};
@@ -168,6 +169,8 @@ pub fn parse_authorization(headers: &HeaderMap) -> Result<Option<Credential>, Au
 /// sites still use half the cores, and neither a reload nor a second site resets a count.
 /// Each site's own lockout thresholds apply to the checks made on that site.
 pub struct Defence {
+    /// What every site's checks read the time from.
+    clock: Clock,
     lockout: Mutex<HashMap<ClientNet, Strikes>>,
     bcrypt_slots: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -183,8 +186,14 @@ impl Defence {
     /// An empty lockout table and a bcrypt pool of half the cores: the other half keeps serving
     /// authenticated traffic while a flood of wrong passwords is being checked.
     pub fn new() -> Arc<Defence> {
+        Defence::with_clock(Clock::system())
+    }
+
+    /// [`Defence::new`] reading the time from `clock`.
+    pub fn with_clock(clock: Clock) -> Arc<Defence> {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Arc::new(Defence {
+            clock,
             lockout: Mutex::new(HashMap::new()),
             bcrypt_slots: Arc::new(Semaphore::new((cores / 2).max(1))),
             waiting: AtomicUsize::new(0),
@@ -394,22 +403,16 @@ impl Authenticator {
         self.check_lockout(peer)?;
         let result = match credential {
             Credential::Basic { user, password } => return self.password(user, &password, peer).await,
-            Credential::Bearer(token) => {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                match self.tokens.load().lookup(&token, now) {
-                    Lookup::Valid { name, role } => Ok(Principal {
-                        name: name.to_owned(),
-                        via: Via::Token,
-                        role: role.unwrap_or(self.settings.default_role),
-                    }),
-                    Lookup::Expired { .. } => Err(AuthFailure::ExpiredToken),
-                    Lookup::Revoked { .. } => Err(AuthFailure::RevokedToken),
-                    Lookup::Unknown => Err(AuthFailure::UnknownToken),
-                }
-            }
+            Credential::Bearer(token) => match self.tokens.load().lookup(&token, self.now_unix()) {
+                Lookup::Valid { name, role } => Ok(Principal {
+                    name: name.to_owned(),
+                    via: Via::Token,
+                    role: role.unwrap_or(self.settings.default_role),
+                }),
+                Lookup::Expired { .. } => Err(AuthFailure::ExpiredToken),
+                Lookup::Revoked { .. } => Err(AuthFailure::RevokedToken),
+                Lookup::Unknown => Err(AuthFailure::UnknownToken),
+            },
         };
         result.map_err(|f| self.failed(peer, f))
     }
@@ -461,6 +464,11 @@ impl Authenticator {
             .load()
             .get(user)
             .map(|entry| credential_fingerprint(entry.hash_str()))
+    }
+
+    /// Now in Unix seconds, on the process's clock: what session times are checked against.
+    pub fn now_unix(&self) -> u64 {
+        self.defence.clock.unix()
     }
 
     /// How long this site's sessions live.
@@ -578,11 +586,13 @@ impl Authenticator {
 
     fn cached(&self, key: &[u8; 32]) -> bool {
         let cache = self.cache.lock().expect("cache lock");
-        cache.get(key).is_some_and(|expires| *expires > Instant::now())
+        cache
+            .get(key)
+            .is_some_and(|expires| *expires > self.defence.clock.instant())
     }
 
     fn remember(&self, key: [u8; 32]) {
-        let now = Instant::now();
+        let now = self.defence.clock.instant();
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= self.settings.cache_capacity {
             cache.retain(|_, expires| *expires > now);
@@ -600,7 +610,7 @@ impl Authenticator {
 
     /// Refuses an address that is locked out, with the seconds left.
     fn check_lockout(&self, peer: IpAddr) -> Result<(), AuthFailure> {
-        let now = Instant::now();
+        let now = self.defence.clock.instant();
         let table = self.defence.lockout.lock().expect("lockout lock");
         if table.is_empty() {
             return Ok(());
@@ -615,7 +625,7 @@ impl Authenticator {
     /// client already at the threshold (its strikes still in flight) is refused as locked out
     /// without a check. Returns what [`Authenticator::give_back`] needs.
     fn reserve(&self, peer: IpAddr) -> Result<Strike, AuthFailure> {
-        let now = Instant::now();
+        let now = self.defence.clock.instant();
         let s = &self.settings;
         let offender = ClientNet::of(peer);
         let mut table = self.defence.lockout.lock().expect("lockout lock");
@@ -682,7 +692,7 @@ impl Authenticator {
     }
 
     fn strike(&self, peer: IpAddr, failure: AuthFailure, count: bool) -> AuthFailure {
-        let now = Instant::now();
+        let now = self.defence.clock.instant();
         let s = &self.settings;
         let offender = ClientNet::of(peer);
         let mut table = self.defence.lockout.lock().expect("lockout lock");

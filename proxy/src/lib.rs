@@ -27,4 +27,4 @@ pub mod tls;
 pub mod watch;
 pub mod worker;
 
-pub use server::{prepare, serve, Handle, Prepared, ServeError};
+pub use server::{prepare, prepare_with_clock, serve, Handle, Prepared, ServeError};

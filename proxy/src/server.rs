@@ -12,6 +12,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use guard_config::clock::Clock;
 use guard_config::serve::{Limits, ServeSettings, SiteSettings, TlsSource};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -64,6 +65,12 @@ pub struct Prepared {
 /// Loads (or makes) the certificate, loads every site's users and tokens, and checks everything
 /// that can be checked offline.
 pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
+    prepare_with_clock(settings, Clock::system())
+}
+
+/// [`prepare`] with authentication reading the time from `clock`: tests move a manual one
+/// through token expiry, lockout windows, cache TTLs and session lifetimes.
+pub fn prepare_with_clock(settings: ServeSettings, clock: Clock) -> Result<Prepared, ServeError> {
     let (key, trust_anchor, created) = match &settings.tls {
         TlsSource::Files { cert, key } => (Some(tls::load_pair(cert, key)?), None, false),
         TlsSource::SelfSigned => {
@@ -74,7 +81,7 @@ pub fn prepare(settings: ServeSettings) -> Result<Prepared, ServeError> {
         TlsSource::Acme(acme) => (crate::acme::load(acme, &settings.state_dir)?, None, false),
     };
     let metrics = Arc::new(Metrics::new(settings.metrics.as_ref().is_some_and(|m| m.user_labels)));
-    let defence = crate::auth::Defence::new();
+    let defence = crate::auth::Defence::with_clock(clock);
     let router = Router::build(&settings.sites, &settings.limits, &defence, &metrics)?;
     let state = Arc::new(State {
         metrics,

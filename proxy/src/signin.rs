@@ -7,7 +7,6 @@
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use guard_config::clock::unix_now;
 use guard_config::serve::Limits;
 use guard_config::session::{new_csrf_token, Lifetimes, Session, SignIn, COOKIE_NAME};
 use http::header::{self, HeaderValue};
@@ -130,7 +129,7 @@ fn open(sessions: &Sessions, auth: &Authenticator, value: &str, ui_user: bool) -
     if !ui_user {
         return Err(NotSignedIn::SignedOutInUi);
     }
-    let now = unix_now();
+    let now = auth.now_unix();
     let keys = sessions.keys();
     let lifetimes = auth.lifetimes();
     let session = keys.open(value, now, lifetimes)?;
@@ -290,7 +289,7 @@ fn signed_in(
     sessions: &Sessions,
     next: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let now = unix_now();
+    let now = auth.now_unix();
     // Removed between the password check and here: as if the password had been wrong.
     let credential = auth.credential_of(user).ok_or(ProxyError::Auth {
         failure: AuthFailure::BadPassword,
@@ -313,7 +312,7 @@ fn signed_in(
 /// The session a request carries, if it still counts.
 fn current_session(req: &Request<Incoming>, auth: &Authenticator, sessions: &Sessions) -> Option<Session> {
     let value = login::cookie(req.headers(), COOKIE_NAME)?;
-    let session = sessions.keys().open(value, unix_now(), auth.lifetimes()).ok()?;
+    let session = sessions.keys().open(value, auth.now_unix(), auth.lifetimes()).ok()?;
     auth.session_user(&session).ok()?;
     Some(session)
 }
@@ -404,7 +403,7 @@ pub async fn account(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             // The old session ended with the old password; a session user keeps a new one.
             if let (Via::Session, Some(sessions)) = (caller.principal.via, sessions) {
-                let (credential, now) = (auth.credential_of(name), unix_now());
+                let (credential, now) = (auth.credential_of(name), auth.now_unix());
                 if let Some(Ok(session)) = credential.map(|c| Session::new(name, SignIn::Password, c, now)) {
                     if let Ok(sealed) = sessions.keys().seal(&session) {
                         for c in login::session_cookies(&sealed, name, auth.lifetimes().absolute) {
