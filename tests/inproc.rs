@@ -22,6 +22,8 @@ struct InProc {
     token: String,
     /// The token `short`, good for an hour from the start.
     short: String,
+    /// The metrics listener, when the settings turn metrics on.
+    metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     _dir: TempDir,
 }
@@ -65,7 +67,14 @@ impl InProc {
         let yaml = yaml.replace("{dir}", dir.path().to_str().unwrap());
         let overlay = guard_config::parse_str(&yaml, "guard.yaml").expect("the YAML parses");
         let settings = guard_config::finish(overlay).expect("valid settings");
-        let prepared = guard_proxy::prepare_with_clock(settings, clock).expect("prepared");
+        let metrics_wanted = settings.metrics.is_some();
+        let mut prepared = guard_proxy::prepare_with_clock(settings, clock).expect("prepared");
+        let metrics = metrics_wanted.then(|| {
+            let m = guard_proxy::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = m.local_addr().unwrap();
+            prepared.set_metrics_listener(m);
+            addr
+        });
         let ca = prepared.trust_anchor.clone().expect("a self-signed certificate");
         let listener = guard_proxy::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -81,6 +90,7 @@ impl InProc {
             ca,
             token,
             short,
+            metrics,
             stop: Some(stop),
             _dir: dir,
         }
@@ -88,6 +98,24 @@ impl InProc {
 
     fn client(&self) -> Client {
         Client::new(self.addr, &self.ca, "localhost")
+    }
+
+    /// The value of the counter `name` on the metrics listener.
+    async fn counter(&self, name: &str) -> f64 {
+        let addr = self.metrics.expect("metrics are on");
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let get = Request::get("/metrics")
+            .header("host", "metrics")
+            .body(empty())
+            .unwrap();
+        let page = text(send.send_request(get).await.unwrap().into_body()).await;
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not on the metrics page"))
     }
 }
 
@@ -491,4 +519,39 @@ async fn tokens_expire_and_lockouts_end_on_a_moved_clock() {
         assert_eq!(c.send(call(basic("ann", "wrong"))).await.status(), 401);
     }
     assert_eq!(c.send(call(basic("ann", "ann-pw"))).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_password_is_remembered_for_the_cache_ttl_on_a_moved_clock() {
+    let up = Echo::start().await;
+    let clock = Clock::manual();
+    // The address only turns metrics on: the test hands guard its own port-0 listener.
+    let yaml = format!("{}metrics_listen: 127.0.0.1:9\n", base(&up.authority()))
+        .replace("auth:\n", "auth:\n  cache_ttl: 5m\n");
+    let g = InProc::start_with_clock(&yaml, clock.clone()).await;
+    let c = g.client();
+    let ann = || {
+        req("GET", "localhost", "/x", Some(&basic("ann", "ann-pw")))
+            .body(empty())
+            .unwrap()
+    };
+    let counts = || async {
+        (
+            g.counter("guard_auth_cache_misses_total").await,
+            g.counter("guard_auth_cache_hits_total").await,
+        )
+    };
+    assert_eq!(c.send(ann()).await.status(), 200);
+    assert_eq!(c.send(ann()).await.status(), 200);
+    assert_eq!(counts().await, (1.0, 1.0), "the second request came from the cache");
+    clock.advance(Duration::from_secs(4 * 60));
+    assert_eq!(c.send(ann()).await.status(), 200);
+    assert_eq!(counts().await, (1.0, 2.0), "still remembered inside the TTL");
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(c.send(ann()).await.status(), 200);
+    assert_eq!(
+        counts().await,
+        (2.0, 2.0),
+        "checked with bcrypt again once the TTL passed"
+    );
 }
