@@ -32,8 +32,7 @@ use crate::headers;
 use crate::login::{self, LOGIN_PATH, LOGOUT_PATH};
 use crate::metrics::{MethodClass, Metrics, RequestLabels, UpstreamErrorLabels, UserLabel};
 use crate::origin::{self, Verdict};
-use crate::route::Router;
-use crate::route::Site;
+use crate::route::{Router, Site};
 use crate::signin::{self, Caller, Step};
 
 /// What every request on every connection shares.
