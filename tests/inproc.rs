@@ -135,6 +135,14 @@ fn base(upstream: &str) -> String {
     )
 }
 
+/// The status of a GET of `path` on `host`, on a fresh connection.
+async fn get_status(c: &Client, host: &str, path: &str, auth: Option<&str>) -> u16 {
+    c.send(req("GET", host, path, auth).body(empty()).unwrap())
+        .await
+        .status()
+        .as_u16()
+}
+
 fn req(method: &str, host: &str, path: &str, auth: Option<&str>) -> http::request::Builder {
     let b = Request::builder().method(method).uri(path).header("host", host);
     match auth {
@@ -239,61 +247,18 @@ async fn requests_go_to_their_site_and_guard_paths_stay_guards() {
     let g = InProc::start(&yaml).await;
     let c = g.client();
     let ann = basic("ann", "ann-pw");
-    let status = |r: http::Response<hyper::body::Incoming>| r.status().as_u16();
-    assert_eq!(
-        status(
-            c.send(req("GET", "a.test", "/x", Some(&ann)).body(empty()).unwrap())
-                .await
-        ),
-        200
-    );
-    assert_eq!(
-        status(
-            c.send(req("GET", "b.test:443", "/y", Some(&ann)).body(empty()).unwrap())
-                .await
-        ),
-        200
-    );
+    assert_eq!(get_status(&c, "a.test", "/x", Some(&ann)).await, 200);
+    assert_eq!(get_status(&c, "b.test:443", "/y", Some(&ann)).await, 200);
     assert_eq!((a.count(), b.count()), (1, 1));
     assert_eq!(b.last().uri, "/y");
     // A host no site claims: 421, forwarded nowhere.
-    assert_eq!(
-        status(
-            c.send(req("GET", "c.test", "/x", Some(&ann)).body(empty()).unwrap())
-                .await
-        ),
-        421
-    );
+    assert_eq!(get_status(&c, "c.test", "/x", Some(&ann)).await, 421);
     // A public path needs no credentials on its own site only.
-    assert_eq!(
-        status(
-            c.send(req("GET", "b.test", "/static/app.js", None).body(empty()).unwrap())
-                .await
-        ),
-        200
-    );
-    assert_eq!(
-        status(
-            c.send(req("GET", "a.test", "/static/app.js", None).body(empty()).unwrap())
-                .await
-        ),
-        401
-    );
+    assert_eq!(get_status(&c, "b.test", "/static/app.js", None).await, 200);
+    assert_eq!(get_status(&c, "a.test", "/static/app.js", None).await, 401);
     // guard's own paths: health without credentials, anything else under the prefix 404.
-    assert_eq!(
-        status(
-            c.send(req("GET", "a.test", "/_guard/health", None).body(empty()).unwrap())
-                .await
-        ),
-        200
-    );
-    assert_eq!(
-        status(
-            c.send(req("GET", "a.test", "/_guard/x", Some(&ann)).body(empty()).unwrap())
-                .await
-        ),
-        404
-    );
+    assert_eq!(get_status(&c, "a.test", "/_guard/health", None).await, 200);
+    assert_eq!(get_status(&c, "a.test", "/_guard/x", Some(&ann)).await, 404);
     assert_eq!(
         (a.count(), b.count()),
         (1, 2),
