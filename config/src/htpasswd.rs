@@ -11,6 +11,7 @@ use md5::{Digest, Md5};
 use sha1::Sha1;
 
 use crate::secret::ct_eq;
+use crate::session::{credential_fingerprint, Fingerprint};
 
 /// Lowest bcrypt cost the bcrypt algorithm allows.
 pub const MIN_BCRYPT_COST: u32 = 4;
@@ -74,6 +75,9 @@ pub enum Scheme {
 pub struct Entry {
     hash: String,
     kind: Kind,
+    /// What a sign-in session of this user carries of the hash, made once at load: every
+    /// request a session makes compares against it.
+    fingerprint: Fingerprint,
 }
 
 #[derive(Clone)]
@@ -84,6 +88,15 @@ enum Kind {
 }
 
 impl Entry {
+    fn new(hash: String, kind: Kind) -> Entry {
+        let fingerprint = credential_fingerprint(&hash);
+        Entry {
+            hash,
+            kind,
+            fingerprint,
+        }
+    }
+
     /// True when `password` matches. Synchronous and, for bcrypt, slow by design (see
     /// [`DEFAULT_BCRYPT_COST`]): run it off the async threads. Every comparison is constant time.
     ///
@@ -103,6 +116,11 @@ impl Entry {
     /// password invalidates cached logins.
     pub fn hash_str(&self) -> &str {
         &self.hash
+    }
+
+    /// [`credential_fingerprint`] of the stored hash.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
     }
 
     /// Which scheme the hash uses.
@@ -511,13 +529,7 @@ impl Htpasswd {
             let hash = rest.split(':').next().unwrap_or_default();
             match parse_hash(hash) {
                 Ok(kind) => {
-                    entries.insert(
-                        user.to_owned(),
-                        Entry {
-                            hash: hash.to_owned(),
-                            kind,
-                        },
-                    );
+                    entries.insert(user.to_owned(), Entry::new(hash.to_owned(), kind));
                     order.push(user.to_owned());
                 }
                 Err(problem) => warn(line_no, Some(user), problem),
@@ -595,7 +607,7 @@ fn dummy_entry_for<'a>(entries: impl Iterator<Item = &'a Entry>) -> Entry {
     // The constants are well formed (a unit test checks them); an SHA-1 digest of zeros is a
     // harmless fallback that keeps this free of panics regardless.
     let kind = kind.unwrap_or(Kind::Sha1 { digest: [0; 20] });
-    Entry { hash, kind }
+    Entry::new(hash, kind)
 }
 
 /// Every user name that has a line in the file, usable or not, in file order without repeats.

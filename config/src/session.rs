@@ -27,59 +27,122 @@ pub const KEY_FILE_NAME: &str = "session-keys.json";
 /// Mode of the key file: whoever reads it can sign anyone in.
 pub const KEY_FILE_MODE: u32 = 0o600;
 
-/// The layout of a sealed cookie, first byte of its decoded form.
-const COOKIE_VERSION: u8 = 1;
+/// The layout of a sealed cookie, first byte of its decoded form. Version 1 sealed JSON; 2 seals
+/// the fixed layout of [`Session::encode`], half the size, opened without a parser on every
+/// request a browser makes. A version-1 cookie is refused as malformed: its browser signs in again.
+const COOKIE_VERSION: u8 = 2;
 const KEY_ID_LEN: usize = 4;
 const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 16;
 /// Longest cookie value considered (browsers keep 4 KiB per cookie); longer is malformed.
 const MAX_COOKIE_LEN: usize = 4096;
-/// Binds a sealed value to this use, so nothing else sealed under the key passes as a session.
-const AAD_CONTEXT: &[u8] = b"guard-session-v1";
+/// Binds a sealed value to this use and layout, so nothing else sealed under the key passes as
+/// a session.
+const AAD_CONTEXT: &[u8] = b"guard-session-v2";
 
 /// How a user signed in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignIn {
     /// guard's sign-in page, against the users file.
     Password,
 }
 
+impl SignIn {
+    fn code(self) -> u8 {
+        match self {
+            SignIn::Password => 1,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<SignIn> {
+        match code {
+            1 => Some(SignIn::Password),
+            _ => None,
+        }
+    }
+}
+
+/// A session's fingerprint of the user's stored password hash: see [`credential_fingerprint`].
+pub type Fingerprint = [u8; FINGERPRINT_LEN];
+
+/// 16 bytes of SHA-256: a collision would need 2^64 tries against a hash the cookie's holder
+/// never sees.
+const FINGERPRINT_LEN: usize = 16;
+
+/// Length of a CSRF token's random part.
+const CSRF_LEN: usize = 16;
+
 /// What a session cookie says, once opened.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     /// The user it signs in.
-    #[serde(rename = "u")]
     pub user: String,
     /// How they signed in.
-    #[serde(rename = "m")]
     pub method: SignIn,
     /// When the user signed in: the absolute lifetime counts from here.
-    #[serde(rename = "i")]
     pub issued: u64,
     /// When the cookie was last renewed: the idle timeout counts from here.
-    #[serde(rename = "s")]
     pub seen: u64,
     /// [`credential_fingerprint`] of the user's stored hash at sign-in: a changed password (or
     /// a deleted and re-added user) no longer matches, which ends the session.
-    #[serde(rename = "c")]
-    pub credential: String,
-    /// This session's CSRF token, for the forms that act on it (sign-out, change password).
-    #[serde(rename = "x")]
-    pub csrf: String,
+    pub credential: Fingerprint,
+    /// This session's CSRF secret, for the forms that act on it (sign-out, change password):
+    /// see [`Session::csrf_token`].
+    pub csrf: [u8; CSRF_LEN],
 }
+
+/// Bytes of [`Session::encode`] before the user name: method, issued, seen, credential, csrf.
+const FIXED_LEN: usize = 1 + 8 + 8 + FINGERPRINT_LEN + CSRF_LEN;
 
 impl Session {
     /// A new session for `user`, signed in now with a stored hash whose fingerprint is
     /// `credential`.
-    pub fn new(user: &str, method: SignIn, credential: String, now: u64) -> Result<Session, getrandom::Error> {
+    pub fn new(user: &str, method: SignIn, credential: Fingerprint, now: u64) -> Result<Session, getrandom::Error> {
+        let mut csrf = [0u8; CSRF_LEN];
+        getrandom::fill(&mut csrf)?;
         Ok(Session {
             user: user.to_owned(),
             method,
             issued: now,
             seen: now,
             credential,
-            csrf: random_b64::<16>()?,
+            csrf,
+        })
+    }
+
+    /// The CSRF token the session's forms carry (base64url).
+    pub fn csrf_token(&self) -> String {
+        B64.encode(self.csrf)
+    }
+
+    /// The plaintext a cookie seals: the fixed fields in order (times big-endian), then the
+    /// user name, which runs to the end.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FIXED_LEN + self.user.len() + TAG_LEN);
+        out.push(self.method.code());
+        out.extend_from_slice(&self.issued.to_be_bytes());
+        out.extend_from_slice(&self.seen.to_be_bytes());
+        out.extend_from_slice(&self.credential);
+        out.extend_from_slice(&self.csrf);
+        out.extend_from_slice(self.user.as_bytes());
+        out
+    }
+
+    /// [`Session::encode`] read back; `None` for anything it does not write.
+    fn decode(bytes: &[u8]) -> Option<Session> {
+        let (fixed, user) = bytes.split_at_checked(FIXED_LEN)?;
+        let (method, rest) = fixed.split_first()?;
+        let (issued, rest) = rest.split_at(8);
+        let (seen, rest) = rest.split_at(8);
+        let (credential, csrf) = rest.split_at(FINGERPRINT_LEN);
+        let user = std::str::from_utf8(user).ok().filter(|u| !u.is_empty())?;
+        Some(Session {
+            user: user.to_owned(),
+            method: SignIn::from_code(*method)?,
+            issued: u64::from_be_bytes(issued.try_into().ok()?),
+            seen: u64::from_be_bytes(seen.try_into().ok()?),
+            credential: credential.try_into().ok()?,
+            csrf: csrf.try_into().ok()?,
         })
     }
 }
@@ -118,31 +181,20 @@ pub enum Refused {
 }
 
 /// The fingerprint of a stored password hash that a session carries. One-way, so the cookie's
-/// holder learns nothing of the hash even if the sealing were broken.
-pub fn credential_fingerprint(stored_hash: &str) -> String {
-    let buf = fingerprint_bytes(stored_hash);
-    String::from_utf8(buf.to_vec()).expect("base64 is ASCII")
-}
-
-/// Length of a fingerprint: 16 bytes of SHA-256, base64url without padding.
-const FINGERPRINT_LEN: usize = 22;
-
-/// [`credential_fingerprint`] on the stack: it is checked on every request a session makes.
-fn fingerprint_bytes(stored_hash: &str) -> [u8; FINGERPRINT_LEN] {
+/// holder learns nothing of the hash even if the sealing were broken. The users file keeps each
+/// user's ([`crate::htpasswd::Entry::fingerprint`]), so a request pays a compare, not a hash.
+pub fn credential_fingerprint(stored_hash: &str) -> Fingerprint {
     let mut h = Sha256::new();
     h.update(b"guard-session-credential\0");
     h.update(stored_hash.as_bytes());
-    let mut buf = [0u8; FINGERPRINT_LEN];
-    let n = B64
-        .encode_slice(&h.finalize()[..16], &mut buf)
-        .expect("16 bytes encode to 22");
-    debug_assert_eq!(n, FINGERPRINT_LEN);
-    buf
+    let mut out = [0u8; FINGERPRINT_LEN];
+    out.copy_from_slice(&h.finalize()[..FINGERPRINT_LEN]);
+    out
 }
 
-/// Whether a session's fingerprint matches the user's current stored hash, in constant time.
-pub fn credential_matches(session: &Session, stored_hash: &str) -> bool {
-    ct_eq(session.credential.as_bytes(), &fingerprint_bytes(stored_hash))
+/// Whether a session's fingerprint matches the user's current one, in constant time.
+pub fn credential_matches(session: &Session, current: &Fingerprint) -> bool {
+    ct_eq(&session.credential, current)
 }
 
 /// A fresh CSRF token (128 random bits, base64url), for a form that is not tied to a session
@@ -311,11 +363,11 @@ impl SessionKeys {
         // A random 96-bit nonce: collisions stay negligible for well over 2^30 seals per key,
         // and a rotation starts a new key (renewals are rate-limited by the caller).
         getrandom::fill(&mut nonce)?;
-        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + 128 + TAG_LEN);
+        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + FIXED_LEN + 64 + TAG_LEN);
         out.push(COOKIE_VERSION);
         out.extend_from_slice(&key.id);
         out.extend_from_slice(&nonce);
-        let mut body = serde_json::to_vec(session).expect("a session serialises");
+        let mut body = session.encode();
         key.aead
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(&key.id), &mut body)
             .expect("AES-GCM seals any length a cookie has");
@@ -352,7 +404,7 @@ impl SessionKeys {
             )
             .map_err(|_| Refused::Tampered)?;
         // Sealed by a guard key yet not a session: treat it as tampered, never trust a part.
-        let session: Session = serde_json::from_slice(plain).map_err(|_| Refused::Tampered)?;
+        let session = Session::decode(plain).ok_or(Refused::Tampered)?;
         if now >= session.issued.saturating_add(lifetimes.absolute) {
             return Err(Refused::Expired);
         }
@@ -497,6 +549,28 @@ mod tests {
     }
 
     #[test]
+    fn the_sealed_layout_reads_back_only_what_it_writes() {
+        let s = session(NOW);
+        let bytes = s.encode();
+        assert_eq!(Session::decode(&bytes), Some(s.clone()));
+        // Every field is there: any shorter plaintext, no user, an unknown method or a user
+        // that is not UTF-8 is no session.
+        assert_eq!(Session::decode(&bytes[..FIXED_LEN]), None);
+        assert_eq!(Session::decode(&bytes[..10]), None);
+        let mut other = bytes.clone();
+        other[0] = 9;
+        assert_eq!(Session::decode(&other), None);
+        let mut other = bytes[..FIXED_LEN].to_vec();
+        other.push(0xff);
+        assert_eq!(Session::decode(&other), None);
+        // The cookie a browser sends on every request stays small: about half JSON's.
+        let dir = TestDir::new();
+        let (_, keys) = keys(&dir);
+        let cookie = keys.seal(&s).unwrap();
+        assert!(cookie.len() <= 120, "{} bytes: {cookie}", cookie.len());
+    }
+
+    #[test]
     fn tampered_truncated_and_foreign_cookies_are_refused() {
         let dir = TestDir::new();
         let (_, keys) = keys(&dir);
@@ -512,8 +586,11 @@ mod tests {
             );
             raw[i] ^= 0x01;
         }
-        raw[0] = 2;
-        assert_eq!(keys.open(&B64.encode(&raw), NOW, LIFE), Err(Refused::Malformed));
+        // Another layout version, older (JSON) or newer, is not read.
+        for version in [1, COOKIE_VERSION + 1] {
+            raw[0] = version;
+            assert_eq!(keys.open(&B64.encode(&raw), NOW, LIFE), Err(Refused::Malformed));
+        }
         assert_eq!(keys.open(&cookie[..20], NOW, LIFE), Err(Refused::Malformed));
         assert_eq!(keys.open("not base64!", NOW, LIFE), Err(Refused::Malformed));
         assert_eq!(keys.open(&"A".repeat(5000), NOW, LIFE), Err(Refused::Malformed));
@@ -542,9 +619,11 @@ mod tests {
     #[test]
     fn a_changed_password_no_longer_matches_the_session() {
         let s = session(NOW);
-        assert!(credential_matches(&s, "$2y$05$stored"));
-        assert!(!credential_matches(&s, "$2y$05$changed"));
-        assert!(!credential_fingerprint("$2y$05$stored").contains("stored"));
+        assert!(credential_matches(&s, &credential_fingerprint("$2y$05$stored")));
+        assert!(!credential_matches(&s, &credential_fingerprint("$2y$05$changed")));
+        assert!(!credential_fingerprint("$2y$05$stored")
+            .windows(6)
+            .any(|w| w == b"stored"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use guard_config::htpasswd::{Htpasswd, DEFAULT_BCRYPT_COST};
 use guard_config::roles::{Role, Roles};
 use guard_config::secret::Secret;
 use guard_config::serve::AuthSettings;
-use guard_config::session::{credential_fingerprint, credential_matches, Lifetimes, Refused, Session};
+use guard_config::session::{credential_matches, Fingerprint, Lifetimes, Refused, Session};
 use guard_config::tokens::{Lookup, TokenSet, TokensError};
 use guard_config::users::UsersError;
 use hmac::{Hmac, KeyInit, Mac};
@@ -444,7 +444,7 @@ impl Authenticator {
     /// signed in with: a deleted user or a changed password ends every session at once.
     pub fn session_user(&self, session: &Session) -> Result<Principal, Refused> {
         match self.users.load().get(&session.user) {
-            Some(entry) if credential_matches(session, entry.hash_str()) => Ok(Principal {
+            Some(entry) if credential_matches(session, entry.fingerprint()) => Ok(Principal {
                 name: session.user.clone(),
                 via: Via::Session,
                 role: self.role_of(&session.user),
@@ -459,11 +459,8 @@ impl Authenticator {
     }
 
     /// What a new session of `user` carries of their stored hash (see [`Session::credential`]).
-    pub fn credential_of(&self, user: &str) -> Option<String> {
-        self.users
-            .load()
-            .get(user)
-            .map(|entry| credential_fingerprint(entry.hash_str()))
+    pub fn credential_of(&self, user: &str) -> Option<Fingerprint> {
+        self.users.load().get(user).map(|entry| *entry.fingerprint())
     }
 
     /// Now in Unix seconds, on the process's clock: what session times are checked against.

@@ -182,11 +182,15 @@ pub fn cookies<'h, const N: usize>(headers: &'h HeaderMap, names: [&str; N]) -> 
 /// before the request goes upstream: they are guard's credentials, and an upstream has no more
 /// business with them than with a password.
 pub fn strip_guard_cookies(headers: &mut HeaderMap) {
-    if !headers.get_all(header::COOKIE).iter().any(|v| {
-        v.as_bytes()
-            .windows(GUARD_COOKIE_PREFIX.len())
-            .any(|w| w == GUARD_COOKIE_PREFIX.as_bytes())
-    }) {
+    // Most requests with cookies carry none of guard's (API clients, an upstream's own): leave
+    // those headers as they are. A pair starts after `;` and optional spaces.
+    let prefix = GUARD_COOKIE_PREFIX.as_bytes();
+    let is_guards = |pair: &[u8]| pair.trim_ascii_start().starts_with(prefix);
+    if !headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b';').any(is_guards))
+    {
         return;
     }
     // One string, built as the pairs are read: this runs on every request a session makes.

@@ -327,7 +327,7 @@ pub async fn logout(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let session = current_session(&req, auth, sessions);
     match (req.method().clone(), session) {
-        (Method::GET | Method::HEAD, Some(s)) => Ok(page(StatusCode::OK, login::logout_page(&s.user, &s.csrf))),
+        (Method::GET | Method::HEAD, Some(s)) => Ok(page(StatusCode::OK, login::logout_page(&s.user, &s.csrf_token()))),
         (Method::GET | Method::HEAD | Method::POST, None) => {
             let mut resp = see_other("/");
             login::end_session(resp.headers_mut());
@@ -337,8 +337,11 @@ pub async fn logout(
             let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
             let body = read_body(req.into_body(), MAX_FORM_BYTES as u64, limits).await?;
             let given = login::csrf_field(content_type.as_ref(), &body).unwrap_or_default();
-            if !login::csrf_matches(Some(&s.csrf), &given) {
-                return Ok(page(StatusCode::FORBIDDEN, login::logout_page(&s.user, &s.csrf)));
+            if !login::csrf_matches(Some(&s.csrf_token()), &given) {
+                return Ok(page(
+                    StatusCode::FORBIDDEN,
+                    login::logout_page(&s.user, &s.csrf_token()),
+                ));
             }
             tracing::info!(user = %s.user, "signed out");
             let mut resp = see_other("/");
