@@ -848,6 +848,7 @@ fn overlay_from(args: &ServeArgs) -> Overlay {
             session_idle: args.session_idle,
             groups_file: args.groups.clone(),
             default_role: args.default_role,
+            jwt: None,
         },
         upstream: args.upstream.clone(),
         preserve_host: args.preserve_host.then_some(true),
@@ -973,6 +974,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .context("cannot start the async runtime")
         .map_err(Failure::Runtime)?;
     runtime.block_on(async move {
+        prepared.fetch_jwt_keys().await.map_err(|e| Failure::Config(e.into()))?;
         let (listener, local) = bind("--listen", listen)?;
         print_startup(local, &upstream, &prepared, public_url.as_deref());
         if let Some(addr) = prepared.plain_listen() {
@@ -1112,6 +1114,8 @@ mod tests {
         "sites",
         // Path lists per site are file-only: a flag would apply to every site at once.
         "public_paths",
+        // A list of identity providers, each several keys: no flag could say it.
+        "auth.jwt",
     ];
 
     fn serve_flags() -> BTreeSet<String> {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod file_error;
 pub mod fsutil;
 pub mod htpasswd;
+pub mod jwt;
 pub mod model;
 pub mod overlay;
 pub mod raw;

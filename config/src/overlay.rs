@@ -157,6 +157,8 @@ pub struct AuthOverlay {
     pub groups_file: Option<PathBuf>,
     /// `default_role`, `--default-role`.
     pub default_role: Option<Role>,
+    /// `jwt` (file only); a higher layer's list replaces a lower one's whole.
+    pub jwt: Option<Vec<crate::jwt::JwtIssuer>>,
 }
 
 /// One entry of `sites`.
@@ -439,6 +441,7 @@ fn merge_auth(h: AuthOverlay, l: AuthOverlay, at: &str, o: &mut Origins) -> Auth
         session_idle: pick(h.session_idle, l.session_idle, &p("session.idle"), o),
         groups_file: pick(h.groups_file, l.groups_file, &p("groups"), o),
         default_role: pick(h.default_role, l.default_role, &p("default_role"), o),
+        jwt: pick(h.jwt, l.jwt, &p("jwt"), o),
     }
 }
 

@@ -165,6 +165,9 @@ pub struct Auth {
     /// Role of a user or token the groups file or the token does not name: `writer` (may do
     /// everything) or `reader` (sees everything, changes nothing). Default: `writer`.
     pub default_role: Option<String>,
+    /// Identity providers whose signed bearer tokens (JWTs) are accepted, for machines: CI
+    /// jobs, client-credentials clients, Kubernetes service accounts. Default: none.
+    pub jwt: Option<Vec<crate::jwt::RawIssuer>>,
     /// Serve without authentication: anyone who reaches the port reaches the upstream.
     /// Default: false.
     pub dangerous_no_auth: Option<bool>,
@@ -312,10 +315,15 @@ pub fn schema_keys() -> Vec<String> {
                 ("Tls", "acme") => Some(("Acme", fields_of::<Acme>())),
                 ("Auth", "lockout") => Some(("Lockout", fields_of::<Lockout>())),
                 ("Auth", "session") => Some(("SessionLimits", fields_of::<SessionLimits>())),
+                ("Auth", "jwt") => Some(("RawIssuer", fields_of::<crate::jwt::RawIssuer>())),
                 _ => None,
             };
             if let Some((child, fields)) = child {
-                let path = if child == "Site" { format!("{path}[]") } else { path };
+                let path = if matches!(child, "Site" | "RawIssuer") {
+                    format!("{path}[]")
+                } else {
+                    path
+                };
                 walk(&path, child, fields, out);
             }
         }

@@ -120,6 +120,8 @@ pub struct AuthSettings {
     pub groups_file: PathBuf,
     /// The role of a user or token nothing else gives one.
     pub default_role: Role,
+    /// Identity providers whose bearer JWTs are accepted (`auth.jwt`); empty: none.
+    pub jwt: Vec<crate::jwt::JwtIssuer>,
 }
 
 /// Default realm.
@@ -151,6 +153,7 @@ impl AuthSettings {
             session_idle: Duration::from_secs(3600),
             groups_file: state_dir.join(GROUPS_FILE_NAME),
             default_role: Role::Writer,
+            jwt: Vec::new(),
         }
     }
 }

@@ -238,6 +238,18 @@ fn auth_from_raw(a: raw::Auth, at: &str, c: &mut Check<'_>) -> AuthOverlay {
         session_idle: c.value(&p("session.idle"), session.idle.as_deref(), parse_duration),
         groups_file: c.file(&p("groups"), a.groups),
         default_role: c.value(&p("default_role"), a.default_role.as_deref(), Role::parse),
+        jwt: a.jwt.map(|list| {
+            list.into_iter()
+                .enumerate()
+                .filter_map(|(i, raw)| match crate::jwt::check(raw, &format!("{at}.jwt[{i}]")) {
+                    Ok(issuer) => Some(issuer),
+                    Err((path, message)) => {
+                        c.error(&path, message);
+                        None
+                    }
+                })
+                .collect()
+        }),
     }
 }
 
@@ -517,6 +529,7 @@ fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> Auth
             .unwrap_or(d.session_lifetime),
         session_idle: site.session_idle.or(top.session_idle).unwrap_or(d.session_idle),
         default_role: site.default_role.or(top.default_role).unwrap_or(d.default_role),
+        jwt: site.jwt.clone().or_else(|| top.jwt.clone()).unwrap_or(d.jwt),
     }
 }
 

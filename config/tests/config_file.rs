@@ -350,3 +350,42 @@ fn the_example_file_documents_the_whole_schema_and_checks_clean() {
         )
     );
 }
+
+#[test]
+fn jwt_issuers_are_checked_where_they_are_written() {
+    let yaml = "upstream: localhost:5000
+auth:
+  jwt:
+    - issuer: http://idp.example.com
+      audiences: [https://mlflow.example.com]
+    - issuer: https://idp.example.com
+    - issuer: https://token.actions.githubusercontent.com
+      audiences: [https://mlflow.example.com]
+      subjects: ['*']
+      colour: blue
+";
+    assert_eq!(
+        problems(yaml),
+        "guard.yaml:4:15: auth.jwt[0].issuer: \"http://idp.example.com\": keys over plain http could be \
+         anyone's; use https (http only to a loopback address)
+guard.yaml:6:7: auth.jwt[1].audiences: needs at least one audience: a token for any audience of the \
+         issuer would pass
+guard.yaml:9:18: auth.jwt[2].subjects[0]: matches every subject; leave `subjects` out for that
+guard.yaml:10:7: auth.jwt[2].colour: unknown key; the keys here are issuer, audiences, jwks_url, \
+         user_claim, subjects"
+    );
+    // A good one reaches the site's settings, with the defaults filled in.
+    let dir = TempDir::new();
+    let users = dir.users("users");
+    let good = format!(
+        "upstream: localhost:5000\nauth:\n  users: {}\n  jwt:\n    - issuer: https://idp.example.com\n      audiences: [api]\n",
+        users.display()
+    );
+    let settings = finish(parse_str(&good, "guard.yaml").unwrap()).unwrap();
+    let jwt = &settings.sites[0].auth.jwt;
+    assert_eq!(jwt.len(), 1);
+    assert_eq!(
+        (jwt[0].issuer.as_str(), jwt[0].user_claim.as_str()),
+        ("https://idp.example.com", "sub")
+    );
+}

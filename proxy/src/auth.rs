@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::jwt::{looks_like_jwt, Jwts};
 use arc_swap::ArcSwap;
 use guard_config::clock::Clock;
 use guard_config::credential::{parse_credential, Credential};
@@ -50,6 +51,8 @@ pub enum AuthFailure {
     ExpiredToken,
     /// A revoked token.
     RevokedToken,
+    /// A JWT that did not verify against a configured issuer (why is logged at debug level).
+    BadJwt,
     /// The client address failed too often and must wait this many seconds.
     LockedOut(u64),
     /// Too many password checks are queued; try again in a second.
@@ -66,6 +69,7 @@ impl AuthFailure {
             AuthFailure::UnknownToken => "unknown_token",
             AuthFailure::ExpiredToken => "expired_token",
             AuthFailure::RevokedToken => "revoked_token",
+            AuthFailure::BadJwt => "bad_jwt",
             AuthFailure::LockedOut(_) => "locked_out",
             AuthFailure::Busy => "busy",
         }
@@ -92,6 +96,8 @@ pub enum Via {
     Token,
     /// A session cookie from guard's sign-in page.
     Session,
+    /// A JWT from a configured identity provider.
+    Jwt,
 }
 
 /// The user name and password the MLflow UI's sign-out sends (`mlflow-logged-out-<random>` as
@@ -170,7 +176,7 @@ pub fn parse_authorization(headers: &HeaderMap) -> Result<Option<Credential>, Au
 /// Each site's own lockout thresholds apply to the checks made on that site.
 pub struct Defence {
     /// What every site's checks read the time from.
-    clock: Clock,
+    pub(crate) clock: Clock,
     lockout: Mutex<HashMap<ClientNet, Strikes>>,
     bcrypt_slots: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -218,6 +224,8 @@ pub struct Authenticator {
     cache_mac: Hmac<Sha256>,
     defence: Arc<Defence>,
     metrics: Arc<Metrics>,
+    /// The identity providers of `auth.jwt` and their keys.
+    jwts: Arc<Jwts>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -256,7 +264,7 @@ impl Authenticator {
             Err(TokensError::File(FileError::NotFound { .. })) => TokenSet::default(),
             Err(e) => return Err(AuthError::Tokens(e)),
         };
-        if users.is_empty() && tokens.is_empty() {
+        if users.is_empty() && tokens.is_empty() && settings.jwt.is_empty() {
             return Err(AuthError::NothingConfigured {
                 users: settings.users_file.display().to_string(),
                 tokens: settings.tokens_file.display().to_string(),
@@ -272,7 +280,9 @@ impl Authenticator {
         let mut cache_key = [0u8; 32];
         getrandom::fill(&mut cache_key).expect("the OS random source works");
         let roles = load_roles(&settings.groups_file).map_err(AuthError::Groups)?;
+        let jwts = Arc::new(Jwts::new(&settings.jwt, defence.clock.clone()));
         Ok(Authenticator {
+            jwts,
             settings,
             users: ArcSwap::from_pointee(users),
             tokens: ArcSwap::from_pointee(tokens),
@@ -383,6 +393,12 @@ impl Authenticator {
             self.settings.groups_file.clone(),
         ];
         crate::watch::spawn(paths, force, Arc::downgrade(self), Authenticator::reload);
+        self.jwts.spawn_refresher();
+    }
+
+    /// The site's JWT issuers, for the key fetch at start.
+    pub fn jwts(&self) -> &Arc<Jwts> {
+        &self.jwts
     }
 
     /// Decides whether a request may pass; `peer` is the client (behind a trusted proxy, the
@@ -403,6 +419,19 @@ impl Authenticator {
         self.check_lockout(peer)?;
         let result = match credential {
             Credential::Basic { user, password } => return self.password(user, &password, peer).await,
+            Credential::Bearer(token) if !self.jwts.is_empty() && looks_like_jwt(&token) => {
+                match self.jwts.verify(&token).await {
+                    Ok(v) => Ok(Principal {
+                        role: self.role_of(&v.name),
+                        name: v.name,
+                        via: Via::Jwt,
+                    }),
+                    Err(why) => {
+                        tracing::debug!("bearer JWT refused: {why}");
+                        Err(AuthFailure::BadJwt)
+                    }
+                }
+            }
             Credential::Bearer(token) => match self.tokens.load().lookup(&token, self.now_unix()) {
                 Lookup::Valid { name, role } => Ok(Principal {
                     name: name.to_owned(),

@@ -217,7 +217,7 @@ impl ProxyError {
                     "UNAUTHENTICATED",
                     "malformed Authorization header; use Basic or Bearer",
                 ),
-                AuthFailure::BadPassword | AuthFailure::UnknownToken => {
+                AuthFailure::BadPassword | AuthFailure::UnknownToken | AuthFailure::BadJwt => {
                     (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "invalid credentials")
                 }
             },

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod healthcheck;
+pub mod jwt;
 pub mod login;
 pub mod memory;
 pub mod metrics;

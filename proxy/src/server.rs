@@ -43,6 +43,16 @@ pub enum ServeError {
     /// The worker threads could not be started (a runtime failure).
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
+    /// A JWT issuer answered, but not with keys guard can use (a configuration error).
+    #[error("site {site}: JWT issuer {issuer}: {source}")]
+    JwtIssuer {
+        /// The site whose `auth.jwt` names it.
+        site: String,
+        /// The issuer.
+        issuer: String,
+        /// What its discovery document or key set got wrong.
+        source: crate::jwt::FetchError,
+    },
 }
 
 /// Everything loaded before the listener opens, so configuration errors come first.
@@ -105,6 +115,27 @@ pub fn prepare_with_clock(settings: ServeSettings, clock: Clock) -> Result<Prepa
 }
 
 impl Prepared {
+    /// Fetches the keys of every site's JWT issuers once, before serving. An issuer that
+    /// answers with something unusable (another issuer's document, no usable key) is a
+    /// configuration error; one that cannot be reached is retried while serving, and JWTs of
+    /// it are refused until it answers.
+    pub async fn fetch_jwt_keys(&self) -> Result<(), ServeError> {
+        for site in self.state.router.load().sites() {
+            let Some(auth) = &site.auth else { continue };
+            for (issuer, e) in auth.jwts().fetch_all().await {
+                if !e.is_retryable() {
+                    return Err(ServeError::JwtIssuer {
+                        site: site.name.clone(),
+                        issuer,
+                        source: e,
+                    });
+                }
+                tracing::warn!(site = %site.name, %issuer, "cannot fetch the JWT keys, retrying while serving: {e}");
+            }
+        }
+        Ok(())
+    }
+
     /// A handle to reload files and replace sites while serving.
     pub fn handle(&self) -> Handle {
         Handle {

@@ -371,7 +371,8 @@ pub async fn account(
             Ok(resp)
         }
         (Endpoint::UpdatePassword, Method::PATCH) => {
-            if caller.principal.via == Via::Token {
+            // A password is a users-file user's own: a token or a JWT naming the same user has none.
+            if matches!(caller.principal.via, Via::Token | Via::Jwt) {
                 return Ok(refused(ChangeRefused::NotYours));
             }
             let body = read_body(req.into_body(), MAX_ACCOUNT_BODY, limits).await?;

@@ -286,6 +286,7 @@ pub fn run_guard(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 }
 
 pub mod mlflow;
+pub mod oidc;
 pub mod pebble;
 mod program;
 pub mod raw;
