@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use guard_config::acme::{self, ChallengeChoice};
+use clap::{Arg, ArgAction, ArgMatches, Args, Parser, Subcommand};
 use guard_config::admin::{self, AdminError, FileChoice, SiteFile};
 use guard_config::clock::unix_now;
 use guard_config::file_error::FileError;
-use guard_config::model::{self, Cidr, Upstream};
+use guard_config::model::{self, Upstream};
 use guard_config::roles::{self, Role, Roles};
 use guard_config::serve::{self as defaults, LogFormat, TlsSource};
+use guard_config::settings::{self, Flag, Set};
 use guard_config::tokens::{self, TokensError};
 use guard_config::users::{self, UsersError};
 use guard_config::{ConfigErrors, Overlay};
@@ -253,249 +253,88 @@ enum TokenCommand {
     },
 }
 
-/// Flags of `guard serve`. Every flag also reads a `GUARD_*` environment variable.
-#[derive(Debug, Args)]
+/// Flags of `guard serve`: `--config`, and one flag per setting in the table of
+/// `guard_config::settings`. Every flag also reads a `GUARD_*` environment variable.
+#[derive(Debug)]
 struct ServeArgs {
-    /// Configuration file (guard.yaml). Flags and GUARD_* variables override its values.
-    #[arg(long, env = "GUARD_CONFIG", value_name = "FILE")]
+    /// The configuration file, if given.
     config: Option<PathBuf>,
-
-    /// Upstream HTTP server: `host:port` or `http://host:port`. Required without --config.
-    #[arg(long, env = "GUARD_UPSTREAM", value_name = "HOST:PORT", value_parser = Upstream::parse,
-          required_unless_present = "config")]
-    upstream: Option<Upstream>,
-
-    /// TLS listen address. [default: 0.0.0.0:8443]
-    #[arg(long, env = "GUARD_LISTEN", value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-
-    /// Certificate chain (PEM, leaf first). Re-read when the file changes. Needs --tls-key.
-    #[arg(long, env = "GUARD_TLS_CERT", value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-
-    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1; ECDSA, RSA or Ed25519). Needs --tls-cert.
-    #[arg(long, env = "GUARD_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-
-    /// guard's state: self-signed certificate, users, tokens, ACME account.
-    /// [default: /var/lib/guard as root, else $XDG_STATE_HOME/guard or ~/.local/state/guard]
-    #[arg(long, env = "GUARD_STATE_DIR", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-
-    /// Largest request body, e.g. 5G; larger ones get 413. [default: unlimited]
-    #[arg(long, env = "GUARD_MAX_BODY_SIZE", value_name = "SIZE", value_parser = model::parse_size)]
-    max_body_size: Option<u64>,
-
-    /// Peer whose X-Forwarded-* headers are trusted and extended (repeatable). [default: none]
-    #[arg(long = "trusted-proxy", env = "GUARD_TRUSTED_PROXIES", value_delimiter = ',', value_name = "CIDR", value_parser = Cidr::parse)]
-    trusted_proxies: Vec<Cidr>,
-
-    /// Forward the client's Host header instead of the upstream's own authority.
-    #[arg(long, env = "GUARD_PRESERVE_HOST")]
-    preserve_host: bool,
-
-    /// Time allowed for a TLS handshake. [default: 10s]
-    #[arg(long, env = "GUARD_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
-    tls_handshake_timeout: Option<Duration>,
-
-    /// Time allowed to receive a request head; also closes HTTP/1.1 keep-alive connections idle
-    /// that long. [default: 30s]
-    #[arg(long, env = "GUARD_HEADER_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
-    header_timeout: Option<Duration>,
-
-    /// Time a request body may go without data (408 after it); a slow but live upload is never
-    /// cut. [default: 60s]
-    #[arg(long, env = "GUARD_BODY_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
-    body_timeout: Option<Duration>,
-
-    /// Time allowed to connect to the upstream (504 after it). [default: 5s]
-    #[arg(long, env = "GUARD_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
-    connect_timeout: Option<Duration>,
-
-    /// Time the upstream has to start answering once the request body is sent (504 after it).
-    /// [default: 5m]
-    #[arg(long, env = "GUARD_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
-    upstream_timeout: Option<Duration>,
-
-    /// Close a connection with no request in flight for this long. [default: 5m]
-    #[arg(long, env = "GUARD_IDLE_TIMEOUT", value_name = "DURATION", value_parser = model::parse_duration)]
-    idle_timeout: Option<Duration>,
-
-    /// Largest request head (431 above it). [default: 64K]
-    #[arg(long, env = "GUARD_MAX_HEADER_SIZE", value_name = "SIZE", value_parser = model::parse_size)]
-    max_header_size: Option<u64>,
-
-    /// Most request headers (431 above it). [default: 100]
-    #[arg(long, env = "GUARD_MAX_HEADERS", value_name = "N")]
-    max_headers: Option<usize>,
-
-    /// Longest request target, path and query (414 above it). [default: 16K]
-    #[arg(long, env = "GUARD_MAX_URI_SIZE", value_name = "SIZE", value_parser = model::parse_size)]
-    max_uri_size: Option<u64>,
-
-    /// Most open client connections; more wait to be accepted. [default: 16384]
-    #[arg(long, env = "GUARD_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    max_connections: Option<u32>,
-
-    /// Most open connections from one client (an IPv4 address or an IPv6 /64); more are closed at
-    /// once. Trusted proxies are not limited; 0 turns the limit off. [default: 1024]
-    #[arg(long, env = "GUARD_MAX_CONNECTIONS_PER_CLIENT", value_name = "N")]
-    max_connections_per_client: Option<u32>,
-
-    /// Most concurrent streams per HTTP/2 connection. [default: 128]
-    #[arg(long, env = "GUARD_MAX_H2_STREAMS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    max_h2_streams: Option<u32>,
-
-    /// How long in-flight requests may finish after SIGTERM or SIGINT. [default: 30s]
-    #[arg(long, env = "GUARD_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = model::parse_duration)]
-    shutdown_grace: Option<Duration>,
-
-    /// htpasswd users file, re-read when it changes. [default: STATE_DIR/users.htpasswd]
-    #[arg(long, env = "GUARD_USERS", value_name = "FILE")]
-    users: Option<PathBuf>,
-
-    /// Bearer tokens file, re-read when it changes. [default: STATE_DIR/tokens.json]
-    #[arg(long, env = "GUARD_TOKENS", value_name = "FILE")]
-    tokens: Option<PathBuf>,
-
-    /// Realm in the WWW-Authenticate challenge. [default: MLflow]
-    #[arg(long, env = "GUARD_REALM", value_name = "TEXT")]
-    realm: Option<String>,
-
-    /// Header naming the authenticated user or token to the upstream, or `off`.
-    /// Client-sent copies are always removed. [default: X-Forwarded-User]
-    #[arg(long, env = "GUARD_FORWARDED_USER_HEADER", value_name = "NAME")]
-    forwarded_user_header: Option<String>,
-
-    /// An origin other than the site's own whose browser pages may send POST, PUT, PATCH and
-    /// DELETE (repeatable), e.g. https://dashboard.example.com. Any other origin gets 403.
-    /// [default: none]
-    #[arg(long = "allowed-origin", env = "GUARD_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN", value_parser = guard_config::validate::parse_origin)]
-    allowed_origins: Vec<String>,
-
-    /// How long a verified password is remembered. [default: 5m]
-    #[arg(long, env = "GUARD_AUTH_CACHE_TTL", value_name = "DURATION", value_parser = model::parse_duration)]
-    auth_cache_ttl: Option<Duration>,
-
-    /// Most remembered verifications. [default: 10000]
-    #[arg(long, env = "GUARD_AUTH_CACHE_SIZE", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    auth_cache_size: Option<u32>,
-
-    /// Failed logins from one client (an IPv4 address, an IPv6 /64) before it is locked out; 0
-    /// turns lockout off. [default: 10]
-    #[arg(long, env = "GUARD_LOCKOUT_FAILURES", value_name = "N")]
-    lockout_failures: Option<u32>,
-
-    /// Window in which those failures are counted. [default: 1m]
-    #[arg(long, env = "GUARD_LOCKOUT_WINDOW", value_name = "DURATION", value_parser = model::parse_duration)]
-    lockout_window: Option<Duration>,
-
-    /// How long a locked-out address gets 429 with Retry-After. [default: 5m]
-    #[arg(long, env = "GUARD_LOCKOUT_DURATION", value_name = "DURATION", value_parser = model::parse_duration)]
-    lockout_duration: Option<Duration>,
-
-    /// Groups file giving users their role (`reader: alice bob`, Apache's AuthGroupFile
-    /// format), re-read when it changes. [default: groups beside the users file]
-    #[arg(long, env = "GUARD_GROUPS", value_name = "FILE")]
-    groups: Option<PathBuf>,
-
-    /// Role of users and tokens nothing else gives one: writer (everything) or reader (sees
-    /// everything, changes nothing). [default: writer]
-    #[arg(long, env = "GUARD_DEFAULT_ROLE", value_name = "ROLE", value_parser = Role::parse)]
-    default_role: Option<Role>,
-
-    /// Leave browsers the Basic prompt instead of guard's sign-in page (and its session cookie).
-    /// API clients get 401 JSON either way.
-    #[arg(long, env = "GUARD_NO_LOGIN_PAGE")]
-    no_login_page: bool,
-
-    /// How long a browser's sign-in session lasts from sign-in. [default: 12h]
-    #[arg(long, env = "GUARD_SESSION_LIFETIME", value_name = "DURATION", value_parser = model::parse_duration)]
-    session_lifetime: Option<Duration>,
-
-    /// How long a sign-in session lasts without a request. [default: 1h]
-    #[arg(long, env = "GUARD_SESSION_IDLE", value_name = "DURATION", value_parser = model::parse_duration)]
-    session_idle: Option<Duration>,
-
-    /// Serve without authentication: anyone who reaches the port reaches the upstream.
-    #[arg(long, env = "GUARD_DANGEROUS_NO_AUTH")]
-    dangerous_no_auth: bool,
-
-    #[command(flatten)]
-    acme: AcmeArgs,
-
-    /// Serve Prometheus metrics on this address (plain HTTP, GET /metrics); keep it on loopback.
-    /// [default: off]
-    #[arg(long, env = "GUARD_METRICS_LISTEN", value_name = "ADDR")]
-    metrics_listen: Option<SocketAddr>,
-
-    /// Count requests per user or token name in the metrics (one series per name).
-    #[arg(long, env = "GUARD_METRICS_USER_LABELS")]
-    metrics_user_labels: bool,
-
-    /// Log format. [default: text]
-    #[arg(long, env = "GUARD_LOG_FORMAT", value_enum)]
-    log_format: Option<LogFormatArg>,
+    /// The flags and variables given, as the top layer of the configuration.
+    flags: Overlay,
 }
 
-/// Flags of `guard serve` for certificates from Let's Encrypt or another ACME CA.
-#[derive(Debug, Args)]
-struct AcmeArgs {
-    /// Public name to get a certificate for from Let's Encrypt (repeatable; comma-separated in
-    /// the variable). One certificate covers every name; kept and renewed in STATE_DIR/acme.
-    /// Needs --acme-email.
-    #[arg(long = "domain", env = "GUARD_DOMAIN", value_delimiter = ',', value_name = "NAME",
-          value_parser = acme::parse_domain, conflicts_with = "tls_cert")]
-    domains: Vec<String>,
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(ServeArgs {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            flags: overlay_from(m)?,
+        })
+    }
 
-    /// Contact address for the CA account (Let's Encrypt's policy and incident notices).
-    #[arg(long, env = "GUARD_ACME_EMAIL", value_name = "EMAIL", value_parser = acme::parse_email, requires = "domains")]
-    acme_email: Option<String>,
-
-    /// Use Let's Encrypt's staging CA: untrusted certificates, generous rate limits; for trying
-    /// a setup.
-    #[arg(
-        long,
-        env = "GUARD_ACME_STAGING",
-        requires = "domains",
-        conflicts_with = "acme_directory"
-    )]
-    acme_staging: bool,
-
-    /// ACME directory URL of another CA (a private step-ca, pebble). [default: Let's Encrypt]
-    #[arg(long, env = "GUARD_ACME_DIRECTORY", value_name = "URL", value_parser = acme::parse_directory_url, requires = "domains")]
-    acme_directory: Option<String>,
-
-    /// PEM file whose first certificate is trusted for the ACME server's own HTTPS (a private
-    /// CA). [default: the system's roots]
-    #[arg(long, env = "GUARD_ACME_CA_ROOT", value_name = "FILE", requires = "domains")]
-    acme_ca_root: Option<PathBuf>,
-
-    /// How the CA validates: http-01 (port 80), tls-alpn-01 (port 443), or auto: tls-alpn-01,
-    /// then http-01 if that fails. [default: auto]
-    #[arg(long, env = "GUARD_ACME_CHALLENGE", value_name = "TYPE", value_parser = ChallengeChoice::parse, requires = "domains")]
-    acme_challenge: Option<ChallengeChoice>,
-
-    /// Plain-HTTP listener: answers HTTP-01 and redirects everything else to https with a 308.
-    /// [default: 0.0.0.0:80]
-    #[arg(long, env = "GUARD_HTTP_LISTEN", value_name = "ADDR", requires = "domains")]
-    http_listen: Option<SocketAddr>,
-
-    /// The HTTPS port clients reach, for the redirect when guard listens on another port behind
-    /// a port mapping. [default: 443]
-    #[arg(long, env = "GUARD_HTTPS_PORT", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..), requires = "domains")]
-    https_port: Option<u16>,
-
-    /// Strict-Transport-Security max-age sent with the certificate from ACME; 0 tells browsers
-    /// to forget an earlier one. [default: 365d]
-    #[arg(long, env = "GUARD_HSTS_MAX_AGE", value_name = "DURATION", value_parser = model::parse_duration, requires = "domains")]
-    hsts_max_age: Option<Duration>,
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = ServeArgs::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormatArg {
-    Text,
-    Json,
+impl clap::Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        serve_flags(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        serve_flags(cmd)
+    }
+}
+
+/// Keys outside `tls.acme` that only ACME uses: their flags need `--domain`.
+const ACME_ONLY: &[&str] = &["http_listen", "https_port", "tls.hsts_max_age"];
+
+/// `guard serve`'s flags: `--config`, one per row of the settings table, and the rules between
+/// them that clap checks before anything runs.
+fn serve_flags(cmd: clap::Command) -> clap::Command {
+    let config = Arg::new("config")
+        .long("config")
+        .env("GUARD_CONFIG")
+        .value_name("FILE")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help("Configuration file (guard.yaml). Flags and GUARD_* variables override its values");
+    let mut cmd = settings::flags().fold(cmd.arg(config), |cmd, flag| cmd.arg(setting_arg(flag)));
+    for flag in settings::flags() {
+        let acme = flag.key.starts_with("tls.acme.") || ACME_ONLY.contains(&flag.key);
+        if acme && flag.key != "tls.acme.domains" {
+            cmd = cmd.mut_arg(flag.key, |a| a.requires("tls.acme.domains"));
+        }
+    }
+    cmd.mut_arg("upstream", |a| a.required_unless_present("config"))
+        .mut_arg("tls.cert", |a| a.requires("tls.key"))
+        .mut_arg("tls.key", |a| a.requires("tls.cert"))
+        .mut_arg("tls.acme.domains", |a| a.conflicts_with("tls.cert"))
+        .mut_arg("tls.acme.staging", |a| a.conflicts_with("tls.acme.directory"))
+}
+
+/// The clap argument for one row of the settings table; its id is the key path.
+fn setting_arg(flag: &'static Flag) -> Arg {
+    let arg = Arg::new(flag.key).long(flag.long).env(flag.env()).help(flag.help);
+    match flag.set {
+        Set::Switch(_) => arg.action(ArgAction::SetTrue),
+        Set::Path(_) => arg
+            .value_name(flag.value_name)
+            .value_parser(clap::value_parser!(PathBuf)),
+        Set::Text(_) if !flag.choices.is_empty() => arg
+            .value_name(flag.value_name)
+            .value_parser(clap::builder::PossibleValuesParser::new(flag.choices)),
+        Set::Text(set) => {
+            // The row's own setter checks the value, on a scratch overlay.
+            let check = move |s: &str| set(&mut Overlay::default(), s).map(|()| s.to_owned());
+            let arg = arg.value_name(flag.value_name).value_parser(check);
+            if flag.list {
+                arg.action(ArgAction::Append).value_delimiter(',')
+            } else {
+                arg
+            }
+        }
+    }
 }
 
 /// Why a command failed, and so which exit code it earns.
@@ -778,138 +617,43 @@ fn token(cmd: TokenCommand) -> Result<(), Failure> {
 
 /// The command line as the top layer of the configuration: only what was given is set, so the
 /// file (and then the defaults) fill in the rest.
-fn overlay_from(args: &ServeArgs) -> Overlay {
-    use guard_config::overlay::{AcmeOverlay, AuthOverlay, LimitsOverlay, TlsOverlay};
-    let a = &args.acme;
-    let acme_given = !a.domains.is_empty()
-        || a.acme_email.is_some()
-        || a.acme_directory.is_some()
-        || a.acme_staging
-        || a.acme_ca_root.is_some()
-        || a.acme_challenge.is_some();
-    Overlay {
-        listen: args.listen,
-        http_listen: a.http_listen,
-        https_port: a.https_port,
-        state_dir: args.state_dir.clone(),
-        log_format: args.log_format.map(|f| match f {
-            LogFormatArg::Json => LogFormat::Json,
-            LogFormatArg::Text => LogFormat::Text,
-        }),
-        shutdown_grace: args.shutdown_grace,
-        metrics_listen: args.metrics_listen,
-        metrics_user_labels: args.metrics_user_labels.then_some(true),
-        trusted_proxies: (!args.trusted_proxies.is_empty()).then(|| args.trusted_proxies.clone()),
-        tls: TlsOverlay {
-            cert: args.tls_cert.clone(),
-            key: args.tls_key.clone(),
-            acme: acme_given.then(|| AcmeOverlay {
-                email: a.acme_email.clone(),
-                directory: a.acme_directory.clone(),
-                staging: a.acme_staging.then_some(true),
-                ca_root: a.acme_ca_root.clone(),
-                challenge: a.acme_challenge,
-                domains: (!a.domains.is_empty()).then(|| a.domains.clone()),
-            }),
-            hsts_max_age: a.hsts_max_age,
-        },
-        limits: LimitsOverlay {
-            tls_handshake_timeout: args.tls_handshake_timeout,
-            header_read_timeout: args.header_timeout,
-            body_timeout: args.body_timeout,
-            upstream_connect_timeout: args.connect_timeout,
-            upstream_response_timeout: args.upstream_timeout,
-            idle_timeout: args.idle_timeout,
-            max_header_bytes: args.max_header_size.map(|s| usize::try_from(s).unwrap_or(usize::MAX)),
-            max_headers: args.max_headers,
-            max_uri_bytes: args.max_uri_size.map(|s| usize::try_from(s).unwrap_or(usize::MAX)),
-            max_body_bytes: args.max_body_size,
-            max_connections: args.max_connections.map(|n| n as usize),
-            max_connections_per_client: args.max_connections_per_client.map(|n| n as usize),
-            max_h2_streams: args.max_h2_streams,
-        },
-        auth: AuthOverlay {
-            disabled: args.dangerous_no_auth.then_some(true),
-            users_file: args.users.clone(),
-            tokens_file: args.tokens.clone(),
-            realm: args.realm.clone(),
-            forwarded_user_header: args.forwarded_user_header.as_deref().map(|h| match h {
-                "off" | "" => None,
-                name => Some(name.to_owned()),
-            }),
-            allowed_origins: (!args.allowed_origins.is_empty()).then(|| args.allowed_origins.clone()),
-            cache_ttl: args.auth_cache_ttl,
-            cache_capacity: args.auth_cache_size.map(|n| n as usize),
-            lockout_failures: args.lockout_failures,
-            lockout_window: args.lockout_window,
-            lockout_duration: args.lockout_duration,
-            login_page: args.no_login_page.then_some(false),
-            session_lifetime: args.session_lifetime,
-            session_idle: args.session_idle,
-            groups_file: args.groups.clone(),
-            default_role: args.default_role,
-            jwt: None,
-        },
-        upstream: args.upstream.clone(),
-        preserve_host: args.preserve_host.then_some(true),
-        ..Overlay::default()
+fn overlay_from(m: &ArgMatches) -> Result<Overlay, clap::Error> {
+    let mut o = Overlay::default();
+    for flag in settings::flags() {
+        match flag.set {
+            Set::Switch(set) => {
+                if m.get_flag(flag.key) {
+                    set(&mut o);
+                }
+            }
+            Set::Path(set) => {
+                if let Some(path) = m.get_one::<PathBuf>(flag.key) {
+                    set(&mut o, path.clone());
+                }
+            }
+            Set::Text(set) => {
+                for s in m.get_many::<String>(flag.key).into_iter().flatten() {
+                    set(&mut o, s).map_err(|e| {
+                        clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("--{}: {e}", flag.long))
+                    })?;
+                }
+            }
+        }
     }
+    Ok(o)
 }
 
 /// The flag that set a configuration key, for errors about values that came from flags.
-fn flag_for(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "listen" => "--listen",
-        "http_listen" => "--http-listen",
-        "https_port" => "--https-port",
-        "state_dir" => "--state-dir",
-        "log_format" => "--log-format",
-        "shutdown_grace" => "--shutdown-grace",
-        "metrics_listen" => "--metrics-listen",
-        "metrics_user_labels" => "--metrics-user-labels",
-        "trusted_proxies" => "--trusted-proxy",
-        "tls.cert" => "--tls-cert",
-        "tls.key" => "--tls-key",
-        "tls.hsts_max_age" => "--hsts-max-age",
-        "tls.acme" | "tls.acme.domains" => "--domain",
-        "tls.acme.email" => "--acme-email",
-        "tls.acme.directory" => "--acme-directory",
-        "tls.acme.staging" => "--acme-staging",
-        "tls.acme.ca_root" => "--acme-ca-root",
-        "tls.acme.challenge" => "--acme-challenge",
-        "limits.tls_handshake_timeout" => "--tls-handshake-timeout",
-        "limits.header_timeout" => "--header-timeout",
-        "limits.body_timeout" => "--body-timeout",
-        "limits.connect_timeout" => "--connect-timeout",
-        "limits.upstream_timeout" => "--upstream-timeout",
-        "limits.idle_timeout" => "--idle-timeout",
-        "limits.max_header_size" => "--max-header-size",
-        "limits.max_headers" => "--max-headers",
-        "limits.max_uri_size" => "--max-uri-size",
-        "limits.max_body_size" => "--max-body-size",
-        "limits.max_connections" => "--max-connections",
-        "limits.max_connections_per_client" => "--max-connections-per-client",
-        "limits.max_h2_streams" => "--max-h2-streams",
-        "auth.users" => "--users",
-        "auth.tokens" => "--tokens",
-        "auth.realm" => "--realm",
-        "auth.forwarded_user_header" => "--forwarded-user-header",
-        "auth.allowed_origins" => "--allowed-origin",
-        "auth.cache_ttl" => "--auth-cache-ttl",
-        "auth.cache_size" => "--auth-cache-size",
-        "auth.lockout.failures" => "--lockout-failures",
-        "auth.lockout.window" => "--lockout-window",
-        "auth.lockout.duration" => "--lockout-duration",
-        "auth.dangerous_no_auth" => "--dangerous-no-auth",
-        "auth.login_page" => "--no-login-page",
-        "auth.session" | "auth.session.lifetime" => "--session-lifetime",
-        "auth.session.idle" => "--session-idle",
-        "auth.groups" => "--groups",
-        "auth.default_role" => "--default-role",
-        "upstream" => "--upstream",
-        "preserve_host" => "--preserve-host",
-        _ => return None,
-    })
+fn flag_for(key: &str) -> Option<String> {
+    // An error about a whole section names the flag that turns it on.
+    let key = match key {
+        "tls.acme" => "tls.acme.domains",
+        "auth.session" => "auth.session.lifetime",
+        key => key,
+    };
+    settings::flags()
+        .find(|f| f.key == key)
+        .map(|f| format!("--{}", f.long))
 }
 
 /// Every configuration error is a usage failure; those about flag values name the flag.
@@ -949,7 +693,7 @@ fn init_logging(format: LogFormat) {
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     use anyhow::Context;
-    let flags = overlay_from(&args);
+    let flags = args.flags;
     let settings = guard_config::resolve(&flags, args.config.as_deref())?;
     let public_url = match &settings.tls {
         TlsSource::Acme(a) if a.https_port == 443 => Some(format!("https://{}", a.domains[0])),
@@ -1146,13 +890,81 @@ mod tests {
             .collect()
     }
 
+    /// The first line of clap's message: what was refused and why, without the usage.
+    fn refusal(args: &[&str], cmd: clap::Command) -> Option<String> {
+        let e = cmd.try_get_matches_from(args).err()?;
+        Some(e.to_string().lines().next().unwrap_or_default().to_owned())
+    }
+
+    #[test]
+    fn table_flags_refuse_numbers_and_addresses_as_clap_s_own_parsers_do() {
+        use clap::builder::ValueParser;
+        use clap::value_parser;
+        // The parsers these flags had when they were derived.
+        let cases: Vec<(&str, ValueParser)> = vec![
+            ("https-port", value_parser!(u16).range(1..).into()),
+            ("max-connections", value_parser!(u32).range(1..).into()),
+            ("max-h2-streams", value_parser!(u32).range(1..).into()),
+            ("auth-cache-size", value_parser!(u32).range(1..).into()),
+            ("max-connections-per-client", value_parser!(u32).into()),
+            ("lockout-failures", value_parser!(u32).into()),
+            ("max-headers", value_parser!(usize).into()),
+            ("listen", value_parser!(SocketAddr).into()),
+        ];
+        let values = [
+            "x",
+            "",
+            "-1",
+            "0",
+            "1",
+            "65536",
+            "4294967296",
+            "99999999999999999999",
+            "127.0.0.1:0",
+        ];
+        for (long, parser) in cases {
+            let flag = settings::flags().find(|f| f.long == long).expect("a table flag");
+            let derived = || {
+                let arg = Arg::new("v")
+                    .long(long)
+                    .value_name(flag.value_name)
+                    .value_parser(parser.clone());
+                clap::Command::new("serve").arg(arg)
+            };
+            let mut cli = Cli::command();
+            cli.build();
+            let serve = cli
+                .find_subcommand("serve")
+                .expect("guard has a serve subcommand")
+                .clone();
+            for value in values {
+                let option = format!("--{long}");
+                let given = [
+                    "serve",
+                    "--upstream",
+                    "x:1",
+                    "--domain",
+                    "a.example.com",
+                    &option,
+                    value,
+                ];
+                let built = refusal(&given, serve.clone());
+                assert_eq!(
+                    built,
+                    refusal(&["serve", &option, value], derived()),
+                    "{option} {value:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_configuration_key_has_a_serve_flag() {
         let flags = serve_flags();
         for key in leaf_keys() {
             let flag = flag_for(&key).unwrap_or_else(|| panic!("{key}: no flag in flag_for"));
             assert!(
-                flags.contains(flag),
+                flags.contains(&flag),
                 "{key}: flag_for says {flag}, which guard serve lacks"
             );
         }
@@ -1160,15 +972,12 @@ mod tests {
 
     #[test]
     fn every_serve_flag_sets_a_configuration_key() {
-        let named: BTreeSet<&str> = leaf_keys().iter().filter_map(|k| flag_for(k)).collect();
+        let named: BTreeSet<String> = leaf_keys().iter().filter_map(|k| flag_for(k)).collect();
         for flag in serve_flags() {
             if FLAGS_WITHOUT_KEY.contains(&flag.as_str()) {
                 continue;
             }
-            assert!(
-                named.contains(flag.as_str()),
-                "{flag}: sets no configuration key (flag_for)"
-            );
+            assert!(named.contains(&flag), "{flag}: sets no configuration key (flag_for)");
         }
     }
 }

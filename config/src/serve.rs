@@ -3,10 +3,11 @@
 //! every default lives here once, so `--help`, the README and the code agree.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::{Cidr, Upstream};
+use crate::overlay::{AuthOverlay, LimitsOverlay};
 use crate::roles::{Role, GROUPS_FILE_NAME};
 
 /// guard's reserved path prefix: never forwarded, never authenticated.
@@ -156,6 +157,39 @@ impl AuthSettings {
             jwt: Vec::new(),
         }
     }
+
+    /// A site's auth: its own values over the top-level ones over the defaults.
+    pub(crate) fn resolve(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> Self {
+        let d = AuthSettings::defaults(state_dir);
+        let users_file = either(&site.users, &top.users).unwrap_or(d.users_file);
+        AuthSettings {
+            disabled: either(&site.dangerous_no_auth, &top.dangerous_no_auth).unwrap_or(d.disabled),
+            // Beside the users file unless named: the two are one account database.
+            groups_file: either(&site.groups, &top.groups)
+                .unwrap_or_else(|| users_file.with_file_name(GROUPS_FILE_NAME)),
+            users_file,
+            tokens_file: either(&site.tokens, &top.tokens).unwrap_or(d.tokens_file),
+            realm: either(&site.realm, &top.realm).unwrap_or(d.realm),
+            forwarded_user_header: either(&site.forwarded_user_header, &top.forwarded_user_header)
+                .unwrap_or(d.forwarded_user_header),
+            allowed_origins: either(&site.allowed_origins, &top.allowed_origins).unwrap_or(d.allowed_origins),
+            cache_ttl: either(&site.cache_ttl, &top.cache_ttl).unwrap_or(d.cache_ttl),
+            cache_capacity: either(&site.cache_size, &top.cache_size).unwrap_or(d.cache_capacity),
+            lockout_failures: either(&site.lockout.failures, &top.lockout.failures).unwrap_or(d.lockout_failures),
+            lockout_window: either(&site.lockout.window, &top.lockout.window).unwrap_or(d.lockout_window),
+            lockout_duration: either(&site.lockout.duration, &top.lockout.duration).unwrap_or(d.lockout_duration),
+            login_page: either(&site.login_page, &top.login_page).unwrap_or(d.login_page),
+            session_lifetime: either(&site.session.lifetime, &top.session.lifetime).unwrap_or(d.session_lifetime),
+            session_idle: either(&site.session.idle, &top.session.idle).unwrap_or(d.session_idle),
+            default_role: either(&site.default_role, &top.default_role).unwrap_or(d.default_role),
+            jwt: either(&site.jwt, &top.jwt).unwrap_or(d.jwt),
+        }
+    }
+}
+
+/// The site's value if it has one, else the top level's.
+fn either<T: Clone>(site: &Option<T>, top: &Option<T>) -> Option<T> {
+    site.as_ref().or(top.as_ref()).cloned()
 }
 
 /// Where the TLS certificate comes from.
@@ -234,6 +268,28 @@ impl Default for Limits {
             max_connections: 16384,
             max_connections_per_client: 1024,
             max_h2_streams: 128,
+        }
+    }
+}
+
+impl Limits {
+    /// The overlay's limits over the defaults.
+    pub(crate) fn resolve(l: &LimitsOverlay) -> Self {
+        let d = Limits::default();
+        Limits {
+            tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(d.tls_handshake_timeout),
+            header_read_timeout: l.header_timeout.unwrap_or(d.header_read_timeout),
+            body_timeout: l.body_timeout.unwrap_or(d.body_timeout),
+            upstream_connect_timeout: l.connect_timeout.unwrap_or(d.upstream_connect_timeout),
+            upstream_response_timeout: l.upstream_timeout.unwrap_or(d.upstream_response_timeout),
+            idle_timeout: l.idle_timeout.unwrap_or(d.idle_timeout),
+            max_header_bytes: l.max_header_size.unwrap_or(d.max_header_bytes),
+            max_headers: l.max_headers.unwrap_or(d.max_headers),
+            max_uri_bytes: l.max_uri_size.unwrap_or(d.max_uri_bytes),
+            max_body_bytes: l.max_body_size.or(d.max_body_bytes),
+            max_connections: l.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_client: l.max_connections_per_client.unwrap_or(d.max_connections_per_client),
+            max_h2_streams: l.max_h2_streams.unwrap_or(d.max_h2_streams),
         }
     }
 }

@@ -14,10 +14,9 @@ use std::time::Duration;
 use crate::acme::{self, AcmeSettings, ChallengeChoice};
 use crate::error::{ConfigError, ConfigErrors};
 use crate::file_error::FileError;
-use crate::model::{parse_duration, parse_size, Cidr, Upstream};
-use crate::overlay::{AcmeOverlay, AuthOverlay, LimitsOverlay, Origins, Overlay, SiteOverlay, TlsOverlay};
+use crate::model::{parse_duration, parse_size, Upstream};
+use crate::overlay::{AcmeOverlay, AuthOverlay, Origins, Overlay, SiteOverlay, TlsOverlay};
 use crate::raw;
-use crate::roles::{Role, GROUPS_FILE_NAME};
 use crate::serve::{self, AuthSettings, Limits, LogFormat, ServeSettings, SiteSettings, TlsSource};
 use crate::tokens::{self, TokensError};
 use crate::users::{self, UsersError};
@@ -78,7 +77,7 @@ fn parse_in(text: &str, name: &str, base: &Path) -> Result<Overlay, ConfigErrors
 }
 
 /// Collects problems, placing each by the origins of the values.
-struct Check<'a> {
+pub(crate) struct Check<'a> {
     origins: &'a Origins,
     errors: Vec<ConfigError>,
     /// Where relative paths in the file start.
@@ -129,128 +128,77 @@ impl Check<'_> {
     }
 }
 
-fn from_raw(r: raw::Config, c: &mut Check<'_>) -> Overlay {
-    let tls = r.tls.unwrap_or_default();
-    let limits = r.limits.unwrap_or_default();
-    let sites = r.sites.map(|sites| {
+// Readers of a file's value, one per shape of row in the table of [`crate::settings`]: each
+// checks the value at its key path and reports a failure there.
+
+/// Text, checked by `parse`.
+pub(crate) fn text<T>(
+    c: &mut Check<'_>,
+    at: &str,
+    raw: Option<String>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    c.value(at, raw.as_deref(), parse)
+}
+
+/// A value serde already typed (a number, a header choice), checked by `parse`.
+pub(crate) fn value<R, T>(
+    c: &mut Check<'_>,
+    at: &str,
+    raw: Option<R>,
+    parse: impl FnOnce(R) -> Result<T, String>,
+) -> Option<T> {
+    c.value(at, raw, parse)
+}
+
+/// A list, each item checked by `parse` at its index.
+pub(crate) fn list<T>(
+    c: &mut Check<'_>,
+    at: &str,
+    raw: Option<Vec<String>>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Option<Vec<T>> {
+    c.values(at, raw, parse)
+}
+
+/// A path, relative to the file's directory.
+pub(crate) fn file(c: &mut Check<'_>, at: &str, raw: Option<String>) -> Option<PathBuf> {
+    c.file(at, raw)
+}
+
+/// `auth.jwt`: each identity provider checked at its index.
+pub(crate) fn jwt_issuers(
+    c: &mut Check<'_>,
+    at: &str,
+    raw: Option<Vec<crate::jwt::RawIssuer>>,
+) -> Option<Vec<crate::jwt::JwtIssuer>> {
+    let issuers = raw?.into_iter().enumerate().filter_map(|(i, raw)| {
+        crate::jwt::check(raw, &format!("{at}[{i}]"))
+            .map_err(|(path, message)| c.error(&path, message))
+            .ok()
+    });
+    Some(issuers.collect())
+}
+
+/// A value that needs no check (a switch).
+pub(crate) fn kept<T>(_: &mut Check<'_>, _: &str, raw: Option<T>) -> Option<T> {
+    raw
+}
+
+fn from_raw(mut r: raw::Config, c: &mut Check<'_>) -> Overlay {
+    let mut tls = r.tls.take().unwrap_or_default();
+    let sites = r.sites.take().map(|sites| {
         sites
             .into_iter()
             .enumerate()
             .map(|(i, s)| site_from_raw(s, &format!("sites[{i}]"), c))
             .collect()
     });
-    Overlay {
-        listen: c.value("listen", r.listen.as_deref(), parse_listen),
-        http_listen: c.value("http_listen", r.http_listen.as_deref(), parse_listen),
-        https_port: c.value("https_port", r.https_port, parse_port),
-        state_dir: c.file("state_dir", r.state_dir),
-        log_format: c.value("log_format", r.log_format.as_deref(), parse_log_format),
-        shutdown_grace: c.value("shutdown_grace", r.shutdown_grace.as_deref(), parse_duration),
-        metrics_listen: c.value("metrics_listen", r.metrics_listen.as_deref(), parse_listen),
-        metrics_user_labels: r.metrics_user_labels,
-        trusted_proxies: c.values("trusted_proxies", r.trusted_proxies, Cidr::parse),
-        tls: TlsOverlay {
-            cert: c.file("tls.cert", tls.cert),
-            key: c.file("tls.key", tls.key),
-            acme: tls.acme.map(|a| AcmeOverlay {
-                email: c.value("tls.acme.email", a.email.as_deref(), acme::parse_email),
-                directory: c.value("tls.acme.directory", a.directory.as_deref(), acme::parse_directory_url),
-                staging: a.staging,
-                ca_root: c.file("tls.acme.ca_root", a.ca_root),
-                challenge: c.value("tls.acme.challenge", a.challenge.as_deref(), ChallengeChoice::parse),
-                domains: c.values("tls.acme.domains", a.domains, parse_acme_domain),
-            }),
-            hsts_max_age: c.value("tls.hsts_max_age", tls.hsts_max_age.as_deref(), parse_whole_seconds),
-        },
-        limits: LimitsOverlay {
-            tls_handshake_timeout: c.value(
-                "limits.tls_handshake_timeout",
-                limits.tls_handshake_timeout.as_deref(),
-                parse_timeout,
-            ),
-            header_read_timeout: c.value("limits.header_timeout", limits.header_timeout.as_deref(), parse_timeout),
-            body_timeout: c.value("limits.body_timeout", limits.body_timeout.as_deref(), parse_timeout),
-            upstream_connect_timeout: c.value(
-                "limits.connect_timeout",
-                limits.connect_timeout.as_deref(),
-                parse_timeout,
-            ),
-            upstream_response_timeout: c.value(
-                "limits.upstream_timeout",
-                limits.upstream_timeout.as_deref(),
-                parse_timeout,
-            ),
-            idle_timeout: c.value("limits.idle_timeout", limits.idle_timeout.as_deref(), parse_timeout),
-            max_header_bytes: c.value("limits.max_header_size", limits.max_header_size.as_deref(), |s| {
-                let n = parse_size(s)?;
-                count(n, 1, u64::MAX).map_err(|e| format!("{s:?}: {e}"))?;
-                Ok(usize::try_from(n).unwrap_or(usize::MAX))
-            }),
-            max_headers: c.value("limits.max_headers", limits.max_headers, |n| {
-                count_usize(n, 1, u32::MAX.into())
-            }),
-            max_uri_bytes: c.value("limits.max_uri_size", limits.max_uri_size.as_deref(), |s| {
-                let n = parse_size(s)?;
-                count(n, 1, u64::MAX).map_err(|e| format!("{s:?}: {e}"))?;
-                Ok(usize::try_from(n).unwrap_or(usize::MAX))
-            }),
-            max_body_bytes: c.value("limits.max_body_size", limits.max_body_size.as_deref(), parse_size),
-            max_connections: c.value("limits.max_connections", limits.max_connections, |n| {
-                count_usize(n, 1, u32::MAX.into())
-            }),
-            max_connections_per_client: c.value(
-                "limits.max_connections_per_client",
-                limits.max_connections_per_client,
-                |n| count_usize(n, 0, u32::MAX.into()),
-            ),
-            max_h2_streams: c.value("limits.max_h2_streams", limits.max_h2_streams, |n| count_u32(n, 1)),
-        },
-        auth: auth_from_raw(r.auth.unwrap_or_default(), "auth", c),
-        upstream: c.value("upstream", r.upstream.as_deref(), Upstream::parse),
-        preserve_host: r.preserve_host,
-        public_paths: c.values("public_paths", r.public_paths, parse_public_path),
-        sites,
-        origins: Origins::default(),
-    }
-}
-
-fn auth_from_raw(a: raw::Auth, at: &str, c: &mut Check<'_>) -> AuthOverlay {
-    let p = |key: &str| format!("{at}.{key}");
-    let lockout = a.lockout.unwrap_or_default();
-    let session = a.session.unwrap_or_default();
-    AuthOverlay {
-        disabled: a.dangerous_no_auth,
-        users_file: c.file(&p("users"), a.users),
-        tokens_file: c.file(&p("tokens"), a.tokens),
-        realm: c.value(&p("realm"), a.realm.as_deref(), parse_realm),
-        forwarded_user_header: c.value(&p("forwarded_user_header"), a.forwarded_user_header, |h| match h {
-            raw::HeaderChoice::Off => Ok(None),
-            raw::HeaderChoice::Name(n) => parse_header_name(&n).map(Some),
-        }),
-        allowed_origins: c.values(&p("allowed_origins"), a.allowed_origins, parse_origin),
-        cache_ttl: c.value(&p("cache_ttl"), a.cache_ttl.as_deref(), parse_duration),
-        cache_capacity: c.value(&p("cache_size"), a.cache_size, |n| count_usize(n, 1, u32::MAX.into())),
-        lockout_failures: c.value(&p("lockout.failures"), lockout.failures, |n| count_u32(n, 0)),
-        lockout_window: c.value(&p("lockout.window"), lockout.window.as_deref(), parse_duration),
-        lockout_duration: c.value(&p("lockout.duration"), lockout.duration.as_deref(), parse_duration),
-        login_page: a.login_page,
-        session_lifetime: c.value(&p("session.lifetime"), session.lifetime.as_deref(), parse_duration),
-        session_idle: c.value(&p("session.idle"), session.idle.as_deref(), parse_duration),
-        groups_file: c.file(&p("groups"), a.groups),
-        default_role: c.value(&p("default_role"), a.default_role.as_deref(), Role::parse),
-        jwt: a.jwt.map(|list| {
-            list.into_iter()
-                .enumerate()
-                .filter_map(|(i, raw)| match crate::jwt::check(raw, &format!("{at}.jwt[{i}]")) {
-                    Ok(issuer) => Some(issuer),
-                    Err((path, message)) => {
-                        c.error(&path, message);
-                        None
-                    }
-                })
-                .collect()
-        }),
-    }
+    let mut o = Overlay::rows_from_raw(&mut r, "", c);
+    o.tls = TlsOverlay::rows_from_raw(&mut tls, "tls", c);
+    o.tls.acme = tls.acme.map(|mut a| AcmeOverlay::rows_from_raw(&mut a, "tls.acme", c));
+    o.sites = sites;
+    o
 }
 
 fn site_from_raw(s: raw::Site, at: &str, c: &mut Check<'_>) -> SiteOverlay {
@@ -272,7 +220,7 @@ fn site_from_raw(s: raw::Site, at: &str, c: &mut Check<'_>) -> SiteOverlay {
         upstream: c.value(&p("upstream"), s.upstream.as_deref(), Upstream::parse),
         preserve_host: s.preserve_host,
         public_paths: c.values(&p("public_paths"), s.public_paths, parse_public_path),
-        auth: auth_from_raw(s.auth.unwrap_or_default(), &p("auth"), c),
+        auth: AuthOverlay::rows_from_raw(&mut s.auth.unwrap_or_default(), &p("auth"), c),
     }
 }
 
@@ -304,23 +252,7 @@ pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
     });
     let sites = finish_sites(&o, &state_dir, &mut c);
     let tls = finish_tls(&o, listen, &mut c);
-    let d = Limits::default();
-    let l = &o.limits;
-    let limits = Limits {
-        tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(d.tls_handshake_timeout),
-        header_read_timeout: l.header_read_timeout.unwrap_or(d.header_read_timeout),
-        body_timeout: l.body_timeout.unwrap_or(d.body_timeout),
-        upstream_connect_timeout: l.upstream_connect_timeout.unwrap_or(d.upstream_connect_timeout),
-        upstream_response_timeout: l.upstream_response_timeout.unwrap_or(d.upstream_response_timeout),
-        idle_timeout: l.idle_timeout.unwrap_or(d.idle_timeout),
-        max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes),
-        max_headers: l.max_headers.unwrap_or(d.max_headers),
-        max_uri_bytes: l.max_uri_bytes.unwrap_or(d.max_uri_bytes),
-        max_body_bytes: l.max_body_bytes.or(d.max_body_bytes),
-        max_connections: l.max_connections.unwrap_or(d.max_connections),
-        max_connections_per_client: l.max_connections_per_client.unwrap_or(d.max_connections_per_client),
-        max_h2_streams: l.max_h2_streams.unwrap_or(d.max_h2_streams),
-    };
+    let limits = Limits::resolve(&o.limits);
     let settings = ServeSettings {
         listen,
         tls: tls.unwrap_or(TlsSource::SelfSigned),
@@ -345,7 +277,7 @@ fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSet
         if upstream.is_none() {
             c.error("upstream", "missing: give an upstream (host:port) or a list of sites");
         }
-        let auth = resolve_auth(&AuthOverlay::default(), &o.auth, state_dir);
+        let auth = AuthSettings::resolve(&AuthOverlay::default(), &o.auth, state_dir);
         check_auth_files(&auth, "auth.users", "auth.tokens", "auth", c);
         if let Some(upstream) = upstream {
             out.push(SiteSettings {
@@ -362,7 +294,7 @@ fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSet
     check_sites(list, o, c);
     for (i, s) in list.iter().enumerate() {
         let at = format!("sites[{i}]");
-        let auth = resolve_auth(&s.auth, &o.auth, state_dir);
+        let auth = AuthSettings::resolve(&s.auth, &o.auth, state_dir);
         let from = |set: bool, key: &str| {
             if set {
                 format!("{at}.auth.{key}")
@@ -372,8 +304,8 @@ fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSet
         };
         check_auth_files(
             &auth,
-            &from(s.auth.users_file.is_some(), "users"),
-            &from(s.auth.tokens_file.is_some(), "tokens"),
+            &from(s.auth.users.is_some(), "users"),
+            &from(s.auth.tokens.is_some(), "tokens"),
             &format!("{at}.auth"),
             c,
         );
@@ -404,11 +336,11 @@ pub fn site_auth(o: &Overlay) -> Vec<(String, AuthSettings)> {
     match &o.sites {
         None => vec![(
             DEFAULT_SITE_NAME.into(),
-            resolve_auth(&AuthOverlay::default(), &o.auth, &state_dir),
+            AuthSettings::resolve(&AuthOverlay::default(), &o.auth, &state_dir),
         )],
         Some(list) => list
             .iter()
-            .map(|s| (site_name(s), resolve_auth(&s.auth, &o.auth, &state_dir)))
+            .map(|s| (site_name(s), AuthSettings::resolve(&s.auth, &o.auth, &state_dir)))
             .collect(),
     }
 }
@@ -475,61 +407,6 @@ fn check_sites(list: &[SiteOverlay], o: &Overlay, c: &mut Check<'_>) {
                 }
             }
         }
-    }
-}
-
-/// A site's auth: its own values over the top-level ones over the defaults.
-fn resolve_auth(site: &AuthOverlay, top: &AuthOverlay, state_dir: &Path) -> AuthSettings {
-    let d = AuthSettings::defaults(state_dir);
-    let users_file = site
-        .users_file
-        .clone()
-        .or_else(|| top.users_file.clone())
-        .unwrap_or(d.users_file);
-    AuthSettings {
-        disabled: site.disabled.or(top.disabled).unwrap_or(d.disabled),
-        // Beside the users file unless named: the two are one account database.
-        groups_file: site
-            .groups_file
-            .clone()
-            .or_else(|| top.groups_file.clone())
-            .unwrap_or_else(|| users_file.with_file_name(GROUPS_FILE_NAME)),
-        users_file,
-        tokens_file: site
-            .tokens_file
-            .clone()
-            .or_else(|| top.tokens_file.clone())
-            .unwrap_or(d.tokens_file),
-        realm: site.realm.clone().or_else(|| top.realm.clone()).unwrap_or(d.realm),
-        forwarded_user_header: site
-            .forwarded_user_header
-            .clone()
-            .or_else(|| top.forwarded_user_header.clone())
-            .unwrap_or(d.forwarded_user_header),
-        allowed_origins: site
-            .allowed_origins
-            .clone()
-            .or_else(|| top.allowed_origins.clone())
-            .unwrap_or(d.allowed_origins),
-        cache_ttl: site.cache_ttl.or(top.cache_ttl).unwrap_or(d.cache_ttl),
-        cache_capacity: site.cache_capacity.or(top.cache_capacity).unwrap_or(d.cache_capacity),
-        lockout_failures: site
-            .lockout_failures
-            .or(top.lockout_failures)
-            .unwrap_or(d.lockout_failures),
-        lockout_window: site.lockout_window.or(top.lockout_window).unwrap_or(d.lockout_window),
-        lockout_duration: site
-            .lockout_duration
-            .or(top.lockout_duration)
-            .unwrap_or(d.lockout_duration),
-        login_page: site.login_page.or(top.login_page).unwrap_or(d.login_page),
-        session_lifetime: site
-            .session_lifetime
-            .or(top.session_lifetime)
-            .unwrap_or(d.session_lifetime),
-        session_idle: site.session_idle.or(top.session_idle).unwrap_or(d.session_idle),
-        default_role: site.default_role.or(top.default_role).unwrap_or(d.default_role),
-        jwt: site.jwt.clone().or_else(|| top.jwt.clone()).unwrap_or(d.jwt),
     }
 }
 
@@ -762,7 +639,7 @@ pub fn default_state_dir() -> PathBuf {
 
 // Value parsers: each returns a lowercase message that names the bad value.
 
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     let t = s.trim();
     if let Ok(a) = t.parse::<SocketAddr>() {
         if a.port() == 0 {
@@ -784,14 +661,14 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
-fn parse_port(n: u64) -> Result<u16, String> {
+pub(crate) fn parse_port(n: u64) -> Result<u16, String> {
     u16::try_from(n)
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{n} is not a valid port (1-65535)"))
 }
 
-fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+pub(crate) fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     match s.trim() {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
@@ -800,7 +677,7 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 }
 
 /// A timeout of zero would fail every connection, so it is refused.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
         return Err(format!("{s:?}: must be more than 0"));
@@ -808,7 +685,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_whole_seconds(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_whole_seconds(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.subsec_nanos() != 0 {
         return Err(format!("{s:?}: must be whole seconds"));
@@ -826,11 +703,18 @@ fn count(n: u64, min: u64, max: u64) -> Result<u64, String> {
     }
 }
 
-fn count_usize(n: u64, min: u64, max: u64) -> Result<usize, String> {
+/// `n` as a size within `1..`, in bytes.
+pub(crate) fn parse_size_from_one(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    count(n, 1, u64::MAX).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+pub(crate) fn count_usize(n: u64, min: u64, max: u64) -> Result<usize, String> {
     count(n, min, max).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-fn count_u32(n: u64, min: u64) -> Result<u32, String> {
+pub(crate) fn count_u32(n: u64, min: u64) -> Result<u32, String> {
     count(n, min, u32::MAX.into()).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
@@ -853,7 +737,7 @@ fn parse_host(s: &str) -> Result<String, String> {
     acme::parse_domain(s)
 }
 
-fn parse_acme_domain(s: &str) -> Result<String, String> {
+pub(crate) fn parse_acme_domain(s: &str) -> Result<String, String> {
     let t = s.trim();
     if t.trim_start_matches('[')
         .trim_end_matches(']')
@@ -867,7 +751,7 @@ fn parse_acme_domain(s: &str) -> Result<String, String> {
     acme::parse_domain(t)
 }
 
-fn parse_public_path(s: &str) -> Result<String, String> {
+pub(crate) fn parse_public_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
         return Err(format!("{s:?}: must start with '/'"));
     }
@@ -935,7 +819,7 @@ pub fn parse_origin(s: &str) -> Result<String, String> {
     }
 }
 
-fn parse_realm(s: &str) -> Result<String, String> {
+pub(crate) fn parse_realm(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("empty realm".into());
     }
@@ -968,6 +852,14 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-host",
     "x-forwarded-proto",
 ];
+
+/// `forwarded_user_header` as written: `false` or `off` sends none.
+pub(crate) fn parse_header_choice(h: raw::HeaderChoice) -> Result<Option<String>, String> {
+    match h {
+        raw::HeaderChoice::Off => Ok(None),
+        raw::HeaderChoice::Name(n) => parse_header_name(&n).map(Some),
+    }
+}
 
 fn parse_header_name(s: &str) -> Result<String, String> {
     let t = s.trim();
