@@ -60,7 +60,7 @@ impl Flag {
     }
 }
 
-/// Every flag of `guard serve` that sets a key, in the file's order.
+/// Every flag of `guard serve` that sets a key, section by section, each in the file's order.
 pub fn flags() -> impl Iterator<Item = &'static Flag> {
     [
         Overlay::FLAGS,
