@@ -534,6 +534,23 @@ fn bad_input_names_the_flag_or_path_and_exits_with_the_documented_code() {
     let state = p("state");
     let mut cases: Vec<(Vec<String>, i32, String)> = vec![
         (vec!["--upstream".into(), "localhost".into()], 2, "--upstream".into()),
+        // Checked as the file's values are: a realm that would break the challenge header, a
+        // user header that is a standard one.
+        (
+            vec!["--upstream".into(), "x:1".into(), "--realm".into(), "a\"b".into()],
+            2,
+            "'--realm <TEXT>': \"a\\\"b\": the realm cannot contain".into(),
+        ),
+        (
+            vec![
+                "--upstream".into(),
+                "x:1".into(),
+                "--forwarded-user-header".into(),
+                "Cookie".into(),
+            ],
+            2,
+            "\"Cookie\" is a standard header".into(),
+        ),
         (
             vec!["--upstream".into(), "localhost:50o0".into()],
             2,

@@ -40,6 +40,7 @@
 
 pub mod acme;
 pub mod admin;
+mod check;
 pub mod clock;
 pub mod credential;
 pub mod error;
@@ -48,6 +49,7 @@ pub mod fsutil;
 pub mod htpasswd;
 pub mod jwt;
 pub mod model;
+mod origins;
 pub mod overlay;
 pub mod raw;
 pub mod roles;

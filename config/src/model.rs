@@ -183,6 +183,15 @@ impl Cidr {
     }
 }
 
+/// Access-log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per request.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

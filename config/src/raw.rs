@@ -9,71 +9,9 @@
 //! the directory of the file. An empty value or `null` leaves a setting at its default.
 //! Anchors and aliases (`&auth`, `*auth`) work; merge keys (`<<:`) do not.
 
-use serde::{Deserialize, Deserializer};
-
-pub use crate::settings::{Acme, Auth, Config, Limits, Lockout, SessionLimits, Tls};
+pub use crate::check::HeaderChoice;
+pub use crate::settings::{Acme, Auth, Config, Limits, Lockout, SessionLimits, Site, Tls};
 use crate::yaml::{fields_of, normalize_key};
-
-/// `sites[]`: one site.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Site {
-    /// Name for logs. Default: its first host, or `default` for a site without hosts.
-    pub name: Option<String>,
-    /// Host names routed here (TLS SNI and `Host`), without port. None or empty: every host no
-    /// other site claims (at most one such site).
-    pub hosts: Option<Vec<String>>,
-    /// Where requests go, `host:port` or `http://host:port`. Required.
-    pub upstream: Option<String>,
-    /// Forward the client's `Host` instead of the upstream's authority. Default: false.
-    pub preserve_host: Option<bool>,
-    /// Path prefixes served without authentication (e.g. a notebook's static assets).
-    /// Default: none.
-    pub public_paths: Option<Vec<String>>,
-    /// This site's authentication, overriding the top-level `auth` key by key.
-    pub auth: Option<Auth>,
-}
-
-/// `forwarded_user_header`: a header name, or `false` / `off` for none.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HeaderChoice {
-    /// Send no header naming the user.
-    Off,
-    /// Send this header (checked in validation).
-    Name(String),
-}
-
-impl<'de> Deserialize<'de> for HeaderChoice {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = HeaderChoice;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a header name or false")
-            }
-            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<HeaderChoice, E> {
-                if b {
-                    Err(E::invalid_type(serde::de::Unexpected::Bool(b), &self))
-                } else {
-                    Ok(HeaderChoice::Off)
-                }
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HeaderChoice, E> {
-                if s.trim().eq_ignore_ascii_case("off") {
-                    Ok(HeaderChoice::Off)
-                } else {
-                    Ok(HeaderChoice::Name(s.to_owned()))
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A section that is present turns its feature on even when it is empty (`acme:` alone).
-pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<Option<T>, D::Error> {
-    Option::<T>::deserialize(d).map(|v| Some(v.unwrap_or_default()))
-}
 
 /// The nested sections of each struct: `(key, fields)`.
 fn sections(name: &str) -> Vec<(&'static str, &'static [&'static str])> {

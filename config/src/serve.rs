@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::model::LogFormat;
 use crate::model::{Cidr, Upstream};
 use crate::overlay::{AuthOverlay, LimitsOverlay};
 use crate::roles::{Role, GROUPS_FILE_NAME};
@@ -207,15 +208,6 @@ pub enum TlsSource {
     /// A certificate from an ACME CA (Let's Encrypt by default), kept in the state directory
     /// and renewed while serving.
     Acme(crate::acme::AcmeSettings),
-}
-
-/// Access-log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One human-readable line per request.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Every timeout and size limit of the serving path. None of them cuts a slow but live body.

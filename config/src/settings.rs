@@ -9,15 +9,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::acme::{self, ChallengeChoice};
-use crate::model::{parse_duration, parse_size, Cidr, Upstream};
-use crate::overlay::{pick, Origins, SiteOverlay};
-use crate::raw::{present, HeaderChoice, Site};
+use crate::check::{self as v, file, jwt_issuers, kept, list, text, value, Check, HeaderChoice};
+use crate::model::{parse_duration, parse_size, Cidr, LogFormat, Upstream};
+use crate::origins::{pick, Origins};
 use crate::roles::Role;
-use crate::serve::LogFormat;
-use crate::validate::{self as v, file, jwt_issuers, kept, list, text, value, Check};
 
 /// One flag of `guard serve`, as plain data for the command line to build.
 pub struct Flag {
@@ -482,7 +480,7 @@ section! {
         flag [path "tokens" "FILE"; "Bearer tokens file, re-read when it changes. [default: STATE_DIR/tokens.json]"];
     /// Realm in the `WWW-Authenticate` challenge. Default: `MLflow`.
     realm: String => value String = text(v::parse_realm),
-        flag [value "realm" "TEXT" as_given; "Realm in the WWW-Authenticate challenge. [default: MLflow]"];
+        flag [value "realm" "TEXT" v::parse_realm; "Realm in the WWW-Authenticate challenge. [default: MLflow]"];
     /// Header naming the authenticated user or token to the upstream, or `false` (or `off`) to
     /// send none. Client-sent copies are always removed. Default: `X-Forwarded-User`.
     forwarded_user_header: HeaderChoice => value Option<String> = value(v::parse_header_choice),
@@ -608,16 +606,13 @@ fn widen(n: u32) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-fn as_given(s: &str) -> Result<String, String> {
-    Ok(s.to_owned())
-}
-
-/// `off` (or nothing) sends no header.
+/// `off` (or nothing) sends no header; a name is checked as the file's is (a token, and not a
+/// header with its own meaning such as `Cookie` or `Host`).
 fn flag_header_choice(s: &str) -> Result<Option<String>, String> {
-    Ok(match s {
-        "off" | "" => None,
-        name => Some(name.to_owned()),
-    })
+    match s {
+        "off" | "" => Ok(None),
+        name => v::parse_header_name(name).map(Some),
+    }
 }
 
 /// A whole number as clap's `value_parser!(u32).range(1..)` and kin read one, messages
@@ -631,4 +626,46 @@ where
         return Err(format!("{n} is not in {min}..={max}"));
     }
     T::try_from(n).map_err(|e| e.to_string())
+}
+
+/// `sites[]`: one site.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Name for logs. Default: its first host, or `default` for a site without hosts.
+    pub name: Option<String>,
+    /// Host names routed here (TLS SNI and `Host`), without port. None or empty: every host no
+    /// other site claims (at most one such site).
+    pub hosts: Option<Vec<String>>,
+    /// Where requests go, `host:port` or `http://host:port`. Required.
+    pub upstream: Option<String>,
+    /// Forward the client's `Host` instead of the upstream's authority. Default: false.
+    pub preserve_host: Option<bool>,
+    /// Path prefixes served without authentication (e.g. a notebook's static assets).
+    /// Default: none.
+    pub public_paths: Option<Vec<String>>,
+    /// This site's authentication, overriding the top-level `auth` key by key.
+    pub auth: Option<Auth>,
+}
+
+/// One entry of `sites`.
+#[derive(Clone, Debug, Default)]
+pub struct SiteOverlay {
+    /// `name`.
+    pub name: Option<String>,
+    /// `hosts`, validated and lowercase; empty: every host no other site claims.
+    pub hosts: Vec<String>,
+    /// `upstream`.
+    pub upstream: Option<Upstream>,
+    /// `preserve_host`.
+    pub preserve_host: Option<bool>,
+    /// `public_paths`.
+    pub public_paths: Option<Vec<String>>,
+    /// `auth`: this site's overrides of the top-level `auth`.
+    pub auth: AuthOverlay,
+}
+
+/// A section that is present turns its feature on even when it is empty (`acme:` alone).
+pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d).map(|v| Some(v.unwrap_or_default()))
 }
