@@ -274,7 +274,10 @@ impl Jwts {
             .find(|i| i.settings.issuer == iss)
             .ok_or_else(|| Refused::UnknownIssuer(iss.clone()))?;
         let mut keys = issuer.keys.load_full();
-        if find_key(&keys, header.kid.as_deref()).is_none() && self.refetch(issuer).await {
+        if find_key(&keys, header.kid.as_deref()).is_none() {
+            // Read the keys again even when this request did not fetch: a concurrent one may
+            // just have, for the same new kid.
+            self.refetch(issuer).await;
             keys = issuer.keys.load_full();
         }
         if keys.is_empty() {
@@ -327,23 +330,18 @@ impl Jwts {
         })
     }
 
-    /// Re-fetches `issuer`'s keys unless that was done within [`REFETCH_INTERVAL`]; whether
-    /// new keys were loaded.
-    async fn refetch(&self, issuer: &Issuer) -> bool {
+    /// Re-fetches `issuer`'s keys unless that was done within [`REFETCH_INTERVAL`].
+    async fn refetch(&self, issuer: &Issuer) {
         let mut last = issuer.fetched.lock().await;
         if last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
-            return false;
+            return;
         }
         *last = Some(Instant::now());
         match self.fetch(issuer).await {
             Ok(()) => {
-                tracing::info!(issuer = %issuer.settings.issuer, "re-fetched the JWT keys (a token named an unknown key)");
-                true
+                tracing::info!(issuer = %issuer.settings.issuer, "re-fetched the JWT keys (a token named an unknown key)")
             }
-            Err(e) => {
-                tracing::warn!(issuer = %issuer.settings.issuer, "cannot re-fetch the JWT keys: {e}");
-                false
-            }
+            Err(e) => tracing::warn!(issuer = %issuer.settings.issuer, "cannot re-fetch the JWT keys: {e}"),
         }
     }
 }
