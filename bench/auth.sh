@@ -6,7 +6,9 @@
 #
 # Part 1, throughput: wrk -t2 -c64 with the correct `Authorization: Basic` header on every
 # request (what the MLflow client does), side by side: guard without and with auth, guard with
-# a browser's session cookie instead (signed in once on its page, no Authorization), nginx
+# a browser's session cookie instead (signed in once on its page, no Authorization), the same
+# guard with a JWT access token from an identity provider (tests/browser's oidc-provider, a
+# client-credentials token; the row is left out when Node.js or `npm ci` is missing), nginx
 # without auth and with auth_basic, Caddy without auth and with basicauth.
 #
 # Part 2, flood: 32 attacker addresses 127.0.0.2..127.0.0.33, 4 keep-alive connections each,
@@ -81,9 +83,25 @@ start_one() { # start_one KEY kind [args]
     PORT[$key]=$LAST_PORT; PID[$key]=$LAST_PID; URL[$key]="https://127.0.0.1:$LAST_PORT/"
 }
 
+# An identity provider for the JWT row: the one the tests use, when Node.js and its packages are
+# installed. guard-auth then accepts its tokens too (auth.jwt, from a file: no flag for it).
+JWT_CFG=()
+if command -v node >/dev/null && [ -d "$REPO/tests/browser/node_modules/oidc-provider" ]; then
+    KEYS=$BENCH_DIR/idp-keys.json PORT=0 node "$REPO/tests/browser/oidc-provider.mjs" >"$BENCH_DIR/idp.out" 2>"$BENCH_DIR/idp.err" &
+    BENCH_PIDS+=("$!")
+    for _ in $(seq 100); do [ -s "$BENCH_DIR/idp.out" ] && break; sleep 0.1; done
+    ISSUER=$(sed -n 's/.*"issuer":"\([^"]*\)".*/\1/p' "$BENCH_DIR/idp.out")
+    [ -n "$ISSUER" ] || die "the OIDC provider did not start (see $BENCH_DIR/idp.err)"
+    printf 'auth:\n  jwt:\n    - issuer: %s\n      audiences: [https://mlflow.test]\n' "$ISSUER" >"$BENCH_DIR/jwt.yaml"
+    JWT_CFG=(--config "$BENCH_DIR/jwt.yaml")
+    log "OIDC provider at $ISSUER"
+else
+    log "no Node.js or tests/browser/node_modules (npm ci there): no JWT row"
+fi
+
 # --- part 1: throughput ---------------------------------------------------------------------
 start_one guard-noauth guard --dangerous-no-auth
-start_one guard-auth guard --users "$USERS"
+start_one guard-auth guard --users "$USERS" "${JWT_CFG[@]}"
 start_one nginx-noauth nginx
 start_one nginx-auth nginx "$USERS"
 start_one caddy-noauth caddy
@@ -94,12 +112,23 @@ URL[guard-session]=${URL[guard-auth]}; PID[guard-session]=${PID[guard-auth]}
 HDR[guard-session]=$(sign_in "${URL[guard-auth]}")
 code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 10 -H "${HDR[guard-session]}" "${URL[guard-session]}")
 [ "$code" = 200 ] || die "guard-session: the session cookie gave $code, not 200"
+ROTATION=(guard-noauth guard-auth guard-session nginx-noauth caddy-noauth caddy-auth)
+# And with a JWT (valid 10 minutes, longer than the throughput part runs).
+if [ -n "${JWT_CFG[*]}" ]; then
+    URL[guard-jwt]=${URL[guard-auth]}; PID[guard-jwt]=${PID[guard-auth]}
+    TOKEN=$(curl -s --max-time 10 -u ci-machine:ci-machine-secret -d grant_type=client_credentials -d scope=mlflow \
+        -d resource=https://mlflow.test "$ISSUER/token" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+    [ -n "$TOKEN" ] || die "the OIDC provider gave no access token"
+    HDR[guard-jwt]="Authorization: Bearer $TOKEN"
+    code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 10 -H "${HDR[guard-jwt]}" "${URL[guard-jwt]}")
+    [ "$code" = 200 ] || die "guard-jwt: the provider's token gave $code, not 200"
+    ROTATION+=(guard-jwt)
+fi
 
 RES=$BENCH_DIR/results
 mkdir -p "$RES"
 # Rounds in rotating order, so background load on a shared machine hits every contender; the
 # report shows the median. The warmup runs in round 1 only (the servers stay up).
-ROTATION=(guard-noauth guard-auth guard-session nginx-noauth caddy-noauth caddy-auth)
 for round in $(seq "$ROUNDS"); do
     for i in $(seq 0 $((${#ROTATION[@]} - 1))); do
         k=${ROTATION[$(((i + round - 1) % ${#ROTATION[@]}))]}
@@ -114,7 +143,9 @@ done
 # when wrk stops would burn both cores through whatever ran next.
 log "throughput: nginx-auth (one ${NGINX_AUTH_SECS}s run)"
 WARMUP=0 DURATION=$NGINX_AUTH_SECS CPU_PID=${PID[nginx-auth]} run_wrk "${URL[nginx-auth]}" -H "$AUTH_HEADER" >"$RES/nginx-auth"
-for k in "${ROTATION[@]}" nginx-auth; do [ "$k" = guard-session ] || stop_pid "${PID[$k]}"; done
+for k in "${ROTATION[@]}" nginx-auth; do
+    case $k in guard-session | guard-jwt) ;; *) stop_pid "${PID[$k]}" ;; esac
+done
 
 # --- part 2: flood ----------------------------------------------------------------------------
 FLOOD_KEYS=(flood-guard flood-guard-nolockout flood-nginx flood-caddy)
@@ -178,9 +209,10 @@ def load(name):
     med = [statistics.median(r[i] for r in rs) for i in range(5)]
     return med + [sum(r[i] for r in rs) for i in (5, 6, 7)] + [[r[1] for r in rs], statistics.median(r[8] for r in rs)]
 names = {"guard-noauth": "guard, no auth", "guard-auth": "guard, Basic auth",
-         "guard-session": "guard, session cookie",
+         "guard-session": "guard, session cookie", "guard-jwt": "guard, JWT bearer (cached)",
          "nginx-noauth": "nginx, no auth", "nginx-auth": "nginx, auth_basic",
          "caddy-noauth": "caddy, no auth", "caddy-auth": "caddy, basicauth"}
+names = {k: v for k, v in names.items() if os.path.exists(os.path.join(res, k))}
 r = {k: load(k) for k in names}
 print("| contender | req/s (2xx) | p50 ms | p99 ms | non-2xx | timeouts | socket errors | server CPU µs/req |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -201,6 +233,8 @@ print("|---|---|---|")
 print(f"| guard auth ÷ guard no auth | {ratio('guard-auth', 'guard-noauth', 0.9)} |")
 print(f"| guard auth ÷ nginx no auth | {ratio('guard-auth', 'nginx-noauth', 1.0)} |")
 print(f"| guard session ÷ guard Basic (cached) | {ratio('guard-session', 'guard-auth', 0.95)} |")
+if "guard-jwt" in r:
+    print(f"| guard JWT ÷ guard Basic (cached) | {ratio('guard-jwt', 'guard-auth', 0.95)} |")
 print(f"| guard auth ÷ caddy basicauth | {ratio('guard-auth', 'caddy-auth', 1.0)} |")
 print(f"| guard auth ÷ nginx auth_basic | {ratio('guard-auth', 'nginx-auth')} |")
 print(f"| nginx auth_basic ÷ nginx no auth | {ratio('nginx-auth', 'nginx-noauth')} |")

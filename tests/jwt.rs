@@ -159,6 +159,28 @@ fn an_issuer_that_answers_wrongly_stops_the_start_and_one_that_is_down_is_retrie
         "{}",
         g.stderr.text()
     );
+    // The provider comes back: its tokens pass once the next retry fetched its keys (retries
+    // at 2, 4, 8 s after start), without a restart.
+    let idp = OidcProvider::start(&dir.path().join("keys.json"), port);
+    let token = idp.client_credentials_token();
+    let c = g.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { c.send(bearer("/api/ok", &token)).await.status() });
+        // The upstream (port 9) is down: 502 means authentication passed.
+        if status != 401 {
+            assert_eq!(status, 502);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the keys were never fetched: {}",
+            g.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]

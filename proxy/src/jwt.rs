@@ -84,13 +84,12 @@ pub enum Refused {
     NoUser(String),
 }
 
-/// A token that verified: who it names and until when.
+/// A token that verified: who it names and until when. Cloned from the cache on every request
+/// a token makes, so it holds no more than that.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
     /// The user claim's value.
     pub name: String,
-    /// The issuer.
-    pub issuer: String,
     /// `exp`, Unix seconds.
     pub expires: u64,
 }
@@ -197,8 +196,9 @@ impl Jwts {
         failed
     }
 
-    /// Keeps the keys fresh while the site lives: an issuer without keys (unreachable at start)
-    /// is retried with a growing delay, the rest are re-fetched every hour.
+    /// Keeps the keys fresh while the site lives: an issuer without keys (unreachable at start,
+    /// or a site just made by a reload) is fetched at once and then retried with a growing
+    /// delay; once every issuer has keys they are re-fetched every hour.
     pub fn spawn_refresher(self: &Arc<Self>) {
         if self.is_empty() {
             return;
@@ -208,19 +208,23 @@ impl Jwts {
             let mut retry = FIRST_RETRY;
             loop {
                 let Some(jwts) = weak.upgrade() else { return };
+                let due = !jwts.without_keys().is_empty() || retry == Duration::ZERO;
+                if due {
+                    for (issuer, e) in jwts.fetch_all().await {
+                        tracing::warn!(%issuer, "cannot fetch the JWT keys: {e}");
+                    }
+                }
                 let wait = if jwts.without_keys().is_empty() {
-                    retry = FIRST_RETRY;
+                    // Zero marks the hourly refresh as due when the wait is over.
+                    retry = Duration::ZERO;
                     REFRESH_INTERVAL
                 } else {
-                    retry = (retry * 2).min(MAX_RETRY);
-                    retry / 2
+                    let wait = retry.max(FIRST_RETRY);
+                    retry = (wait * 2).min(MAX_RETRY);
+                    wait
                 };
                 drop(jwts);
                 tokio::time::sleep(wait).await;
-                let Some(jwts) = weak.upgrade() else { return };
-                for (issuer, e) in jwts.fetch_all().await {
-                    tracing::warn!(%issuer, "cannot fetch the JWT keys: {e}");
-                }
             }
         });
     }
@@ -325,7 +329,6 @@ impl Jwts {
             .ok_or_else(|| Refused::NoUser(claim.clone()))?;
         Ok(Verified {
             name: name.to_owned(),
-            issuer: iss,
             expires: exp,
         })
     }
@@ -575,7 +578,6 @@ mod tests {
             verify(&good),
             Ok(Verified {
                 name: "ci-bot".into(),
-                issuer: ISS.into(),
                 expires: now + 300
             })
         );
