@@ -24,19 +24,7 @@ const READER: &str = "rita";
 /// Whether the browser tier can run: Chromium, Node.js and `npm ci`'s packages. CI requires
 /// all three.
 fn browser_ready() -> bool {
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/playwright-core");
-    if !modules.is_dir() {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "{} is missing in CI; .ci/run runs npm ci in tests/browser",
-                modules.display()
-            );
-        }
-        eprintln!("note: run `npm ci` in tests/browser for the browser tests; skipping outside CI");
-        return false;
-    }
-    require_program(&["chromium"], "apt-get install -y chromium").is_some()
-        && require_program(&["node"], "apt-get install -y nodejs npm").is_some()
+    require_npm_package("playwright-core") && require_program(&["chromium"], "apt-get install -y chromium").is_some()
 }
 
 #[test]

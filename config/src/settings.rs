@@ -49,6 +49,26 @@ pub enum Set {
 }
 
 impl Flag {
+    /// A flag of one value, its variable `GUARD_` and the long name.
+    const fn new(
+        key: &'static str,
+        long: &'static str,
+        value_name: &'static str,
+        help: &'static str,
+        set: Set,
+    ) -> Flag {
+        Flag {
+            key,
+            long,
+            env: None,
+            value_name,
+            help,
+            list: false,
+            choices: &[],
+            set,
+        }
+    }
+
     /// `GUARD_` and the long name, unless the row names another.
     pub fn env(&self) -> String {
         match self.env {
@@ -128,33 +148,19 @@ macro_rules! some_or_none {
 /// (one of the listed words), `path`, or `switch` (sets the value given when present).
 macro_rules! flag {
     ($key:expr, $field:ident, value $long:literal $name:literal $parse:expr; $help:literal) => {
-        Flag {
-            key: $key,
-            long: $long,
-            env: None,
-            value_name: $name,
-            help: $help,
-            list: false,
-            choices: &[],
-            set: Set::Text(|o, s| {
-                (Self::AT)(o).$field = Some(($parse)(s)?);
-                Ok(())
-            }),
-        }
+        Flag::new($key, $long, $name, $help, Set::Text(|o, s| {
+            (Self::AT)(o).$field = Some(($parse)(s)?);
+            Ok(())
+        }))
     };
     ($key:expr, $field:ident, list $long:literal $name:literal $parse:expr; $help:literal $(; env $env:literal)?) => {
         Flag {
-            key: $key,
-            long: $long,
             env: some_or_none!($($env)?),
-            value_name: $name,
-            help: $help,
             list: true,
-            choices: &[],
-            set: Set::Text(|o, s| {
+            ..Flag::new($key, $long, $name, $help, Set::Text(|o, s| {
                 (Self::AT)(o).$field.get_or_insert_default().push(($parse)(s)?);
                 Ok(())
-            }),
+            }))
         }
     };
     ($key:expr, $field:ident, choice $long:literal $name:literal [$($choice:literal),*] $parse:expr; $help:literal) => {
@@ -164,28 +170,10 @@ macro_rules! flag {
         }
     };
     ($key:expr, $field:ident, path $long:literal $name:literal; $help:literal) => {
-        Flag {
-            key: $key,
-            long: $long,
-            env: None,
-            value_name: $name,
-            help: $help,
-            list: false,
-            choices: &[],
-            set: Set::Path(|o, p| (Self::AT)(o).$field = Some(p)),
-        }
+        Flag::new($key, $long, $name, $help, Set::Path(|o, p| (Self::AT)(o).$field = Some(p)))
     };
     ($key:expr, $field:ident, switch $long:literal ($on:literal); $help:literal) => {
-        Flag {
-            key: $key,
-            long: $long,
-            env: None,
-            value_name: "",
-            help: $help,
-            list: false,
-            choices: &[],
-            set: Set::Switch(|o| (Self::AT)(o).$field = Some($on)),
-        }
+        Flag::new($key, $long, "", $help, Set::Switch(|o| (Self::AT)(o).$field = Some($on)))
     };
 }
 

@@ -203,39 +203,36 @@ impl Jwts {
         if self.is_empty() {
             return;
         }
+        // Keys the start has just fetched are not fetched again until the hour is up.
+        let mut fetch_now = !self.has_all_keys();
+        let mut retry = FIRST_RETRY;
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut retry = FIRST_RETRY;
             loop {
                 let Some(jwts) = weak.upgrade() else { return };
-                let due = !jwts.without_keys().is_empty() || retry == Duration::ZERO;
-                if due {
+                if fetch_now {
                     for (issuer, e) in jwts.fetch_all().await {
                         tracing::warn!(%issuer, "cannot fetch the JWT keys: {e}");
                     }
                 }
-                let wait = if jwts.without_keys().is_empty() {
-                    // Zero marks the hourly refresh as due when the wait is over.
-                    retry = Duration::ZERO;
+                let wait = if jwts.has_all_keys() {
+                    retry = FIRST_RETRY;
                     REFRESH_INTERVAL
                 } else {
-                    let wait = retry.max(FIRST_RETRY);
-                    retry = (wait * 2).min(MAX_RETRY);
+                    let wait = retry;
+                    retry = (retry * 2).min(MAX_RETRY);
                     wait
                 };
                 drop(jwts);
                 tokio::time::sleep(wait).await;
+                fetch_now = true;
             }
         });
     }
 
-    /// The issuers whose keys are not loaded.
-    pub fn without_keys(&self) -> Vec<String> {
-        self.issuers
-            .iter()
-            .filter(|i| i.keys.load().is_empty())
-            .map(|i| i.settings.issuer.clone())
-            .collect()
+    /// Whether every issuer's keys are loaded.
+    fn has_all_keys(&self) -> bool {
+        self.issuers.iter().all(|i| !i.keys.load().is_empty())
     }
 
     async fn fetch(&self, issuer: &Issuer) -> Result<(), FetchError> {
@@ -336,10 +333,11 @@ impl Jwts {
     /// Re-fetches `issuer`'s keys unless that was done within [`REFETCH_INTERVAL`].
     async fn refetch(&self, issuer: &Issuer) {
         let mut last = issuer.fetched.lock().await;
-        if last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
+        let now = self.clock.instant();
+        if last.is_some_and(|t| now.saturating_duration_since(t) < REFETCH_INTERVAL) {
             return;
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         match self.fetch(issuer).await {
             Ok(()) => {
                 tracing::info!(issuer = %issuer.settings.issuer, "re-fetched the JWT keys (a token named an unknown key)")
@@ -536,7 +534,7 @@ mod tests {
         let j = Jwts::new(std::slice::from_ref(&settings), clock.clone());
         let issuer = &j.issuers[0];
         issuer.keys.store(Arc::new(parse_key_set(&json!({ "keys": keys }))));
-        *issuer.fetched.try_lock().unwrap() = Some(Instant::now());
+        *issuer.fetched.try_lock().unwrap() = Some(clock.instant());
         j
     }
 

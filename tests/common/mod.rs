@@ -293,6 +293,26 @@ pub mod raw;
 
 pub use program::require_program;
 
+/// Whether `tests/browser`'s npm package `name` and Node.js are there to run it (`npm ci` in
+/// `tests/browser`, as .ci/run does). Under `CI` a missing one fails the test; elsewhere the
+/// test prints a note and gets `false`, to skip.
+pub fn require_npm_package(name: &str) -> bool {
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/browser/node_modules")
+        .join(name);
+    if !modules.is_dir() {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "{} is missing in CI; .ci/run runs npm ci in tests/browser",
+                modules.display()
+            );
+        }
+        eprintln!("note: run `npm ci` in tests/browser for the tests that use {name}; skipping outside CI");
+        return false;
+    }
+    require_program(&["node"], "apt-get install -y nodejs npm").is_some()
+}
+
 /// An HTTP Basic `Authorization` value.
 pub fn basic(user: &str, pw: &str) -> String {
     use base64::Engine as _;

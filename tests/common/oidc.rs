@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::program::require_program;
-
 /// The audience the provider's access tokens carry.
 pub const AUDIENCE: &str = "https://mlflow.test";
 /// The machine client of the client-credentials grant.
@@ -25,18 +23,7 @@ pub struct OidcProvider {
 
 /// Whether the provider can run: Node.js and `npm ci`'s packages. CI requires both.
 pub fn provider_ready() -> bool {
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/oidc-provider");
-    if !modules.is_dir() {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "{} is missing in CI; .ci/run runs npm ci in tests/browser",
-                modules.display()
-            );
-        }
-        eprintln!("note: run `npm ci` in tests/browser for the OIDC tests; skipping outside CI");
-        return false;
-    }
-    require_program(&["node"], "apt-get install -y nodejs npm").is_some()
+    super::require_npm_package("oidc-provider")
 }
 
 impl OidcProvider {
