@@ -858,8 +858,9 @@ mod tests {
         "sites",
         // Path lists per site are file-only: a flag would apply to every site at once.
         "public_paths",
-        // A list of identity providers, each several keys: no flag could say it.
+        // Identity providers, each several keys: no flag could say one.
         "auth.jwt",
+        "auth.oidc",
     ];
 
     fn serve_flags() -> BTreeSet<String> {
@@ -884,7 +885,7 @@ mod tests {
             .filter(|k| {
                 !KEYS_WITHOUT_FLAG
                     .iter()
-                    .any(|p| *k == p || k.starts_with(&format!("{p}[")))
+                    .any(|p| *k == p || k.starts_with(&format!("{p}[")) || k.starts_with(&format!("{p}.")))
             })
             .cloned()
             .collect()

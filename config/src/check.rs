@@ -123,6 +123,17 @@ pub(crate) fn jwt_issuers(
     Some(issuers.collect())
 }
 
+/// `auth.oidc`: the provider checked, its client secret read.
+pub(crate) fn oidc_provider(
+    c: &mut Check<'_>,
+    at: &str,
+    raw: Option<crate::oidc::RawOidc>,
+) -> Option<crate::oidc::Oidc> {
+    crate::oidc::check(raw?, at, c.base, |var| std::env::var(var).ok())
+        .map_err(|(path, message)| c.error(&path, message))
+        .ok()
+}
+
 /// A value that needs no check (a switch).
 pub(crate) fn kept<T>(_: &mut Check<'_>, _: &str, raw: Option<T>) -> Option<T> {
     raw

@@ -49,6 +49,7 @@ pub mod fsutil;
 pub mod htpasswd;
 pub mod jwt;
 pub mod model;
+pub mod oidc;
 mod origins;
 pub mod overlay;
 pub mod raw;

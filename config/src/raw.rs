@@ -71,6 +71,7 @@ pub fn schema_keys() -> Vec<String> {
                 ("Auth", "lockout") => Some(("Lockout", fields_of::<Lockout>())),
                 ("Auth", "session") => Some(("SessionLimits", fields_of::<SessionLimits>())),
                 ("Auth", "jwt") => Some(("RawIssuer", fields_of::<crate::jwt::RawIssuer>())),
+                ("Auth", "oidc") => Some(("RawOidc", fields_of::<crate::oidc::RawOidc>())),
                 _ => None,
             };
             if let Some((child, fields)) = child {

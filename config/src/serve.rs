@@ -124,6 +124,8 @@ pub struct AuthSettings {
     pub default_role: Role,
     /// Identity providers whose bearer JWTs are accepted (`auth.jwt`); empty: none.
     pub jwt: Vec<crate::jwt::JwtIssuer>,
+    /// The provider browsers sign in with (`auth.oidc`); `None`: none.
+    pub oidc: Option<crate::oidc::Oidc>,
 }
 
 /// Default realm.
@@ -156,6 +158,7 @@ impl AuthSettings {
             groups_file: state_dir.join(GROUPS_FILE_NAME),
             default_role: Role::Writer,
             jwt: Vec::new(),
+            oidc: None,
         }
     }
 
@@ -184,6 +187,7 @@ impl AuthSettings {
             session_idle: either(&site.session.idle, &top.session.idle).unwrap_or(d.session_idle),
             default_role: either(&site.default_role, &top.default_role).unwrap_or(d.default_role),
             jwt: either(&site.jwt, &top.jwt).unwrap_or(d.jwt),
+            oidc: either(&site.oidc, &top.oidc).or(d.oidc),
         }
     }
 }

@@ -38,28 +38,49 @@ const TAG_LEN: usize = 16;
 const MAX_COOKIE_LEN: usize = 4096;
 /// Binds a sealed value to this use and layout, so nothing else sealed under the key passes as
 /// a session.
-const AAD_CONTEXT: &[u8] = b"guard-session-v2";
+const AAD_CONTEXT: &[u8; 16] = b"guard-session-v2";
+
+/// Binds a sealed single-sign-on flow (state, nonce, PKCE verifier) to that use.
+const FLOW_CONTEXT: &[u8; 16] = b"guard-oidc-flow1";
 
 /// How a user signed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignIn {
     /// guard's sign-in page, against the users file.
     Password,
+    /// An OpenID Connect provider (`auth.oidc`): the session carries an [`Identity`].
+    Oidc,
 }
 
 impl SignIn {
     fn code(self) -> u8 {
         match self {
             SignIn::Password => 1,
+            SignIn::Oidc => 2,
         }
     }
 
     fn from_code(code: u8) -> Option<SignIn> {
         match code {
             1 => Some(SignIn::Password),
+            2 => Some(SignIn::Oidc),
             _ => None,
         }
     }
+}
+
+/// What an OpenID provider said of a person at sign-in (or at the last refresh), carried in
+/// their session so no request needs the provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The `email` claim, when the provider gave one it did not mark unverified.
+    pub email: Option<String>,
+    /// The groups claim's values.
+    pub groups: Vec<String>,
+    /// The provider's refresh token, when it gave one.
+    pub refresh_token: Option<String>,
+    /// When the ID token expired: the provider is asked again (refresh) from then on.
+    pub refresh_at: u64,
 }
 
 /// A session's fingerprint of the user's stored password hash: see [`credential_fingerprint`].
@@ -89,6 +110,8 @@ pub struct Session {
     /// This session's CSRF secret, for the forms that act on it (sign-out, change password):
     /// see [`Session::csrf_token`].
     pub csrf: [u8; CSRF_LEN],
+    /// What the provider said, for a [`SignIn::Oidc`] session; `None` for any other.
+    pub identity: Option<Box<Identity>>,
 }
 
 /// Bytes of [`Session::encode`] before the user name: method, issued, seen, credential, csrf.
@@ -107,6 +130,7 @@ impl Session {
             seen: now,
             credential,
             csrf,
+            identity: None,
         })
     }
 
@@ -115,8 +139,9 @@ impl Session {
         B64.encode(self.csrf)
     }
 
-    /// The plaintext a cookie seals: the fixed fields in order (times big-endian), then the
-    /// user name, which runs to the end.
+    /// The plaintext a cookie seals: the fixed fields in order (times big-endian), then, for a
+    /// password session, the user name, which runs to the end; for a single-sign-on session the
+    /// user name and the [`Identity`], each text length-prefixed (see [`Tail`]).
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(FIXED_LEN + self.user.len() + TAG_LEN);
         out.push(self.method.code());
@@ -124,26 +149,89 @@ impl Session {
         out.extend_from_slice(&self.seen.to_be_bytes());
         out.extend_from_slice(&self.credential);
         out.extend_from_slice(&self.csrf);
-        out.extend_from_slice(self.user.as_bytes());
+        match (self.method, &self.identity) {
+            (SignIn::Oidc, Some(id)) => {
+                put_text(&mut out, &self.user);
+                put_text(&mut out, id.email.as_deref().unwrap_or_default());
+                put_len(&mut out, id.groups.len());
+                for g in &id.groups {
+                    put_text(&mut out, g);
+                }
+                put_text(&mut out, id.refresh_token.as_deref().unwrap_or_default());
+                out.extend_from_slice(&id.refresh_at.to_be_bytes());
+            }
+            _ => out.extend_from_slice(self.user.as_bytes()),
+        }
         out
     }
 
     /// [`Session::encode`] read back; `None` for anything it does not write.
     fn decode(bytes: &[u8]) -> Option<Session> {
-        let (fixed, user) = bytes.split_at_checked(FIXED_LEN)?;
+        let (fixed, tail) = bytes.split_at_checked(FIXED_LEN)?;
         let (method, rest) = fixed.split_first()?;
         let (issued, rest) = rest.split_at(8);
         let (seen, rest) = rest.split_at(8);
         let (credential, csrf) = rest.split_at(FINGERPRINT_LEN);
-        let user = std::str::from_utf8(user).ok().filter(|u| !u.is_empty())?;
+        let method = SignIn::from_code(*method)?;
+        let (user, identity) = match method {
+            SignIn::Password => (std::str::from_utf8(tail).ok()?.to_owned(), None),
+            SignIn::Oidc => {
+                let mut t = Tail(tail);
+                let user = t.text()?;
+                let email = Some(t.text()?).filter(|e| !e.is_empty());
+                let groups = (0..t.len()?).map(|_| t.text()).collect::<Option<Vec<_>>>()?;
+                let refresh_token = Some(t.text()?).filter(|r| !r.is_empty());
+                let refresh_at = u64::from_be_bytes(t.0.try_into().ok()?);
+                let identity = Identity {
+                    email,
+                    groups,
+                    refresh_token,
+                    refresh_at,
+                };
+                (user, Some(Box::new(identity)))
+            }
+        };
+        if user.is_empty() {
+            return None;
+        }
         Some(Session {
-            user: user.to_owned(),
-            method: SignIn::from_code(*method)?,
+            user,
+            method,
             issued: u64::from_be_bytes(issued.try_into().ok()?),
             seen: u64::from_be_bytes(seen.try_into().ok()?),
             credential: credential.try_into().ok()?,
             csrf: csrf.try_into().ok()?,
+            identity,
         })
+    }
+}
+
+/// A length as two bytes, big-endian; callers keep texts under 64 KiB (a cookie holds 4).
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    let text = &text.as_bytes()[..text.len().min(usize::from(u16::MAX))];
+    put_len(out, text.len());
+    out.extend_from_slice(text);
+}
+
+/// The rest of a sealed single-sign-on session, read front to back.
+struct Tail<'a>(&'a [u8]);
+
+impl Tail<'_> {
+    fn len(&mut self) -> Option<usize> {
+        let (len, rest) = self.0.split_at_checked(2)?;
+        self.0 = rest;
+        Some(usize::from(u16::from_be_bytes(len.try_into().ok()?)))
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let len = self.len()?;
+        let (text, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        String::from_utf8(text.to_vec()).ok()
     }
 }
 
@@ -358,27 +446,54 @@ impl SessionKeys {
 
     /// Seals `session` into a cookie value under the newest key.
     pub fn seal(&self, session: &Session) -> Result<String, getrandom::Error> {
-        let key = &self.keys[0];
-        let mut nonce = [0u8; NONCE_LEN];
-        // A random 96-bit nonce: collisions stay negligible for well over 2^30 seals per key,
-        // and a rotation starts a new key (renewals are rate-limited by the caller).
-        getrandom::fill(&mut nonce)?;
-        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + FIXED_LEN + 64 + TAG_LEN);
-        out.push(COOKIE_VERSION);
-        out.extend_from_slice(&key.id);
-        out.extend_from_slice(&nonce);
-        let mut body = session.encode();
-        key.aead
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(&key.id), &mut body)
-            .expect("AES-GCM seals any length a cookie has");
-        out.extend_from_slice(&body);
-        Ok(B64.encode(out))
+        self.seal_bytes(AAD_CONTEXT, session.encode())
     }
 
     /// Opens a cookie value: the session it holds if it was sealed by one of these keys and is
     /// within its lifetimes at `now`. The caller still checks the credential against the users
     /// file ([`credential_matches`]).
     pub fn open(&self, cookie: &str, now: u64, lifetimes: Lifetimes) -> Result<Session, Refused> {
+        let plain = self.open_bytes(AAD_CONTEXT, cookie, now)?;
+        // Sealed by a guard key yet not a session: treat it as tampered, never trust a part.
+        let session = Session::decode(&plain).ok_or(Refused::Tampered)?;
+        if now >= session.issued.saturating_add(lifetimes.absolute) {
+            return Err(Refused::Expired);
+        }
+        if now >= session.seen.saturating_add(lifetimes.idle) {
+            return Err(Refused::Idle);
+        }
+        Ok(session)
+    }
+
+    /// Seals the short-lived state of a single-sign-on round trip (the browser holds it in a
+    /// cookie until the provider sends it back): no other use of the key opens it.
+    pub fn seal_flow(&self, plain: Vec<u8>) -> Result<String, getrandom::Error> {
+        self.seal_bytes(FLOW_CONTEXT, plain)
+    }
+
+    /// [`SessionKeys::seal_flow`]'s value opened; the caller checks its age.
+    pub fn open_flow(&self, cookie: &str, now: u64) -> Result<Vec<u8>, Refused> {
+        self.open_bytes(FLOW_CONTEXT, cookie, now)
+    }
+
+    fn seal_bytes(&self, context: &[u8; 16], mut body: Vec<u8>) -> Result<String, getrandom::Error> {
+        let key = &self.keys[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        // A random 96-bit nonce: collisions stay negligible for well over 2^30 seals per key,
+        // and a rotation starts a new key (renewals are rate-limited by the caller).
+        getrandom::fill(&mut nonce)?;
+        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + body.len() + TAG_LEN);
+        out.push(COOKIE_VERSION);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce);
+        key.aead
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(context, &key.id), &mut body)
+            .expect("AES-GCM seals any length a cookie has");
+        out.extend_from_slice(&body);
+        Ok(B64.encode(out))
+    }
+
+    fn open_bytes(&self, context: &[u8; 16], cookie: &str, now: u64) -> Result<Vec<u8>, Refused> {
         if cookie.len() > MAX_COOKIE_LEN {
             return Err(Refused::Malformed);
         }
@@ -399,19 +514,11 @@ impl SessionKeys {
             .aead
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                aad(&id),
+                aad(context, &id),
                 &mut raw[1 + KEY_ID_LEN + NONCE_LEN..],
             )
             .map_err(|_| Refused::Tampered)?;
-        // Sealed by a guard key yet not a session: treat it as tampered, never trust a part.
-        let session = Session::decode(plain).ok_or(Refused::Tampered)?;
-        if now >= session.issued.saturating_add(lifetimes.absolute) {
-            return Err(Refused::Expired);
-        }
-        if now >= session.seen.saturating_add(lifetimes.idle) {
-            return Err(Refused::Idle);
-        }
-        Ok(session)
+        Ok(plain.to_vec())
     }
 
     /// The id of the key that seals, for logs.
@@ -471,10 +578,10 @@ fn parse_id(text: &str) -> Option<[u8; KEY_ID_LEN]> {
     Some(id)
 }
 
-fn aad(id: &[u8; KEY_ID_LEN]) -> Aad<[u8; AAD_CONTEXT.len() + KEY_ID_LEN]> {
-    let mut a = [0u8; AAD_CONTEXT.len() + KEY_ID_LEN];
-    a[..AAD_CONTEXT.len()].copy_from_slice(AAD_CONTEXT);
-    a[AAD_CONTEXT.len()..].copy_from_slice(id);
+fn aad(context: &[u8; 16], id: &[u8; KEY_ID_LEN]) -> Aad<[u8; 16 + KEY_ID_LEN]> {
+    let mut a = [0u8; 16 + KEY_ID_LEN];
+    a[..16].copy_from_slice(context);
+    a[16..].copy_from_slice(id);
     Aad::from(a)
 }
 
@@ -568,6 +675,38 @@ mod tests {
         let (_, keys) = keys(&dir);
         let cookie = keys.seal(&s).unwrap();
         assert!(cookie.len() <= 120, "{} bytes: {cookie}", cookie.len());
+    }
+
+    #[test]
+    fn a_single_sign_on_session_carries_its_identity_and_a_flow_is_no_session() {
+        let mut s = Session::new("alice", SignIn::Oidc, credential_fingerprint("oidc"), NOW).unwrap();
+        s.identity = Some(Box::new(Identity {
+            email: Some("alice@example.com".to_owned()),
+            groups: vec!["ml-team".to_owned(), "ünïcode group".to_owned()],
+            refresh_token: Some("r".repeat(43)),
+            refresh_at: NOW + 3600,
+        }));
+        let bytes = s.encode();
+        assert_eq!(Session::decode(&bytes), Some(s.clone()));
+        // Cut anywhere, it is no session (every part is length-prefixed, the time fixed).
+        for cut in FIXED_LEN..bytes.len() {
+            assert_eq!(Session::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let none = Session {
+            identity: Some(Box::default()),
+            ..s.clone()
+        };
+        assert_eq!(Session::decode(&none.encode()), Some(none));
+        let dir = TestDir::new();
+        let (_, keys) = keys(&dir);
+        let cookie = keys.seal(&s).unwrap();
+        assert_eq!(keys.open(&cookie, NOW, LIFE), Ok(s));
+        // A flow's sealed state never opens as a session, nor a session as a flow.
+        let plain = session(NOW).encode();
+        let flow = keys.seal_flow(plain.clone()).unwrap();
+        assert_eq!(keys.open(&flow, NOW, LIFE), Err(Refused::Tampered));
+        assert_eq!(keys.open_flow(&cookie, NOW), Err(Refused::Tampered));
+        assert_eq!(keys.open_flow(&flow, NOW).unwrap(), plain);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::acme::{self, ChallengeChoice};
-use crate::check::{self as v, file, jwt_issuers, kept, list, text, value, Check, HeaderChoice};
+use crate::check::{self as v, file, jwt_issuers, kept, list, oidc_provider, text, value, Check, HeaderChoice};
 use crate::model::{parse_duration, parse_size, Cidr, LogFormat, Upstream};
 use crate::origins::{pick, Origins};
 use crate::roles::Role;
@@ -518,6 +518,9 @@ section! {
     /// jobs, client-credentials clients, Kubernetes service accounts. File only: a list of
     /// several keys each. Default: none.
     jwt: Vec<crate::jwt::RawIssuer> => value Vec<crate::jwt::JwtIssuer> = jwt_issuers;
+    /// The OpenID Connect provider people sign in with in their browser (single sign-on), and
+    /// who of them may enter. File only. Default: none.
+    oidc: crate::oidc::RawOidc => value crate::oidc::Oidc = oidc_provider;
     /// Serve without authentication: anyone who reaches the port reaches the upstream.
     /// Default: false.
     dangerous_no_auth: bool => value bool = kept,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::jwt::{looks_like_jwt, Jwts};
+use crate::oidc::Provider;
 use arc_swap::ArcSwap;
 use guard_config::clock::Clock;
 use guard_config::credential::{parse_credential, Credential};
@@ -20,7 +21,7 @@ use guard_config::htpasswd::{Htpasswd, DEFAULT_BCRYPT_COST};
 use guard_config::roles::{Role, Roles};
 use guard_config::secret::Secret;
 use guard_config::serve::AuthSettings;
-use guard_config::session::{credential_matches, Fingerprint, Lifetimes, Refused, Session};
+use guard_config::session::{credential_matches, Fingerprint, Lifetimes, Refused, Session, SignIn};
 use guard_config::tokens::{Lookup, TokenSet, TokensError};
 use guard_config::users::UsersError;
 use hmac::{Hmac, KeyInit, Mac};
@@ -85,6 +86,22 @@ pub struct Principal {
     pub via: Via,
     /// What they may do.
     pub role: Role,
+    /// Their email, as a single-sign-on provider gave it.
+    pub email: Option<String>,
+    /// Their groups, as a single-sign-on provider gave them.
+    pub groups: Vec<String>,
+}
+
+impl Principal {
+    fn new(name: String, via: Via, role: Role) -> Principal {
+        Principal {
+            name,
+            via,
+            role,
+            email: None,
+            groups: Vec::new(),
+        }
+    }
 }
 
 /// How a principal proved who they are.
@@ -98,6 +115,8 @@ pub enum Via {
     Session,
     /// A JWT from a configured identity provider.
     Jwt,
+    /// A session cookie from single sign-on (`auth.oidc`).
+    Oidc,
 }
 
 /// The user name and password the MLflow UI's sign-out sends (`mlflow-logged-out-<random>` as
@@ -226,6 +245,8 @@ pub struct Authenticator {
     metrics: Arc<Metrics>,
     /// The identity providers of `auth.jwt` and their keys.
     jwts: Arc<Jwts>,
+    /// The single-sign-on provider of `auth.oidc`.
+    oidc: Option<Arc<Provider>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -264,7 +285,7 @@ impl Authenticator {
             Err(TokensError::File(FileError::NotFound { .. })) => TokenSet::default(),
             Err(e) => return Err(AuthError::Tokens(e)),
         };
-        if users.is_empty() && tokens.is_empty() && settings.jwt.is_empty() {
+        if users.is_empty() && tokens.is_empty() && settings.jwt.is_empty() && settings.oidc.is_none() {
             return Err(AuthError::NothingConfigured {
                 users: settings.users_file.display().to_string(),
                 tokens: settings.tokens_file.display().to_string(),
@@ -281,8 +302,13 @@ impl Authenticator {
         getrandom::fill(&mut cache_key).expect("the OS random source works");
         let roles = load_roles(&settings.groups_file).map_err(AuthError::Groups)?;
         let jwts = Arc::new(Jwts::new(&settings.jwt, defence.clock.clone()));
+        let oidc = settings
+            .oidc
+            .as_ref()
+            .map(|o| Arc::new(Provider::new(o, defence.clock.clone())));
         Ok(Authenticator {
             jwts,
+            oidc,
             settings,
             users: ArcSwap::from_pointee(users),
             tokens: ArcSwap::from_pointee(tokens),
@@ -394,6 +420,9 @@ impl Authenticator {
         ];
         crate::watch::spawn(paths, force, Arc::downgrade(self), Authenticator::reload);
         self.jwts.spawn_refresher();
+        if let Some(p) = &self.oidc {
+            p.spawn_refresher();
+        }
     }
 
     /// The site's JWT issuers, for the key fetch at start.
@@ -421,11 +450,7 @@ impl Authenticator {
             Credential::Basic { user, password } => return self.password(user, &password, peer).await,
             Credential::Bearer(token) if !self.jwts.is_empty() && looks_like_jwt(&token) => {
                 match self.jwts.verify(&token).await {
-                    Ok(v) => Ok(Principal {
-                        role: self.role_of(&v.name),
-                        name: v.name,
-                        via: Via::Jwt,
-                    }),
+                    Ok(v) => Ok(Principal::new(v.name.clone(), Via::Jwt, self.role_of(&v.name))),
                     Err(why) => {
                         tracing::debug!("bearer JWT refused: {why}");
                         Err(AuthFailure::BadJwt)
@@ -433,11 +458,11 @@ impl Authenticator {
                 }
             }
             Credential::Bearer(token) => match self.tokens.load().lookup(&token, self.now_unix()) {
-                Lookup::Valid { name, role } => Ok(Principal {
-                    name: name.to_owned(),
-                    via: Via::Token,
-                    role: role.unwrap_or(self.settings.default_role),
-                }),
+                Lookup::Valid { name, role } => Ok(Principal::new(
+                    name.to_owned(),
+                    Via::Token,
+                    role.unwrap_or(self.settings.default_role),
+                )),
                 Lookup::Expired { .. } => Err(AuthFailure::ExpiredToken),
                 Lookup::Revoked { .. } => Err(AuthFailure::RevokedToken),
                 Lookup::Unknown => Err(AuthFailure::UnknownToken),
@@ -459,11 +484,7 @@ impl Authenticator {
             return Err(AuthFailure::BadPassword);
         }
         match self.verify_password(&user, password, peer).await? {
-            true => Ok(Principal {
-                role: self.role_of(&user),
-                name: user,
-                via: Via::Password,
-            }),
+            true => Ok(Principal::new(user.clone(), Via::Password, self.role_of(&user))),
             // The strike was taken before the check.
             false => Err(self.settle(peer, AuthFailure::BadPassword)),
         }
@@ -471,15 +492,39 @@ impl Authenticator {
 
     /// The user a session signs in, if they are still in the users file with the password they
     /// signed in with: a deleted user or a changed password ends every session at once.
+    /// A single-sign-on session counts while the site has the provider that made it; its
+    /// person's role comes from their groups (`auth.oidc.roles`), else the groups file, else
+    /// the default.
     pub fn session_user(&self, session: &Session) -> Result<Principal, Refused> {
-        match self.users.load().get(&session.user) {
-            Some(entry) if credential_matches(session, entry.fingerprint()) => Ok(Principal {
+        if let (SignIn::Oidc, Some(identity)) = (session.method, &session.identity) {
+            let provider = self.oidc.as_ref().ok_or(Refused::CredentialChanged)?;
+            if !credential_matches(session, provider.fingerprint()) {
+                return Err(Refused::CredentialChanged);
+            }
+            let role = provider.settings().role_of(&identity.groups);
+            return Ok(Principal {
                 name: session.user.clone(),
-                via: Via::Session,
-                role: self.role_of(&session.user),
-            }),
+                via: Via::Oidc,
+                role: role.unwrap_or_else(|| self.role_of(&session.user)),
+                email: identity.email.clone(),
+                groups: identity.groups.clone(),
+            });
+        }
+        match self.users.load().get(&session.user) {
+            Some(entry) if session.method == SignIn::Password && credential_matches(session, entry.fingerprint()) => {
+                Ok(Principal::new(
+                    session.user.clone(),
+                    Via::Session,
+                    self.role_of(&session.user),
+                ))
+            }
             _ => Err(Refused::CredentialChanged),
         }
+    }
+
+    /// The site's single-sign-on provider, if it has one.
+    pub fn oidc(&self) -> Option<&Arc<Provider>> {
+        self.oidc.as_ref()
     }
 
     /// `user`'s role: the groups file's, else the site's default.

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use guard_config::model::Cidr;
 use guard_config::serve::{Limits, HEALTH_PATH, RESERVED_PREFIX};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -31,6 +31,7 @@ use crate::forward::{forward, UpstreamFault};
 use crate::headers;
 use crate::login::{self, LOGIN_PATH, LOGOUT_PATH};
 use crate::metrics::{MethodClass, Metrics, RequestLabels, UpstreamErrorLabels, UserLabel};
+use crate::oidc;
 use crate::origin::{self, Verdict};
 use crate::route::{Router, Site};
 use crate::signin::{self, Caller, Step};
@@ -127,7 +128,7 @@ async fn route(
     // guard's own paths come next so health checks need no credentials, and are never
     // forwarded whatever follows the prefix.
     let path = req.uri().path();
-    let sign_in = path == LOGIN_PATH || path == LOGOUT_PATH;
+    let sign_in = [LOGIN_PATH, LOGOUT_PATH, oidc::START_PATH, oidc::CALLBACK_PATH].contains(&path);
     if is_reserved(path) && !sign_in {
         return reserved(path, state);
     }
@@ -209,6 +210,15 @@ fn check_limits<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyError> 
     }
 }
 
+const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+
+/// A header value of printable ASCII (spaces inside allowed), else nothing.
+fn visible_ascii(text: &str) -> Option<HeaderValue> {
+    let ok = !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    ok.then(|| HeaderValue::from_str(text).ok()).flatten()
+}
+
 /// Whether `path` is under guard's reserved prefix (or is the prefix itself).
 fn is_reserved(path: &str) -> bool {
     path.starts_with(RESERVED_PREFIX) || path == RESERVED_PREFIX.trim_end_matches('/')
@@ -242,8 +252,8 @@ fn check_origin<B>(req: &Request<B>, site: &Site) -> Result<Result<Option<Vouche
     }
 }
 
-/// `/_guard/login` and `/_guard/logout`, after the origin check: a sign-in or sign-out posted
-/// from another site never gets here.
+/// `/_guard/login`, `/_guard/logout` and single sign-on's `/_guard/oidc/` pages, after the
+/// origin check: a sign-in or sign-out posted from another site never gets here.
 async fn sign_in_pages(
     req: Request<Incoming>,
     site: &Site,
@@ -253,10 +263,12 @@ async fn sign_in_pages(
     let (Some(auth), Some(sessions)) = (&site.auth, state.sessions.as_deref()) else {
         return Err(ProxyError::NotFound);
     };
-    if req.uri().path() == LOGIN_PATH {
-        signin::login(req, auth, sessions, client_ip, &state.limits, &state.metrics).await
-    } else {
-        signin::logout(req, auth, sessions, &state.limits).await
+    let host = request_host(&req).unwrap_or_default().to_owned();
+    match req.uri().path() {
+        LOGIN_PATH => signin::login(req, auth, sessions, client_ip, &state.limits, &state.metrics).await,
+        oidc::START_PATH => signin::oidc_start(req, auth, sessions, &host, &state.metrics).await,
+        oidc::CALLBACK_PATH => signin::oidc_callback(req, auth, sessions, &host, &state.metrics).await,
+        _ => signin::logout(req, auth, sessions, &state.limits, &host).await,
     }
 }
 
@@ -384,6 +396,24 @@ fn upstream_request(
                 header: header.clone(),
             })?;
         parts.headers.insert(header.clone(), v);
+        // What a single-sign-on provider said of the person, where it is sendable as is: the
+        // client's copies of these were dropped above, so an absent value stays absent.
+        if let Some(email) = p.email.as_deref().and_then(visible_ascii) {
+            parts.headers.insert(X_FORWARDED_EMAIL, email);
+        }
+        let groups: Vec<&str> = p
+            .groups
+            .iter()
+            .map(String::as_str)
+            .filter(|g| !g.contains(',') && g.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+            .collect();
+        if let Some(v) = (!groups.is_empty())
+            .then(|| groups.join(","))
+            .as_deref()
+            .and_then(visible_ascii)
+        {
+            parts.headers.insert(X_FORWARDED_GROUPS, v);
+        }
     }
     if site.auth.is_some() {
         // Credentials are for guard, on public paths too (the MLflow client sends its password

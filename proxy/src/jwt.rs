@@ -129,7 +129,7 @@ impl FetchError {
     }
 }
 
-type HttpsClient =
+pub(crate) type HttpsClient =
     Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>;
 
 /// One configured issuer and its current keys.
@@ -267,6 +267,31 @@ impl Jwts {
     }
 
     async fn verify_uncached(&self, token: &str, now: u64) -> Result<Verified, Refused> {
+        let (issuer, claims) = self.checked_claims(token, now).await?;
+        let sub = claims.get("sub").and_then(Value::as_str);
+        if !issuer.accepts_subject(sub) {
+            return Err(Refused::Subject(sub.unwrap_or_default().to_owned()));
+        }
+        let claim = &issuer.user_claim;
+        let name = claims
+            .get(claim)
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Refused::NoUser(claim.clone()))?;
+        Ok(Verified {
+            name: name.to_owned(),
+            expires: claims.get("exp").and_then(Value::as_u64).unwrap_or_default(),
+        })
+    }
+
+    /// A token's claims once its signature, `iss`, `aud`, `exp` and `nbf` checked, never
+    /// cached: for an ID token, whose other claims (`nonce`, email, groups) the caller reads.
+    pub async fn verify_claims(&self, token: &str) -> Result<Map<String, Value>, Refused> {
+        let now = self.clock.unix();
+        self.checked_claims(token, now).await.map(|(_, claims)| claims)
+    }
+
+    async fn checked_claims(&self, token: &str, now: u64) -> Result<(&JwtIssuer, Map<String, Value>), Refused> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Malformed)?;
         let iss = unverified_issuer(token).ok_or(Refused::Malformed)?;
         let issuer = self
@@ -314,20 +339,7 @@ impl Jwts {
                 return Err(Refused::NotYetValid);
             }
         }
-        let sub = claims.get("sub").and_then(Value::as_str);
-        if !issuer.settings.accepts_subject(sub) {
-            return Err(Refused::Subject(sub.unwrap_or_default().to_owned()));
-        }
-        let claim = &issuer.settings.user_claim;
-        let name = claims
-            .get(claim)
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| Refused::NoUser(claim.clone()))?;
-        Ok(Verified {
-            name: name.to_owned(),
-            expires: exp,
-        })
+        Ok((&issuer.settings, claims))
     }
 
     /// Re-fetches `issuer`'s keys unless that was done within [`REFETCH_INTERVAL`].
@@ -364,7 +376,14 @@ fn unverified_issuer(token: &str) -> Option<String> {
     claims.get("iss")?.as_str().map(str::to_owned)
 }
 
-fn https_client() -> Option<HttpsClient> {
+/// An HTTPS client (plain HTTP too, for a provider on loopback: the URL checks allow nothing
+/// else) for requests with bodies of type `B`.
+pub(crate) fn https_client<B>(
+) -> Option<Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
     let connector = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
         Ok(b) => b.https_or_http().enable_http1().build(),
         Err(e) => {
@@ -375,7 +394,8 @@ fn https_client() -> Option<HttpsClient> {
     Some(Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
 }
 
-async fn get_json(client: &HttpsClient, url: &str) -> Result<Value, FetchError> {
+/// GETs a JSON document; 5xx and network failures are [`FetchError::Unreachable`].
+pub(crate) async fn get_json(client: &HttpsClient, url: &str) -> Result<Value, FetchError> {
     let unreachable = |reason: String| FetchError::Unreachable {
         url: url.to_owned(),
         reason,
@@ -413,27 +433,8 @@ async fn fetch_keys(client: &HttpsClient, issuer: &JwtIssuer) -> Result<Vec<Key>
     let jwks_url = match &issuer.jwks_url {
         Some(url) => url.clone(),
         None => {
-            let url = format!(
-                "{}/.well-known/openid-configuration",
-                issuer.issuer.trim_end_matches('/')
-            );
-            let doc = get_json(client, &url).await?;
-            let invalid = |reason: String| FetchError::Invalid {
-                url: url.clone(),
-                reason,
-            };
-            // OIDC Discovery §4.3: the document must name the very issuer it was asked for.
-            match doc.get("issuer").and_then(Value::as_str) {
-                Some(i) if i == issuer.issuer => {}
-                Some(i) => return Err(invalid(format!("names issuer {i:?}, not {:?}", issuer.issuer))),
-                None => return Err(invalid("has no issuer".to_owned())),
-            }
-            let jwks = doc
-                .get("jwks_uri")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("has no jwks_uri".to_owned()))?;
-            guard_config::jwt::parse_url(jwks).map_err(|e| invalid(format!("jwks_uri: {e}")))?;
-            jwks.to_owned()
+            let doc = discover(client, &issuer.issuer).await?;
+            doc.endpoint("jwks_uri")?
         }
     };
     let set = get_json(client, &jwks_url).await?;
@@ -445,6 +446,47 @@ async fn fetch_keys(client: &HttpsClient, issuer: &JwtIssuer) -> Result<Vec<Key>
         });
     }
     Ok(keys)
+}
+
+/// An issuer's discovery document, its `issuer` checked.
+pub(crate) struct Discovery {
+    url: String,
+    doc: Value,
+}
+
+impl Discovery {
+    /// An endpoint the document must have, checked like the issuer's URL.
+    pub(crate) fn endpoint(&self, name: &str) -> Result<String, FetchError> {
+        self.optional_endpoint(name)?.ok_or_else(|| FetchError::Invalid {
+            url: self.url.clone(),
+            reason: format!("has no {name}"),
+        })
+    }
+
+    /// An endpoint the document may have.
+    pub(crate) fn optional_endpoint(&self, name: &str) -> Result<Option<String>, FetchError> {
+        let Some(url) = self.doc.get(name).and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        guard_config::jwt::parse_url(url).map_err(|e| FetchError::Invalid {
+            url: self.url.clone(),
+            reason: format!("{name}: {e}"),
+        })?;
+        Ok(Some(url.to_owned()))
+    }
+}
+
+/// Fetches `ISSUER/.well-known/openid-configuration`.
+pub(crate) async fn discover(client: &HttpsClient, issuer: &str) -> Result<Discovery, FetchError> {
+    let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+    let doc = get_json(client, &url).await?;
+    // OIDC Discovery §4.3: the document must name the very issuer it was asked for.
+    let reason = match doc.get("issuer").and_then(Value::as_str) {
+        Some(i) if i == issuer => return Ok(Discovery { url, doc }),
+        Some(i) => format!("names issuer {i:?}, not {issuer:?}"),
+        None => "has no issuer".to_owned(),
+    };
+    Err(FetchError::Invalid { url, reason })
 }
 
 /// The usable signature keys of a JWKS document; keys of other kinds, uses or curves are

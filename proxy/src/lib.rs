@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod login;
 pub mod memory;
 pub mod metrics;
+pub mod oidc;
 pub mod origin;
 pub mod redirect;
 pub mod route;

@@ -14,6 +14,10 @@ use guard_config::secret::{ct_eq, Secret};
 pub const LOGIN_PATH: &str = "/_guard/login";
 /// Where the sign-out form posts (a GET shows the button).
 pub const LOGOUT_PATH: &str = "/_guard/logout";
+/// Where a browser starts single sign-on (`auth.oidc`): see the `oidc` module.
+pub const OIDC_START_PATH: &str = "/_guard/oidc/start";
+/// Where the provider sends it back: register `https://HOST/_guard/oidc/callback` there.
+pub const OIDC_CALLBACK_PATH: &str = "/_guard/oidc/callback";
 /// The double-submit cookie of the sign-in form: the page sets it and puts the same random value
 /// in a hidden field; a post without both, equal, is refused. A cross-site page can make a
 /// browser post the form but can neither read nor set a `__Host-` cookie of this site.
@@ -306,21 +310,53 @@ main{max-width:22rem;margin:12vh auto;background:#fff;padding:2rem;border-radius
 box-shadow:0 1px 4px #0002}h1{font-size:1.3rem;margin-top:0}label{display:block;margin:.8rem 0 .2rem}\
 input{width:100%;box-sizing:border-box;padding:.5rem;font-size:1rem}\
 button{margin-top:1.2rem;width:100%;padding:.6rem;font-size:1rem;background:#0b5fff;color:#fff;\
-border:0;border-radius:4px}p.error{color:#b00020}";
+border:0;border-radius:4px}p.error{color:#b00020}a.sso{display:block;text-align:center;\
+padding:.6rem;background:#0b5fff;color:#fff;border-radius:4px;text-decoration:none}p.or{text-align:center;\
+color:#555;margin:1rem 0 0}";
 
 /// The `Content-Security-Policy` sent with guard's pages: nothing loads, forms post only here.
 pub const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'";
 
+/// The single-sign-on provider a sign-in page offers.
+#[derive(Clone, Copy, Debug)]
+pub struct Sso<'a> {
+    /// Its name on the button.
+    pub name: &'a str,
+    /// Whether the password form is left out.
+    pub only: bool,
+}
+
 /// The sign-in page. `error` is shown above the form (a failed attempt says only that the
-/// name or password was wrong, never which).
-pub fn login_page(next: &str, csrf: &str, error: Option<&str>) -> String {
+/// name or password was wrong, never which). With `sso`, a "Sign in with" link to the
+/// provider comes first (a link, not a form: it only navigates).
+pub fn login_page(next: &str, csrf: &str, error: Option<&str>, sso: Option<Sso<'_>>) -> String {
     let error = error
         .map(|e| format!("<p class=\"error\">{}</p>", escape(e)))
         .unwrap_or_default();
+    let next = safe_return(next);
+    let button = sso.map_or_else(String::new, |p| {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("next", next)
+            .finish();
+        format!(
+            "<a class=\"sso\" id=\"sso\" href=\"{}?{}\">Sign in with {}</a>{}",
+            OIDC_START_PATH,
+            escape(&query),
+            escape(p.name),
+            if p.only {
+                ""
+            } else {
+                "<p class=\"or\">or with a password</p>"
+            }
+        )
+    });
+    if sso.is_some_and(|p| p.only) {
+        return frame("Sign in", &format!("{error}{button}"));
+    }
     frame(
         "Sign in",
         &format!(
-            "{error}<form method=\"post\" action=\"{LOGIN_PATH}\">\
+            "{error}{button}<form method=\"post\" action=\"{LOGIN_PATH}\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <input type=\"hidden\" name=\"next\" value=\"{next}\">\
              <label for=\"user\">User name</label>\
@@ -329,9 +365,23 @@ pub fn login_page(next: &str, csrf: &str, error: Option<&str>) -> String {
              <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
              <button type=\"submit\">Sign in</button></form>",
             csrf = escape(csrf),
-            next = escape(safe_return(next)),
+            next = escape(next),
         ),
     )
+}
+
+/// A page saying why a single-sign-on attempt did not sign anyone in, with a way to try again
+/// (as someone else, when the provider signed in a person this site does not admit): a link
+/// the person follows, never a redirect, so a refusal cannot loop.
+/// `as_someone_else`: the retry asks the provider to sign in anew rather than reuse its session.
+pub fn sso_problem_page(title: &str, message: &str, retry: &str, as_someone_else: bool) -> String {
+    let again = format!(
+        "<a class=\"sso\" id=\"again\" href=\"{}{}\">{}</a>",
+        OIDC_START_PATH,
+        if as_someone_else { "?again=1" } else { "" },
+        escape(retry)
+    );
+    frame(title, &format!("<p class=\"error\">{}</p>{again}", escape(message)))
 }
 
 /// The sign-out page: a button that posts the session's CSRF token.
@@ -494,7 +544,7 @@ mod tests {
 
     #[test]
     fn pages_escape_what_they_show_and_load_nothing() {
-        let page = login_page("/x\"><script>", "c\"sr<f", Some("<b>wrong</b>"));
+        let page = login_page("/x\"><script>", "c\"sr<f", Some("<b>wrong</b>"), None);
         assert!(!page.contains("<script>") && !page.contains("<b>"), "{page}");
         assert!(page.contains("value=\"c&quot;sr&lt;f\""), "{page}");
         assert!(page.contains("action=\"/_guard/login\""));
@@ -503,5 +553,31 @@ mod tests {
         }
         let out = logout_page("<alice>", "tok");
         assert!(out.contains("&lt;alice&gt;") && out.contains("action=\"/_guard/logout\""));
+    }
+
+    #[test]
+    fn the_provider_s_button_is_a_link_to_guard_s_start_with_the_return_path() {
+        let sso = Sso {
+            name: "Corp <SSO>",
+            only: false,
+        };
+        let page = login_page("/#/experiments?a=1&b=2", "c", None, Some(sso));
+        assert!(page.contains("Sign in with Corp &lt;SSO&gt;"), "{page}");
+        assert!(
+            page.contains("href=\"/_guard/oidc/start?next=%2F%23%2Fexperiments%3Fa%3D1%26b%3D2\""),
+            "{page}"
+        );
+        assert!(page.contains("name=\"password\""));
+        // A return path that leaves the site is not carried to the provider and back.
+        let page = login_page("//evil.example/", "c", None, Some(Sso { only: true, ..sso }));
+        assert!(page.contains("next=%2F\"") && !page.contains("evil"), "{page}");
+        assert!(!page.contains("<form"), "only the provider: {page}");
+        let refused = sso_problem_page(
+            "Not allowed",
+            "<mallory> is not in ml-team",
+            "Sign in as someone else",
+            true,
+        );
+        assert!(refused.contains("&lt;mallory&gt;") && refused.contains("href=\"/_guard/oidc/start?again=1\""));
     }
 }

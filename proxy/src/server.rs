@@ -53,6 +53,16 @@ pub enum ServeError {
         /// What its discovery document or key set got wrong.
         source: crate::jwt::FetchError,
     },
+    /// The single-sign-on provider answered, but not with what guard needs.
+    #[error("site {site}: auth.oidc issuer {issuer}: {source}")]
+    OidcIssuer {
+        /// The site whose `auth.oidc` names it.
+        site: String,
+        /// The issuer.
+        issuer: String,
+        /// What its discovery document or key set got wrong.
+        source: crate::jwt::FetchError,
+    },
 }
 
 /// Everything loaded before the listener opens, so configuration errors come first.
@@ -115,7 +125,8 @@ pub fn prepare_with_clock(settings: ServeSettings, clock: Clock) -> Result<Prepa
 }
 
 impl Prepared {
-    /// Fetches the keys of every site's JWT issuers once, before serving. An issuer that
+    /// Fetches the keys of every site's JWT issuers (and its single-sign-on provider's
+    /// discovery document and keys) once, before serving. An issuer that
     /// answers with something unusable (another issuer's document, no usable key) is a
     /// configuration error; one that cannot be reached is retried while serving, and JWTs of
     /// it are refused until it answers.
@@ -131,6 +142,21 @@ impl Prepared {
                     });
                 }
                 tracing::warn!(site = %site.name, %issuer, "cannot fetch the JWT keys, retrying while serving: {e}");
+            }
+            let Some(provider) = auth.oidc() else { continue };
+            let issuer = &provider.settings().issuer;
+            match provider.fetch().await {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(site = %site.name, %issuer, "cannot reach the single-sign-on provider, retrying while serving: {e}")
+                }
+                Err(source) => {
+                    return Err(ServeError::OidcIssuer {
+                        site: site.name.clone(),
+                        issuer: issuer.clone(),
+                        source,
+                    })
+                }
             }
         }
         Ok(())

@@ -20,6 +20,7 @@ use crate::body::{full, BodyFault, ProxyBody, RequestBody};
 use crate::error::{json_error, ProxyError};
 use crate::login::{self, LOGIN_CSRF_COOKIE, MAX_FORM_BYTES, PAGE_CSP, UI_USER_COOKIE};
 use crate::metrics::Metrics;
+use crate::oidc;
 use crate::sessions::Sessions;
 
 /// A session cookie is renewed once a tenth of the idle timeout has passed since its last
@@ -70,7 +71,7 @@ pub async fn authenticate(
     };
     let mut session_ended = false;
     if let (Some(sessions), Some(value), false) = (sessions, cookie, headers.contains_key(header::AUTHORIZATION)) {
-        match open(sessions, auth, value, ui_user.is_some()) {
+        match open(sessions, auth, value, ui_user.is_some()).await {
             Ok(caller) => return Ok(Step::Pass(caller)),
             Err(why) => {
                 tracing::debug!("session cookie not accepted: {why}");
@@ -97,11 +98,24 @@ pub async fn authenticate(
                 && login::wants_page(req.method(), req.uri().path(), headers) =>
         {
             let next = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            if auth.oidc().is_some_and(|p| p.settings().only) {
+                // Only the provider signs people in here: straight to it, through guard's start
+                // (a navigation; never an API call, which got its 401 above).
+                let query: String = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next", login::safe_return(next))
+                    .finish();
+                let mut resp = redirect_away(&format!("{}?{query}", oidc::START_PATH));
+                if session_ended {
+                    login::end_session(resp.headers_mut());
+                }
+                return Ok(Step::Answer(resp));
+            }
             Ok(Step::Answer(sign_in_page(
                 StatusCode::UNAUTHORIZED,
                 next,
                 None,
                 session_ended,
+                auth,
             )))
         }
         failure => Err(ProxyError::Auth {
@@ -121,21 +135,32 @@ enum NotSignedIn {
     Refused(#[from] guard_config::session::Refused),
     #[error("the MLflow UI signed out (its {UI_USER_COOKIE} cookie is gone)")]
     SignedOutInUi,
+    #[error("the single-sign-on session could not be refreshed: {0}")]
+    Refresh(#[from] oidc::RefreshError),
 }
 
 /// Opens a session cookie, renewing it when a tenth of the idle timeout has passed since it
-/// was last renewed. `ui_user`: whether the MLflow UI's user cookie came with it.
-fn open(sessions: &Sessions, auth: &Authenticator, value: &str, ui_user: bool) -> Result<Caller, NotSignedIn> {
+/// was last renewed; a single-sign-on session whose ID token ran out is refreshed at the
+/// provider first. `ui_user`: whether the MLflow UI's user cookie came with it.
+async fn open(sessions: &Sessions, auth: &Authenticator, value: &str, ui_user: bool) -> Result<Caller, NotSignedIn> {
     if !ui_user {
         return Err(NotSignedIn::SignedOutInUi);
     }
     let now = auth.now_unix();
     let keys = sessions.keys();
     let lifetimes = auth.lifetimes();
-    let session = keys.open(value, now, lifetimes)?;
-    let principal = auth.session_user(&session)?;
+    let mut session = keys.open(value, now, lifetimes)?;
+    let mut principal = auth.session_user(&session)?;
     let mut cookies = Vec::new();
-    if now.saturating_sub(session.seen) >= (lifetimes.idle / RENEW_FRACTION).max(1) {
+    let mut refreshed = false;
+    if let (Some(identity), Some(provider)) = (&session.identity, auth.oidc()) {
+        if now >= identity.refresh_at {
+            session = provider.refresh(&session).await?;
+            principal = auth.session_user(&session)?;
+            refreshed = true;
+        }
+    }
+    if refreshed || now.saturating_sub(session.seen) >= (lifetimes.idle / RENEW_FRACTION).max(1) {
         let renewed = Session { seen: now, ..session };
         // A failed renewal costs the user nothing yet: the cookie they hold is still good.
         if let Ok(sealed) = keys.seal(&renewed) {
@@ -169,8 +194,15 @@ fn page(status: StatusCode, html: String) -> Response<ProxyBody> {
     resp
 }
 
-/// The sign-in page with a fresh form token (its cookie set with it).
-fn sign_in_page(status: StatusCode, next: &str, error: Option<&str>, end_session: bool) -> Response<ProxyBody> {
+/// The sign-in page with a fresh form token (its cookie set with it), and the single-sign-on
+/// provider's button when the site has one.
+fn sign_in_page(
+    status: StatusCode,
+    next: &str,
+    error: Option<&str>,
+    end_session: bool,
+    auth: &Authenticator,
+) -> Response<ProxyBody> {
     let Ok(csrf) = new_csrf_token() else {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -178,7 +210,11 @@ fn sign_in_page(status: StatusCode, next: &str, error: Option<&str>, end_session
             "no random numbers to make the sign-in form with",
         );
     };
-    let mut resp = page(status, login::login_page(next, &csrf, error));
+    let sso = auth.oidc().map(|p| login::Sso {
+        name: &p.settings().name,
+        only: p.settings().only,
+    });
+    let mut resp = page(status, login::login_page(next, &csrf, error, sso));
     let h = resp.headers_mut();
     if end_session {
         login::end_session(h);
@@ -230,15 +266,30 @@ pub async fn login(
                 .query()
                 .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "next"))
                 .map_or_else(|| "/".to_owned(), |(_, v)| v.into_owned());
-            Ok(sign_in_page(StatusCode::OK, &next, None, false))
+            Ok(sign_in_page(StatusCode::OK, &next, None, false, auth))
         }
+        Method::POST if auth.oidc().is_some_and(|p| p.settings().only) => Ok(sign_in_page(
+            StatusCode::FORBIDDEN,
+            "/",
+            Some("This site signs people in only through its identity provider."),
+            false,
+            auth,
+        )),
         Method::POST => {
             let expected = login::cookie(req.headers(), LOGIN_CSRF_COOKIE).map(str::to_owned);
             let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
             let body = read_body(req.into_body(), MAX_FORM_BYTES as u64, limits).await?;
             let form = match login::parse_form(content_type.as_ref(), &body) {
                 Ok(form) => form,
-                Err(e) => return Ok(sign_in_page(StatusCode::BAD_REQUEST, "/", Some(&e.to_string()), false)),
+                Err(e) => {
+                    return Ok(sign_in_page(
+                        StatusCode::BAD_REQUEST,
+                        "/",
+                        Some(&e.to_string()),
+                        false,
+                        auth,
+                    ))
+                }
             };
             if !login::csrf_matches(expected.as_deref(), &form.csrf) {
                 return Ok(sign_in_page(
@@ -246,6 +297,7 @@ pub async fn login(
                     &form.next,
                     Some("The sign-in form expired. Please sign in again."),
                     false,
+                    auth,
                 ));
             }
             let outcome = auth
@@ -262,6 +314,7 @@ pub async fn login(
                         &form.next,
                         Some("Too many attempts. Please wait a few minutes and try again."),
                         false,
+                        auth,
                     );
                     let secs = match failure {
                         AuthFailure::LockedOut(s) => s,
@@ -275,6 +328,7 @@ pub async fn login(
                     &form.next,
                     Some("Wrong user name or password."),
                     false,
+                    auth,
                 )),
             }
         }
@@ -324,10 +378,11 @@ pub async fn logout(
     auth: &Authenticator,
     sessions: &Sessions,
     limits: &Limits,
+    host: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let session = current_session(&req, auth, sessions);
     match (req.method().clone(), session) {
-        (Method::GET | Method::HEAD, Some(s)) => Ok(page(StatusCode::OK, login::logout_page(&s.user, &s.csrf_token()))),
+        (Method::GET | Method::HEAD, Some(s)) => Ok(logout_page(&s, auth)),
         (Method::GET | Method::HEAD | Method::POST, None) => {
             let mut resp = see_other("/");
             login::end_session(resp.headers_mut());
@@ -338,18 +393,149 @@ pub async fn logout(
             let body = read_body(req.into_body(), MAX_FORM_BYTES as u64, limits).await?;
             let given = login::csrf_field(content_type.as_ref(), &body).unwrap_or_default();
             if !login::csrf_matches(Some(&s.csrf_token()), &given) {
-                return Ok(page(
-                    StatusCode::FORBIDDEN,
-                    login::logout_page(&s.user, &s.csrf_token()),
-                ));
+                let mut resp = logout_page(&s, auth);
+                *resp.status_mut() = StatusCode::FORBIDDEN;
+                return Ok(resp);
             }
             tracing::info!(user = %s.user, "signed out");
-            let mut resp = see_other("/");
+            // Signed in through the provider: signed out there too (RP-initiated logout), which
+            // sends the browser back to the site's root.
+            let provider_end = match s.method {
+                SignIn::Oidc => auth.oidc().and_then(|p| p.end_session_url(host)),
+                SignIn::Password => None,
+            };
+            let mut resp = match provider_end {
+                Some(url) => redirect_away(&url),
+                None => see_other("/"),
+            };
             login::end_session(resp.headers_mut());
             Ok(resp)
         }
         _ => Err(ProxyError::MethodNotAllowed),
     }
+}
+
+/// The sign-out page. Its form's redirect to the provider's sign-out is held to the page's
+/// `form-action` too, so a single-sign-on session's page allows the provider's origin there.
+fn logout_page(s: &Session, auth: &Authenticator) -> Response<ProxyBody> {
+    let mut resp = page(StatusCode::OK, login::logout_page(&s.user, &s.csrf_token()));
+    let provider = auth.oidc().filter(|_| s.method == SignIn::Oidc);
+    if let Some(origin) = provider.and_then(|p| p.end_session_origin()) {
+        let csp = PAGE_CSP.replace("form-action 'self'", &format!("form-action 'self' {origin}"));
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
+    resp
+}
+
+/// A redirect guard makes itself (to the provider, or to guard's own start of single sign-on),
+/// not through [`login::safe_return`], which keeps a sign-in's return inside the site.
+fn redirect_away(url: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    match HeaderValue::from_str(url) {
+        Ok(v) => resp.headers_mut().insert(header::LOCATION, v),
+        Err(_) => resp
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/")),
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `/_guard/oidc/start`: a browser sent to the provider, its round trip's state in a cookie.
+/// `?next=` is where it returns; `?again=1` makes the provider ask who is signing in.
+pub async fn oidc_start(
+    req: Request<Incoming>,
+    auth: &Authenticator,
+    sessions: &Sessions,
+    host: &str,
+    metrics: &Metrics,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(provider) = auth.oidc() else {
+        return Err(ProxyError::NotFound);
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let mut next = "/".to_owned();
+    let mut again = false;
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()) {
+        match &*k {
+            "next" => next = v.into_owned(),
+            "again" => again = true,
+            _ => {}
+        }
+    }
+    match provider.begin(&sessions.keys(), host, &next, again).await {
+        Ok((location, flow)) => {
+            let mut resp = redirect_away(&location);
+            resp.headers_mut().append(
+                header::SET_COOKIE,
+                login::set_cookie(oidc::FLOW_COOKIE, &flow, oidc::FLOW_LIFETIME),
+            );
+            Ok(resp)
+        }
+        Err(e) => Ok(sso_problem(&e, metrics)),
+    }
+}
+
+/// `/_guard/oidc/callback`: the provider's answer checked, the person signed in (or told why
+/// not), and sent where they were going.
+pub async fn oidc_callback(
+    req: Request<Incoming>,
+    auth: &Authenticator,
+    sessions: &Sessions,
+    host: &str,
+    metrics: &Metrics,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(provider) = auth.oidc() else {
+        return Err(ProxyError::NotFound);
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let flow = login::cookie(req.headers(), oidc::FLOW_COOKIE);
+    let query = req.uri().query().unwrap_or_default();
+    let keys = sessions.keys();
+    let mut resp = match provider.finish(&keys, host, query, flow).await {
+        Ok(signed) => {
+            let user = signed.session.user.clone();
+            let sealed = keys.seal(&signed.session).map_err(|_| ProxyError::NoRandom)?;
+            let mut resp = see_other(&signed.next);
+            for c in login::session_cookies(&sealed, &user, auth.lifetimes().absolute) {
+                resp.headers_mut().append(header::SET_COOKIE, c);
+            }
+            resp
+        }
+        Err(e) => sso_problem(&e, metrics),
+    };
+    // The round trip is over either way: its state is never used twice.
+    resp.headers_mut()
+        .append(header::SET_COOKIE, login::set_cookie(oidc::FLOW_COOKIE, "", 0));
+    Ok(resp)
+}
+
+/// The page for a single-sign-on attempt that did not sign anyone in; logged and counted.
+fn sso_problem(e: &oidc::SignInError, metrics: &Metrics) -> Response<ProxyBody> {
+    use oidc::SignInError as E;
+    metrics.count_auth_failure(e.reason());
+    let (status, title, retry, someone_else) = match e {
+        E::NotAllowed { .. } => (StatusCode::FORBIDDEN, "Not allowed", "Sign in as someone else", true),
+        E::Provider { .. } => (StatusCode::FORBIDDEN, "Not signed in", "Try again", false),
+        E::FlowLost => (StatusCode::BAD_REQUEST, "Sign-in expired", "Sign in again", false),
+        E::Exchange { .. } | E::IdToken { .. } => (StatusCode::BAD_GATEWAY, "Sign-in failed", "Try again", false),
+    };
+    match e {
+        E::NotAllowed { .. } | E::FlowLost | E::Provider { .. } => tracing::info!("single sign-on refused: {e}"),
+        E::Exchange { .. } | E::IdToken { .. } => tracing::warn!("single sign-on failed: {e}"),
+    }
+    page(
+        status,
+        login::sso_problem_page(title, &e.to_string(), retry, someone_else),
+    )
 }
 
 /// The MLflow UI's account endpoints, answered by guard for the caller.
@@ -372,7 +558,7 @@ pub async fn account(
         }
         (Endpoint::UpdatePassword, Method::PATCH) => {
             // A password is a users-file user's own: a token or a JWT naming the same user has none.
-            if matches!(caller.principal.via, Via::Token | Via::Jwt) {
+            if matches!(caller.principal.via, Via::Token | Via::Jwt | Via::Oidc) {
                 return Ok(refused(ChangeRefused::NotYours));
             }
             let body = read_body(req.into_body(), MAX_ACCOUNT_BODY, limits).await?;

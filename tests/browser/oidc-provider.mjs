@@ -5,7 +5,9 @@
 //
 // Environment: KEYS (a JSON file of private JWKs; made with one RS256 key, id KID or `rsa-1`,
 // if missing: a test restarts the provider with the same keys, or with a new file to rotate
-// them), PORT (0 for any free one).
+// them), PORT (0 for any free one), WEB_HOST (the web client's redirect and post-logout URIs
+// are https://WEB_HOST on any port, since guard's test port is only known once it runs;
+// default mlflow.test), ID_TOKEN_TTL (seconds, default 3600: a short one makes guard refresh).
 // Prints one JSON line, {"issuer": ...}, once it listens.
 //
 // Besides the provider's own endpoints, POST /_test/sign takes {"claims", "kid", "alg",
@@ -33,6 +35,8 @@ const users = {
   mallory: { email: 'mallory@elsewhere.test', groups: ['visitors'] },
 };
 
+const webHost = process.env.WEB_HOST || 'mlflow.test';
+
 const server = http.createServer();
 await new Promise((ok) => server.listen(Number(process.env.PORT || 0), '127.0.0.1', ok));
 const issuer = `http://127.0.0.1:${server.address().port}`;
@@ -51,10 +55,15 @@ const provider = new Provider(issuer, {
       client_id: 'guard-web',
       client_secret: 'guard-web-secret',
       grant_types: ['authorization_code', 'refresh_token'],
-      redirect_uris: (process.env.REDIRECT_URIS || 'https://mlflow.test/_guard/oidc/callback').split(','),
+      redirect_uris: [`https://${webHost}/_guard/oidc/callback`],
+      post_logout_redirect_uris: [`https://${webHost}/`],
       response_types: ['code'],
     },
   ],
+  // The claims of the asked scopes in the ID token itself, as Keycloak, Entra ID and Okta put
+  // them: guard reads email and groups from there.
+  conformIdTokenClaims: false,
+  ttl: { IdToken: Number(process.env.ID_TOKEN_TTL || 3600) },
   features: {
     clientCredentials: { enabled: true },
     devInteractions: { enabled: true },
@@ -74,6 +83,15 @@ const provider = new Provider(issuer, {
 });
 // Plain HTTP on loopback: the provider must not insist on TLS in front of it.
 provider.proxy = true;
+// The web client's URIs on any port of WEB_HOST (the test's guard listens on port 0); the
+// path and everything else must still match exactly.
+const anyPort = (uri) => uri.replace(new RegExp(`^https://${webHost.replace(/\./g, '\\.')}:\\d+/`), `https://${webHost}/`);
+for (const method of ['redirectUriAllowed', 'postLogoutRedirectUriAllowed']) {
+  const exact = provider.Client.prototype[method];
+  provider.Client.prototype[method] = function (uri) {
+    return exact.call(this, uri) || exact.call(this, anyPort(uri));
+  };
+}
 
 const callback = provider.callback();
 server.on('request', async (req, res) => {

@@ -19,6 +19,7 @@ pub struct OidcProvider {
     /// Its issuer URL, `http://127.0.0.1:PORT`.
     pub issuer: String,
     keys: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// Whether the provider can run: Node.js and `npm ci`'s packages. CI requires both.
@@ -30,32 +31,47 @@ impl OidcProvider {
     /// Starts the provider with the private keys in `keys` (made with one RS256 key if the file
     /// does not exist), on `port` (0: any).
     pub fn start(keys: &Path, port: u16) -> OidcProvider {
-        OidcProvider::start_with_kid(keys, port, "rsa-1")
+        OidcProvider::start_env(keys, port, &[])
     }
 
-    fn start_with_kid(keys: &Path, port: u16, kid: &str) -> OidcProvider {
+    /// [`OidcProvider::start`] with more of the script's environment (`ID_TOKEN_TTL`, ...).
+    pub fn start_env(keys: &Path, port: u16, env: &[(&str, &str)]) -> OidcProvider {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        OidcProvider::start_with_kid(keys, port, "rsa-1", env)
+    }
+
+    fn start_with_kid(keys: &Path, port: u16, kid: &str, env: Vec<(String, String)>) -> OidcProvider {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/oidc-provider.mjs");
         let mut child = Command::new("node")
             .arg(script)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("KEYS", keys)
             .env("KID", kid)
             .env("PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Its warnings and errors, for a failing test to show: `keys` with `.log`.
+            .stderr(std::fs::File::create(keys.with_extension("log")).expect("the provider's log file"))
             .spawn()
             .expect("node starts");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("the provider prints its issuer");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).expect("the provider prints its issuer");
+        // The provider logs to stdout later too (its notices): a closed pipe would kill it.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("the provider did not start ({e}): {line:?}"));
         OidcProvider {
             child,
             issuer: v["issuer"].as_str().expect("issuer").to_owned(),
             keys: keys.to_owned(),
+            env,
         }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.keys.with_extension("log")).unwrap_or_default()
     }
 
     /// Its port.
@@ -70,7 +86,7 @@ impl OidcProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::fs::remove_file(&self.keys).unwrap();
-        *self = OidcProvider::start_with_kid(&self.keys.clone(), port, kid);
+        *self = OidcProvider::start_with_kid(&self.keys.clone(), port, kid, self.env.clone());
     }
 
     /// An access token for the machine client (client-credentials grant), a JWT for
