@@ -96,7 +96,8 @@ struct DeployArgs {
     /// Add a Jupyter notebook service wired to MLflow (compose only).
     #[arg(long)]
     with_notebook: bool,
-    /// Directory to write into. [default: .]
+    /// Directory to write into.
+    // clap prints `[default: .]` from default_value itself: the text above must not repeat it.
     #[arg(long = "out", value_name = "DIR", default_value = ".")]
     out_dir: PathBuf,
     /// Replace existing files (secrets in an existing .env are kept).
@@ -957,6 +958,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every command and subcommand of guard, depth first.
+    fn all_commands(cmd: &clap::Command) -> Vec<clap::Command> {
+        let mut out = vec![cmd.clone()];
+        for sub in cmd.get_subcommands() {
+            out.extend(all_commands(sub));
+        }
+        out
+    }
+
+    #[test]
+    fn help_shows_each_default_once() {
+        let mut cli = Cli::command();
+        cli.build();
+        for cmd in all_commands(&cli) {
+            for arg in cmd.get_arguments() {
+                // clap appends `[default: X]` for a default_value; text saying it again doubles it.
+                let help = [arg.get_help(), arg.get_long_help()]
+                    .into_iter()
+                    .flatten()
+                    .map(|h| h.to_string())
+                    .collect::<String>();
+                if !arg.get_default_values().is_empty() {
+                    assert!(
+                        !help.contains("[default:"),
+                        "guard {} --{}: the help repeats clap's default: {help}",
+                        cmd.get_name(),
+                        arg.get_long().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        let mut deploy = cli.find_subcommand("deploy").expect("guard deploy").clone();
+        let help = deploy.render_long_help().to_string();
+        assert_eq!(help.matches("[default: .]").count(), 1, "{help}");
     }
 
     #[test]
