@@ -46,7 +46,8 @@ enum Command {
     /// Give users their role (reader or writer) in the groups file beside the users file.
     #[command(subcommand)]
     Role(RoleCommand),
-    /// Write the files that deploy guard in front of MLflow: compose, systemd or supervisor.
+    /// Write the files that deploy guard in front of MLflow: compose, systemd, supervisor or
+    /// kubernetes.
     Deploy(Box<DeployArgs>),
     /// Validate a configuration without binding a port or contacting a CA; print what would run.
     Check {
@@ -74,7 +75,7 @@ fn set_role(files: &FileArgs, name: &str, role: Role) -> Result<(), Failure> {
 /// Flags of `guard deploy`.
 #[derive(Debug, Args)]
 struct DeployArgs {
-    /// What to write: compose, systemd or supervisor.
+    /// What to write: compose, systemd, supervisor or kubernetes.
     #[arg(value_name = "TARGET", value_parser = |s: &str| s.parse::<guard_deploy::Target>())]
     target: guard_deploy::Target,
     /// Public host name for the certificate from Let's Encrypt (repeatable); without one, guard
@@ -84,7 +85,7 @@ struct DeployArgs {
     /// Contact address for Let's Encrypt; required with --domain.
     #[arg(long, value_name = "EMAIL", value_parser = guard_deploy::parse_email)]
     acme_email: Option<String>,
-    /// MLflow's backend store. [default: postgres for compose, sqlite otherwise]
+    /// MLflow's backend store. [default: postgres for compose and kubernetes, sqlite otherwise]
     #[arg(long, value_name = "sqlite|postgres", value_parser = |s: &str| s.parse::<guard_deploy::Backend>())]
     backend: Option<guard_deploy::Backend>,
     /// Where artifacts go: a directory or s3://bucket/prefix. [default: the target's own storage]
@@ -112,6 +113,31 @@ struct DeployArgs {
     /// Directory for state, logs and the control socket (supervisor). [default: beside the config]
     #[arg(long, value_name = "DIR")]
     base_dir: Option<PathBuf>,
+    /// Namespace of every object (kubernetes). [default: mlflow]
+    #[arg(long, value_name = "NAME")]
+    namespace: Option<String>,
+    /// guard's image, built from the written Dockerfile and pushed where the cluster pulls from
+    /// (kubernetes). [default: guard:VERSION of this guard]
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// MLflow's image, built from the written mlflow/Dockerfile (kubernetes).
+    /// [default: guard-mlflow:MLFLOW_VERSION]
+    #[arg(long, value_name = "REF")]
+    mlflow_image: Option<String>,
+    /// guard's pods, 2 to 50 (kubernetes). [default: 2]
+    #[arg(long, value_name = "N")]
+    replicas: Option<u32>,
+    /// MLflow's pods, 1 to 50 (kubernetes). [default: 2]
+    #[arg(long, value_name = "N")]
+    mlflow_replicas: Option<u32>,
+    /// Run PostgreSQL in the namespace, to try things out (kubernetes); without it MLflow uses
+    /// the DSN you put in secrets.yaml.
+    #[arg(long)]
+    with_postgres: bool,
+    /// How cert-manager proves the domain to Let's Encrypt (kubernetes, with --domain).
+    /// [default: http-01]
+    #[arg(long, value_name = "http-01|dns-01", value_parser = |s: &str| s.parse::<guard_deploy::Challenge>())]
+    acme_challenge: Option<guard_deploy::Challenge>,
 }
 
 /// Where the users and tokens files are: the ones `guard serve` with the same flags, variables
@@ -460,6 +486,13 @@ fn deploy(a: DeployArgs) -> Result<(), Failure> {
         guard_bin: a.guard_bin,
         mlflow_bin: a.mlflow_bin,
         base_dir: a.base_dir,
+        namespace: a.namespace,
+        image: a.image,
+        mlflow_image: a.mlflow_image,
+        replicas: a.replicas,
+        mlflow_replicas: a.mlflow_replicas,
+        with_postgres: a.with_postgres,
+        acme_challenge: a.acme_challenge,
     };
     let report = guard_deploy::run(opts).map_err(|e| {
         let usage = e.is_usage();

@@ -1,10 +1,12 @@
 //! The compose target: docker-compose.yml (guard, mlflow, a one-shot migration, postgres, an
-//! optional notebook), the .env holding its secrets, and the small Dockerfiles that add to the
-//! official images exactly the packages this deployment needs. Valid for docker-compose 1.29
+//! optional notebook), the .env holding its secrets, guard's Dockerfile (it packages the guard
+//! binary copied beside it, so the directory builds on its own), and the small Dockerfiles that
+//! add to the official images exactly the packages this deployment needs. Valid for docker-compose 1.29
 //! and Compose v2: no `dockerfile_inline`, no top-level `name`, every string quoted.
 
 use std::fmt::Write as _;
 
+use crate::image;
 use crate::mlflow::{self, PG_DATABASE, PG_USER};
 use crate::model::{Artifacts, Backend, Deployment, Tls, STOP_TIMEOUT_SECS};
 use crate::quote::{yaml, yaml_flow};
@@ -27,19 +29,18 @@ const MLFLOW_UPSTREAM: &str = "mlflow:5000";
 const MLFLOW_ARTIFACTS: &str = "/mlflow/artifacts";
 const MLFLOW_DB_DIR: &str = "/mlflow/db";
 
-/// The official MLflow image for a release.
-fn mlflow_image(version: &str) -> String {
-    format!("ghcr.io/mlflow/mlflow:v{version}")
-}
 
-/// Renders docker-compose.yml, .env (0600), and mlflow/Dockerfile and notebook/Dockerfile when
-/// needed. Pure: the secrets come in as a parameter.
+/// Renders docker-compose.yml, .env (0600), guard's Dockerfile and .dockerignore, and
+/// mlflow/Dockerfile and notebook/Dockerfile when needed. Pure: the secrets come in as a
+/// parameter; the guard binary the Dockerfile packages is copied by [`crate::deploy`].
 pub fn render(d: &Deployment, secrets: &Secrets) -> Vec<RenderedFile> {
     let mut files = vec![
         RenderedFile::new("docker-compose.yml", compose_file(d), 0o644),
         RenderedFile::new(".env", env_file(d, secrets), 0o600),
+        RenderedFile::new("Dockerfile", image::guard_dockerfile("guard deploy compose"), 0o644),
+        RenderedFile::new(".dockerignore", image::DOCKERIGNORE.into(), 0o644),
     ];
-    if let Some(dockerfile) = mlflow_dockerfile(d) {
+    if let Some(dockerfile) = mlflow::dockerfile(d, "guard deploy compose") {
         files.push(RenderedFile::new("mlflow/Dockerfile", dockerfile, 0o644));
     }
     if d.with_notebook {
@@ -68,7 +69,7 @@ pub fn next_steps(d: &Deployment) -> Vec<String> {
         Tls::SelfSigned => format!("https://localhost:{GUARD_TLS_PORT}/ (self-signed certificate)"),
     };
     steps.push(format!(
-        "cd {out} && docker compose up -d --build    # guard's image builds from ./Dockerfile: run this in a guard checkout, or point services.guard.build.context at one"
+        "cd {out} && docker compose up -d --build    # guard's image packages the guard binary beside ./Dockerfile"
     ));
     steps.push("docker compose exec guard guard adduser alice && docker compose kill -s HUP guard    # add a user, then reload".into());
     steps.push(format!("open {url}"));
@@ -307,7 +308,7 @@ fn guard_service(d: &Deployment) -> Service {
 /// official image, the official image itself otherwise.
 fn set_mlflow_image(s: &mut Service, d: &Deployment) {
     if mlflow::extra_packages(d).is_empty() {
-        s.image = Some(mlflow_image(&d.mlflow_version));
+        s.image = Some(mlflow::official_image(&d.mlflow_version));
     } else {
         s.build = Some("./mlflow");
     }
@@ -520,22 +521,6 @@ fn env_file(d: &Deployment, secrets: &Secrets) -> String {
         );
     }
     out
-}
-
-fn mlflow_dockerfile(d: &Deployment) -> Option<String> {
-    let packages = mlflow::extra_packages(d);
-    if packages.is_empty() {
-        return None;
-    }
-    let quoted: Vec<String> = packages.iter().map(|p| format!("\"{p}\"")).collect();
-    Some(format!(
-        "# MLflow for guard, written by `guard deploy compose`. The official image has no PostgreSQL\n\
-         # driver and no S3 client (mlflow/mlflow#9513); this adds exactly what this deployment uses.\n\
-         FROM {image}\n\
-         RUN pip install --no-cache-dir {packages}\n",
-        image = mlflow_image(&d.mlflow_version),
-        packages = quoted.join(" "),
-    ))
 }
 
 fn notebook_dockerfile(d: &Deployment) -> String {

@@ -1,9 +1,13 @@
 //! guard's deploy files: a typed model of a guard-in-front-of-MLflow deployment and one pure
-//! renderer per target (docker-compose, systemd, supervisord), plus the atomic writer.
-//! [`run`] is what `guard deploy` calls: validate, render, write all or nothing.
+//! renderer per target (docker-compose, systemd, supervisord, Kubernetes), plus the atomic
+//! writer. [`run`] is what `guard deploy` calls: validate, render, write all or nothing. The
+//! container targets' output also holds a copy of the running guard binary, which their
+//! Dockerfile packages, so the directory deploys on its own.
 
 pub mod compose;
 pub mod error;
+pub mod image;
+pub mod kubernetes;
 mod mlflow;
 pub mod model;
 pub mod options;
@@ -12,13 +16,15 @@ pub mod secrets;
 pub mod supervisor;
 pub mod systemd;
 pub mod write;
+mod yaml;
 
 use std::path::PathBuf;
 
 pub use error::DeployError;
 pub use model::{
-    parse_artifacts, parse_domain, parse_email, parse_mlflow_version, Artifacts, Backend, Deployment, Layout, Target,
-    Tls, DEFAULT_MLFLOW_VERSION,
+    default_guard_image, default_mlflow_image, parse_artifacts, parse_domain, parse_email, parse_image,
+    parse_mlflow_version, parse_namespace, Artifacts, Backend, Challenge, Deployment, Kubernetes, Layout, Target, Tls,
+    DEFAULT_MLFLOW_VERSION,
 };
 pub use options::{validate, DeployOptions};
 pub use secrets::{Secret, Secrets};
@@ -60,6 +66,7 @@ pub fn render(d: &Deployment, layout: &Layout, secrets: &Secrets) -> Vec<Rendere
         Target::Compose => compose::render(d, secrets),
         Target::Systemd => systemd::render(d, layout, secrets),
         Target::Supervisor => supervisor::render(d, layout, secrets),
+        Target::Kubernetes => kubernetes::render(d, secrets),
     }
 }
 
@@ -69,6 +76,7 @@ pub fn next_steps(d: &Deployment, layout: &Layout) -> Vec<String> {
         Target::Compose => compose::next_steps(d),
         Target::Systemd => systemd::next_steps(d, layout),
         Target::Supervisor => supervisor::next_steps(d, layout),
+        Target::Kubernetes => kubernetes::next_steps(d),
     }
 }
 
@@ -80,21 +88,52 @@ pub fn run(opts: DeployOptions) -> Result<DeployReport, DeployError> {
 }
 
 /// Generates secrets (keeping an existing file's with `--force`, so a database keeps its
-/// password), renders and writes all files at once. Tests call this with a custom [`Layout`]
-/// (ports, temporary paths).
+/// password), renders and writes all files at once, with a copy of the running guard binary
+/// for the container targets. Tests call this with a custom [`Layout`] (ports, temporary
+/// paths).
 pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployError> {
     let mut secrets = Secrets::generate()?;
     if d.force {
         let old = match d.target {
             Target::Compose => ".env",
             Target::Systemd | Target::Supervisor => "mlflow.env",
+            Target::Kubernetes => "secrets.yaml",
         };
         secrets.keep_from(&d.out_dir.join(old))?;
     }
-    let files = render(d, layout, &secrets);
-    let written = write::write_files(&d.out_dir, &files, d.force)?;
+    let mut files = render(d, layout, &secrets);
+    if d.force && d.target == Target::Kubernetes {
+        // auth/ holds the users and tokens the operator added since: --force never resets them.
+        files.retain(|f| !(f.path.starts_with("auth") && d.out_dir.join(&f.path).exists()));
+    }
+    let binary = match d.target {
+        Target::Compose | Target::Kubernetes => Some(guard_binary()?),
+        Target::Systemd | Target::Supervisor => None,
+    };
+    let mut entries: Vec<write::Entry<'_>> = files.iter().map(write::Entry::from).collect();
+    if let Some(bytes) = &binary {
+        entries.push(write::Entry {
+            path: std::path::Path::new(image::GUARD_BINARY),
+            bytes,
+            mode: 0o755,
+        });
+    }
+    let written = write::write_entries(&d.out_dir, &entries, d.force)?;
     Ok(DeployReport {
         written,
         next_steps: next_steps(d, layout),
     })
+}
+
+/// The running guard's own executable, for the image to package.
+fn guard_binary() -> Result<Vec<u8>, DeployError> {
+    let io = |path: PathBuf| {
+        move |source| DeployError::Io {
+            action: "read the running guard binary",
+            path,
+            source,
+        }
+    };
+    let exe = std::env::current_exe().map_err(io(PathBuf::from("/proc/self/exe")))?;
+    std::fs::read(&exe).map_err(io(exe))
 }

@@ -29,6 +29,29 @@ pub(crate) fn extra_packages(d: &Deployment) -> Vec<&'static str> {
     p
 }
 
+/// The official MLflow image for a release.
+pub(crate) fn official_image(version: &str) -> String {
+    format!("ghcr.io/mlflow/mlflow:v{version}")
+}
+
+/// mlflow/Dockerfile: the official image plus exactly the packages this deployment uses, or
+/// `None` when it needs none.
+pub(crate) fn dockerfile(d: &Deployment, generator: &str) -> Option<String> {
+    let packages = extra_packages(d);
+    if packages.is_empty() {
+        return None;
+    }
+    let quoted: Vec<String> = packages.iter().map(|p| format!("\"{p}\"")).collect();
+    Some(format!(
+        "# MLflow for guard, written by `{generator}`. The official image has no PostgreSQL\n\
+         # driver and no S3 client (mlflow/mlflow#9513); this adds exactly what this deployment uses.\n\
+         FROM {image}\n\
+         RUN pip install --no-cache-dir {packages}\n",
+        image = official_image(&d.mlflow_version),
+        packages = quoted.join(" "),
+    ))
+}
+
 /// `MLFLOW_SERVER_ALLOWED_HOSTS`. guard rewrites Host to the upstream authority by default, so
 /// that entry is what MLflow sees; the public names are listed too, so the check still passes
 /// if guard is set to keep the client's Host. Setting the variable replaces MLflow's defaults,

@@ -26,11 +26,13 @@ pub enum Target {
     Systemd,
     /// One self-contained supervisord.conf.
     Supervisor,
+    /// Manifests for a cluster with cert-manager, applied with `kubectl apply -k`.
+    Kubernetes,
 }
 
 impl Target {
     /// Every target, in the order help text lists them.
-    pub const ALL: [Target; 3] = [Target::Compose, Target::Systemd, Target::Supervisor];
+    pub const ALL: [Target; 4] = [Target::Compose, Target::Systemd, Target::Supervisor, Target::Kubernetes];
 
     /// The name on the command line.
     pub fn name(self) -> &'static str {
@@ -38,14 +40,15 @@ impl Target {
             Target::Compose => "compose",
             Target::Systemd => "systemd",
             Target::Supervisor => "supervisor",
+            Target::Kubernetes => "kubernetes",
         }
     }
 
-    /// The backend store when `--backend` is not given: compose ships its own PostgreSQL; on a
-    /// host, sqlite needs nothing installed.
+    /// The backend store when `--backend` is not given: compose and kubernetes run PostgreSQL
+    /// (MLflow replicas share it); on a host, sqlite needs nothing installed.
     pub fn default_backend(self) -> Backend {
         match self {
-            Target::Compose => Backend::Postgres,
+            Target::Compose | Target::Kubernetes => Backend::Postgres,
             Target::Systemd | Target::Supervisor => Backend::Sqlite,
         }
     }
@@ -58,7 +61,7 @@ impl FromStr for Target {
         Target::ALL
             .into_iter()
             .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown target {s:?}; use compose, systemd or supervisor"))
+            .ok_or_else(|| format!("unknown target {s:?}; use compose, systemd, supervisor or kubernetes"))
     }
 }
 
@@ -186,6 +189,76 @@ pub struct Deployment {
     pub out_dir: PathBuf,
     /// Replace existing files.
     pub force: bool,
+    /// Kubernetes only: names, images, replicas and the ACME challenge.
+    pub kubernetes: Kubernetes,
+}
+
+/// How cert-manager proves the domain to the ACME CA (`--acme-challenge`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    /// HTTP-01 through a solver Ingress: port 80 of the domain must reach an ingress
+    /// controller (guard's Service serves 443 only).
+    Http01,
+    /// DNS-01 through the DNS provider's API: no inbound port, works for any topology.
+    Dns01,
+}
+
+impl FromStr for Challenge {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Challenge, String> {
+        match s {
+            "http-01" => Ok(Challenge::Http01),
+            "dns-01" => Ok(Challenge::Dns01),
+            _ => Err(format!("unknown ACME challenge {s:?}; use http-01 or dns-01")),
+        }
+    }
+}
+
+/// The kubernetes target's own settings, each from its flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kubernetes {
+    /// `--namespace`: every object goes there. Default `mlflow`.
+    pub namespace: String,
+    /// `--image`: guard's image, built from the written Dockerfile. Default
+    /// [`default_guard_image`].
+    pub image: String,
+    /// `--mlflow-image`: MLflow with the PostgreSQL driver, built from the written
+    /// mlflow/Dockerfile. Default [`default_mlflow_image`] for the MLflow version.
+    pub mlflow_image: String,
+    /// `--replicas`: guard's pods, 2 or more so a drain or a rollout never takes it down.
+    pub replicas: u32,
+    /// `--mlflow-replicas`: MLflow's pods, 1 or more.
+    pub mlflow_replicas: u32,
+    /// `--with-postgres`: a PostgreSQL StatefulSet in the namespace (to try things out)
+    /// instead of the DSN of a database run elsewhere.
+    pub with_postgres: bool,
+    /// `--acme-challenge`, with a domain. Default HTTP-01.
+    pub challenge: Challenge,
+}
+
+/// guard's default image name: a local name, as `docker build -t` and `kind load` use it.
+pub fn default_guard_image() -> String {
+    format!("guard:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The default name of the MLflow image the kubernetes target builds.
+pub fn default_mlflow_image(version: &str) -> String {
+    format!("guard-mlflow:{version}")
+}
+
+impl Default for Kubernetes {
+    fn default() -> Kubernetes {
+        Kubernetes {
+            namespace: "mlflow".into(),
+            image: default_guard_image(),
+            mlflow_image: default_mlflow_image(DEFAULT_MLFLOW_VERSION),
+            replicas: 2,
+            mlflow_replicas: 2,
+            with_postgres: false,
+            challenge: Challenge::Http01,
+        }
+    }
 }
 
 /// Where the host targets (systemd, supervisor) find programs and keep state. Compose ignores
@@ -335,6 +408,57 @@ pub fn parse_mlflow_version(s: &str) -> Result<String, String> {
     }
 }
 
+/// Checks `--namespace`: a DNS-1123 label (1 to 63 lowercase letters, digits and inner
+/// hyphens), as the API server requires of a namespace name.
+pub fn parse_namespace(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (1 to 63 lowercase letters, digits and inner hyphens)"
+        ))
+    }
+}
+
+/// Checks `--image` and `--mlflow-image`: a container image reference
+/// (`registry.example.com:5000/team/guard:0.1.0`, `guard@sha256:...`). The repository part is
+/// lowercase, as registries require; the whole is plain characters only.
+pub fn parse_image(s: &str) -> Result<String, String> {
+    let bad = || {
+        format!("{s:?} is not an image reference (e.g. registry.example.com/guard:0.1.0)")
+    };
+    if s.is_empty() || s.len() > 255 {
+        return Err(bad());
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@'))
+    {
+        return Err(bad());
+    }
+    // The repository ends at a digest's `@` or at the tag's `:` after the last `/`.
+    let repo = s.split('@').next().unwrap_or(s);
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    let repo = match last.rfind(':') {
+        Some(i) => &repo[..repo.len() - (last.len() - i)],
+        None => repo,
+    };
+    let starts_plain = repo.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let path_lowercase = repo
+        .split('/')
+        .skip(usize::from(repo.contains('/')))
+        .all(|p| !p.chars().any(|c| c.is_ascii_uppercase()));
+    if !starts_plain || !path_lowercase || repo.ends_with('/') || repo.contains("//") {
+        return Err(bad());
+    }
+    Ok(s.to_string())
+}
+
 /// S3 bucket naming rules (the general-purpose subset): 3 to 63 characters of lowercase
 /// letters, digits, dots and hyphens, starting and ending with a letter or digit.
 fn check_bucket(b: &str) -> Result<(), String> {
@@ -469,14 +593,33 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_and_images_are_what_kubernetes_and_registries_take() {
+        assert_eq!(parse_namespace("ml-ops2").unwrap(), "ml-ops2");
+        for bad in ["", "ML", "-a", "a-", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(parse_namespace(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "guard:0.1.0",
+            "registry.example.com:5000/team/guard:v1.2",
+            "ghcr.io/acme/guard@sha256:0123abcd",
+            "guard",
+        ] {
+            assert_eq!(parse_image(good).unwrap(), good);
+        }
+        for bad in ["", "Guard:1", "team/Guard", "guard 1", "guard:1;rm", ":1", "a//b", "-x"] {
+            assert!(parse_image(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn targets_and_backends_parse_their_names() {
         for t in Target::ALL {
             assert_eq!(t.name().parse::<Target>().unwrap(), t);
         }
-        assert!("kubernetes"
+        assert!("nomad"
             .parse::<Target>()
             .unwrap_err()
-            .contains("unknown target \"kubernetes\""));
+            .contains("unknown target \"nomad\""));
         assert_eq!("postgres".parse::<Backend>().unwrap(), Backend::Postgres);
         assert!("mysql".parse::<Backend>().unwrap_err().contains("unknown backend"));
     }

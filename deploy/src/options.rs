@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use crate::error::DeployError;
 use crate::model::{
-    check_path_chars, has_parent_component, parse_artifacts, parse_domain, parse_email, parse_mlflow_version,
-    Artifacts, Backend, Deployment, Layout, Target, Tls, DEFAULT_MLFLOW_VERSION,
+    check_path_chars, default_mlflow_image, has_parent_component, parse_artifacts, parse_domain, parse_email,
+    parse_image, parse_mlflow_version, parse_namespace, Artifacts, Backend, Challenge, Deployment, Kubernetes, Layout,
+    Target, Tls, DEFAULT_MLFLOW_VERSION,
 };
 
 /// `guard deploy TARGET [options]`, unvalidated. The CLI fills it from clap; every value is
@@ -38,6 +39,20 @@ pub struct DeployOptions {
     pub mlflow_bin: Option<PathBuf>,
     /// `--base-dir DIR` (supervisor): state, logs and socket. `None`: next to supervisord.conf.
     pub base_dir: Option<PathBuf>,
+    /// `--namespace NAME` (kubernetes). `None`: `mlflow`.
+    pub namespace: Option<String>,
+    /// `--image REF` (kubernetes): guard's image. `None`: [`crate::model::default_guard_image`].
+    pub image: Option<String>,
+    /// `--mlflow-image REF` (kubernetes). `None`: `guard-mlflow:<mlflow version>`.
+    pub mlflow_image: Option<String>,
+    /// `--replicas N` (kubernetes): guard's pods. `None`: 2.
+    pub replicas: Option<u32>,
+    /// `--mlflow-replicas N` (kubernetes). `None`: 2.
+    pub mlflow_replicas: Option<u32>,
+    /// `--with-postgres` (kubernetes): run PostgreSQL in the namespace.
+    pub with_postgres: bool,
+    /// `--acme-challenge http-01|dns-01` (kubernetes, with `--domain`). `None`: HTTP-01.
+    pub acme_challenge: Option<Challenge>,
 }
 
 impl DeployOptions {
@@ -56,9 +71,20 @@ impl DeployOptions {
             guard_bin: None,
             mlflow_bin: None,
             base_dir: None,
+            namespace: None,
+            image: None,
+            mlflow_image: None,
+            replicas: None,
+            mlflow_replicas: None,
+            with_postgres: false,
+            acme_challenge: None,
         }
     }
 }
+
+/// Most pods of one Deployment the kubernetes target writes: a typo such as `--replicas 200`
+/// is refused rather than scheduled.
+const MAX_REPLICAS: u32 = 50;
 
 /// Validates the options into the deployment and the host layout (production defaults for
 /// anything not given).
@@ -98,6 +124,15 @@ pub fn validate(opts: &DeployOptions) -> Result<(Deployment, Layout), DeployErro
         Some(raw) => {
             let a = parse_artifacts(raw).map_err(|e| DeployError::option("--artifacts", e))?;
             if let Artifacts::Local(p) = &a {
+                // Pods on several nodes share no host directory.
+                if target == Target::Kubernetes {
+                    return Err(DeployError::option(
+                        "--artifacts",
+                        format!(
+                            "{raw:?}: kubernetes pods share no host directory; use s3://bucket/prefix, or leave --artifacts out for a ReadWriteMany volume"
+                        ),
+                    ));
+                }
                 // The unit runs as a dynamic user, which can own nothing outside its
                 // StateDirectory=; another disk goes there as a mount.
                 if target == Target::Systemd {
@@ -139,16 +174,25 @@ pub fn validate(opts: &DeployOptions) -> Result<(Deployment, Layout), DeployErro
         ));
     }
 
+    let kubernetes = kubernetes_options(opts, &tls, &mlflow_version)?;
+    let backend = opts.backend.unwrap_or(target.default_backend());
+    if target == Target::Kubernetes && backend == Backend::Sqlite {
+        return Err(DeployError::option(
+            "--backend",
+            "kubernetes runs MLflow replicas on one PostgreSQL database; sqlite is for a single host",
+        ));
+    }
+
     let mut layout = Layout::default();
     for (flag, value, slot) in [
         ("--guard-bin", &opts.guard_bin, &mut layout.guard_bin),
         ("--mlflow-bin", &opts.mlflow_bin, &mut layout.mlflow_bin),
     ] {
         if let Some(p) = value {
-            if target == Target::Compose {
+            if matches!(target, Target::Compose | Target::Kubernetes) {
                 return Err(DeployError::option(
                     flag,
-                    "compose runs programs from images; only systemd and supervisor take a path",
+                    format!("{target} runs programs from images; only systemd and supervisor take a path"),
                 ));
             }
             *slot = host_path(flag, p)?;
@@ -177,14 +221,81 @@ pub fn validate(opts: &DeployOptions) -> Result<(Deployment, Layout), DeployErro
     let deployment = Deployment {
         target,
         tls,
-        backend: opts.backend.unwrap_or(target.default_backend()),
+        backend,
         artifacts,
         mlflow_version,
         with_notebook: opts.with_notebook,
         out_dir: opts.out_dir.clone(),
         force: opts.force,
+        kubernetes,
     };
     Ok((deployment, layout))
+}
+
+/// The kubernetes flags: checked for that target, refused for the others.
+fn kubernetes_options(opts: &DeployOptions, tls: &Tls, mlflow_version: &str) -> Result<Kubernetes, DeployError> {
+    let given = [
+        ("--namespace", opts.namespace.is_some()),
+        ("--image", opts.image.is_some()),
+        ("--mlflow-image", opts.mlflow_image.is_some()),
+        ("--replicas", opts.replicas.is_some()),
+        ("--mlflow-replicas", opts.mlflow_replicas.is_some()),
+        ("--with-postgres", opts.with_postgres),
+        ("--acme-challenge", opts.acme_challenge.is_some()),
+    ];
+    if opts.target != Target::Kubernetes {
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(DeployError::option(
+                flag,
+                format!("only the kubernetes target takes it, not {}", opts.target),
+            ));
+        }
+        return Ok(Kubernetes::default());
+    }
+    let mut k = Kubernetes {
+        mlflow_image: default_mlflow_image(mlflow_version),
+        with_postgres: opts.with_postgres,
+        ..Kubernetes::default()
+    };
+    if let Some(n) = &opts.namespace {
+        k.namespace = parse_namespace(n).map_err(|e| DeployError::option("--namespace", e))?;
+    }
+    if let Some(i) = &opts.image {
+        k.image = parse_image(i).map_err(|e| DeployError::option("--image", e))?;
+    }
+    if let Some(i) = &opts.mlflow_image {
+        k.mlflow_image = parse_image(i).map_err(|e| DeployError::option("--mlflow-image", e))?;
+    }
+    if let Some(n) = opts.replicas {
+        // One pod could not be drained or rolled without an outage, and the disruption budget
+        // (at most one pod down) would block every node drain.
+        if !(2..=MAX_REPLICAS).contains(&n) {
+            return Err(DeployError::option(
+                "--replicas",
+                format!("{n}: guard runs 2 to {MAX_REPLICAS} pods (one pod cannot be drained or rolled without an outage)"),
+            ));
+        }
+        k.replicas = n;
+    }
+    if let Some(n) = opts.mlflow_replicas {
+        if !(1..=MAX_REPLICAS).contains(&n) {
+            return Err(DeployError::option(
+                "--mlflow-replicas",
+                format!("{n}: MLflow runs 1 to {MAX_REPLICAS} pods"),
+            ));
+        }
+        k.mlflow_replicas = n;
+    }
+    if let Some(c) = opts.acme_challenge {
+        if matches!(tls, Tls::SelfSigned) {
+            return Err(DeployError::option(
+                "--acme-challenge",
+                "only used with --domain (without a domain cert-manager issues a self-signed certificate)",
+            ));
+        }
+        k.challenge = c;
+    }
+    Ok(k)
 }
 
 /// An absolute, plainly spelled host path (it goes into unit files and supervisor commands).
@@ -260,6 +371,40 @@ mod tests {
         let mut o = opts(Target::Supervisor);
         o.mlflow_bin = Some("mlflow".into());
         assert!(err(&o).contains("absolute path"));
+    }
+
+    #[test]
+    fn kubernetes_flags_are_checked_there_and_refused_elsewhere() {
+        let mut o = opts(Target::Kubernetes);
+        let (d, _) = validate(&o).unwrap();
+        assert_eq!(d.backend, Backend::Postgres);
+        assert_eq!(d.kubernetes, Kubernetes::default());
+        o.replicas = Some(1);
+        assert!(err(&o).starts_with("--replicas: 1: guard runs 2 to 50 pods"), "{}", err(&o));
+        o.replicas = Some(3);
+        o.mlflow_replicas = Some(0);
+        assert!(err(&o).starts_with("--mlflow-replicas: 0:"));
+        o.mlflow_replicas = None;
+        o.namespace = Some("Bad_Name".into());
+        assert!(err(&o).starts_with("--namespace: \"Bad_Name\""));
+        o.namespace = None;
+        o.backend = Some(Backend::Sqlite);
+        assert!(err(&o).starts_with("--backend: kubernetes runs MLflow replicas"));
+        o.backend = None;
+        o.artifacts = Some("/srv/artifacts".into());
+        assert!(err(&o).starts_with("--artifacts: \"/srv/artifacts\": kubernetes pods share no host"));
+        o.artifacts = None;
+        o.acme_challenge = Some(Challenge::Dns01);
+        assert!(err(&o).starts_with("--acme-challenge: only used with --domain"));
+        o.mlflow_version = Some("3.18.0".into());
+        o.acme_challenge = None;
+        let (d, _) = validate(&o).unwrap();
+        assert_eq!(d.kubernetes.mlflow_image, "guard-mlflow:3.18.0");
+        assert_eq!(d.kubernetes.replicas, 3);
+
+        let mut o = opts(Target::Compose);
+        o.with_postgres = true;
+        assert_eq!(err(&o), "--with-postgres: only the kubernetes target takes it, not compose");
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The random secrets a deployment needs (database password, notebook token): generated from
-//! the OS random source, or kept from the files a previous run wrote, so `--force` does not
-//! lock mlflow out of an existing database. Renderers take them as a parameter, which lets
-//! tests render with fixed values.
+//! The random secrets a deployment needs (database password, notebook token, MLflow's Flask
+//! key, guard's session key file): generated from the OS random source, or kept from the files
+//! a previous run wrote, so `--force` does not lock mlflow out of an existing database.
+//! Renderers take them as a parameter, which lets tests render with fixed values.
 
 use std::path::Path;
+
+use base64::Engine as _;
 
 use crate::error::DeployError;
 
@@ -18,9 +20,26 @@ pub use guard_config::secret::Secret;
 fn generate() -> Result<Secret, DeployError> {
     let mut bytes = [0u8; SECRET_BYTES];
     getrandom::fill(&mut bytes).map_err(DeployError::Random)?;
-    Ok(Secret::new(
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-    ))
+    Ok(Secret::new(hex(&bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A session key file as `guard serve` writes it on its first start (one key: an 8-hex-digit
+/// id and 32 random bytes in base64url), made here because in a cluster every guard pod must
+/// read the same key from a Secret: a cookie one pod sealed is opened by the next.
+fn session_key_file(now: u64) -> Result<Secret, DeployError> {
+    let mut id = [0u8; 4];
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut id).map_err(DeployError::Random)?;
+    getrandom::fill(&mut key).map_err(DeployError::Random)?;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+    Ok(Secret::new(format!(
+        "{{\"keys\":[{{\"id\":\"{}\",\"key\":\"{key}\",\"created\":{now}}}]}}\n",
+        hex(&id)
+    )))
 }
 
 /// Whether a value read back from an old file can be written again unquoted.
@@ -39,6 +58,14 @@ pub struct Secrets {
     pub postgres_password: Secret,
     /// Jupyter's login token (`JUPYTER_TOKEN`, compose with `--with-notebook`).
     pub jupyter_token: Secret,
+    /// MLflow's Flask secret key (`MLFLOW_FLASK_SERVER_SECRET_KEY`, kubernetes): every MLflow
+    /// replica must sign with the same one.
+    pub flask_secret_key: Secret,
+    /// guard's session-keys.json (kubernetes, in the guard-auth Secret).
+    pub session_keys: Secret,
+    /// The database DSN an operator wrote into a previous run's secrets.yaml (kubernetes
+    /// without `--with-postgres`), kept by `--force`; `None` renders a placeholder to edit.
+    pub database_uri: Option<Secret>,
 }
 
 impl Secrets {
@@ -47,6 +74,9 @@ impl Secrets {
         Ok(Secrets {
             postgres_password: generate()?,
             jupyter_token: generate()?,
+            flask_secret_key: generate()?,
+            session_keys: session_key_file(guard_config::clock::unix_now())?,
+            database_uri: None,
         })
     }
 
@@ -67,14 +97,29 @@ impl Secrets {
             }
         };
         for line in text.lines() {
-            let Some((key, value)) = line.trim().split_once('=') else {
+            // `KEY=value` in .env and mlflow.env; `key: "value"` in the kubernetes secrets.yaml,
+            // where the renderer writes each value on one line, quoted.
+            let yaml = || {
+                let (k, v) = line.trim().split_once(": ")?;
+                Some((k, v.strip_prefix('"')?.strip_suffix('"')?))
+            };
+            let Some((key, value)) = yaml().or_else(|| line.trim().split_once('=')) else {
                 continue;
             };
-            let value = value.trim();
+            let (key, value) = (key.trim(), value.trim());
+            if key == "uri" {
+                // An escaped character would need unquoting; the operator's DSN is kept only
+                // when it is written plainly, else the placeholder comes back to be edited.
+                if !value.contains('\\') && !value.contains(crate::kubernetes::DATABASE_PLACEHOLDER_HOST) {
+                    self.database_uri = Some(Secret::new(value));
+                }
+                continue;
+            }
             // compose's .env calls the password POSTGRES_PASSWORD, mlflow.env PGPASSWORD.
-            let slot = match key.trim() {
-                "POSTGRES_PASSWORD" | "PGPASSWORD" => &mut self.postgres_password,
+            let slot = match key {
+                "POSTGRES_PASSWORD" | "PGPASSWORD" | "postgres-password" => &mut self.postgres_password,
                 "JUPYTER_TOKEN" => &mut self.jupyter_token,
+                "flask-secret-key" => &mut self.flask_secret_key,
                 _ => continue,
             };
             if is_reusable(value) {
@@ -98,6 +143,38 @@ mod tests {
         let debug = format!("{s:?}");
         assert!(!debug.contains(s.postgres_password.expose()), "{debug}");
         assert!(debug.contains("<redacted>"));
+    }
+
+    #[test]
+    fn the_session_key_file_is_one_guard_serve_loads() {
+        let s = Secrets::generate().unwrap();
+        let dir = std::env::temp_dir().join(format!("guard-deploy-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("session-keys.json");
+        std::fs::write(&path, s.session_keys.expose()).unwrap();
+        let keys = guard_config::session::SessionKeys::load(&path).unwrap();
+        assert_eq!(keys.current_id().len(), 8);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_old_secrets_manifest_keeps_its_values() {
+        let dir = std::env::temp_dir().join(format!("guard-deploy-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secrets.yaml");
+        std::fs::write(
+            &path,
+            "stringData:\n  flask-secret-key: \"0123456789abcdef0123\"\n  uri: \"postgresql://mlflow:pw@db.internal:5432/mlflow\"\n",
+        )
+        .unwrap();
+        let mut s = Secrets::generate().unwrap();
+        s.keep_from(&path).unwrap();
+        assert_eq!(s.flask_secret_key.expose(), "0123456789abcdef0123");
+        assert_eq!(
+            s.database_uri.as_ref().map(|u| u.expose().to_string()).as_deref(),
+            Some("postgresql://mlflow:pw@db.internal:5432/mlflow")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -15,7 +15,34 @@ use crate::RenderedFile;
 /// Without `force`, any existing target is an error and nothing is touched; with it, existing
 /// files are replaced atomically (directories never are).
 pub fn write_files(dir: &Path, files: &[RenderedFile], force: bool) -> Result<Vec<PathBuf>, DeployError> {
-    write_files_inner(dir, files, force, None)
+    let entries: Vec<Entry<'_>> = files.iter().map(Entry::from).collect();
+    write_files_inner(dir, &entries, force, None)
+}
+
+/// [`write_files`] for any bytes, such as the guard binary beside the rendered text files.
+pub fn write_entries(dir: &Path, entries: &[Entry<'_>], force: bool) -> Result<Vec<PathBuf>, DeployError> {
+    write_files_inner(dir, entries, force, None)
+}
+
+/// One file to write: where (relative to the output directory), what, and its mode.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    /// Relative to the output directory.
+    pub path: &'a Path,
+    /// The whole file.
+    pub bytes: &'a [u8],
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+impl<'a> From<&'a RenderedFile> for Entry<'a> {
+    fn from(f: &'a RenderedFile) -> Entry<'a> {
+        Entry {
+            path: &f.path,
+            bytes: f.contents.as_bytes(),
+            mode: f.mode,
+        }
+    }
 }
 
 /// One file on its way into place.
@@ -30,13 +57,13 @@ struct Pending {
 /// `fail_placing` makes placing the file at that index fail, so tests can watch a rollback.
 fn write_files_inner(
     dir: &Path,
-    files: &[RenderedFile],
+    files: &[Entry<'_>],
     force: bool,
     fail_placing: Option<usize>,
 ) -> Result<Vec<PathBuf>, DeployError> {
     let mut targets = Vec::with_capacity(files.len());
     for f in files {
-        targets.push(target_path(dir, &f.path)?);
+        targets.push(target_path(dir, f.path)?);
     }
 
     // 1. Check every target before writing anything.
@@ -158,7 +185,7 @@ fn sibling(target: &Path, kind: &str) -> Result<PathBuf, DeployError> {
     Ok(target.with_file_name(format!(".{name}.guard-{kind}-{suffix}")))
 }
 
-fn write_temps(files: &[RenderedFile], pending: &mut [Pending]) -> Result<(), DeployError> {
+fn write_temps(files: &[Entry<'_>], pending: &mut [Pending]) -> Result<(), DeployError> {
     for (f, p) in files.iter().zip(pending.iter_mut()) {
         let temp = sibling(&p.target, "tmp")?;
         // create_new: never follows or reuses a file someone else put there. The mode is set
@@ -172,7 +199,7 @@ fn write_temps(files: &[RenderedFile], pending: &mut [Pending]) -> Result<(), De
         p.temp = Some(temp.clone());
         // The umask may have cleared bits the renderer asked for; set the exact mode.
         file.set_permissions(fs::Permissions::from_mode(f.mode))
-            .and_then(|()| file.write_all(f.contents.as_bytes()))
+            .and_then(|()| file.write_all(f.bytes))
             .and_then(|()| file.sync_all())
             .map_err(|e| io_error("write", &temp, e))?;
     }
@@ -357,7 +384,8 @@ mod tests {
             file("sub/b.yml", "new", 0o644),
             file("c.yml", "new", 0o644),
         ];
-        let e = write_files_inner(&t.0, &files, true, Some(2)).unwrap_err();
+        let entries: Vec<Entry<'_>> = files.iter().map(Entry::from).collect();
+        let e = write_files_inner(&t.0, &entries, true, Some(2)).unwrap_err();
         assert!(e.to_string().contains("c.yml"), "{e}");
         assert_eq!(snapshot(&t.0), before);
     }

@@ -64,10 +64,19 @@ fn compose_writes_every_file_with_its_mode_and_reports_next_steps() {
         .iter()
         .map(|p| p.strip_prefix(&out).unwrap().display().to_string())
         .collect();
-    assert_eq!(names, ["docker-compose.yml", ".env", "mlflow/Dockerfile"]);
+    assert_eq!(
+        names,
+        ["docker-compose.yml", ".env", "Dockerfile", ".dockerignore", "mlflow/Dockerfile", "guard"]
+    );
     let mode = |p: &str| fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(".env"), 0o600);
     assert_eq!(mode("docker-compose.yml"), 0o644);
+    // The image packages a copy of the program that ran: here, this test binary.
+    assert_eq!(mode("guard"), 0o755);
+    assert_eq!(
+        fs::read(out.join("guard")).unwrap(),
+        fs::read(std::env::current_exe().unwrap()).unwrap()
+    );
     let env = fs::read_to_string(out.join(".env")).unwrap();
     let password = env
         .lines()
@@ -76,13 +85,13 @@ fn compose_writes_every_file_with_its_mode_and_reports_next_steps() {
         .to_string();
     assert_eq!(password.len(), 48, "{env}");
     assert!(report.next_steps.iter().any(|s| s.contains("docker compose up")));
-    assert_eq!(snapshot(&out).len(), 4, "only the files and mlflow/, no temporaries");
+    assert_eq!(snapshot(&out).len(), 7, "only the files and mlflow/, no temporaries");
 
     // Again without --force: refused, untouched.
     let before = snapshot(&out);
     let err = run(options(Target::Compose, &out)).unwrap_err();
     assert!(
-        matches!(err, DeployError::Exists { ref paths } if paths.len() == 3),
+        matches!(err, DeployError::Exists { ref paths } if paths.len() == 6),
         "{err}"
     );
     assert!(err.to_string().contains("--force"), "{err}");
@@ -98,6 +107,114 @@ fn compose_writes_every_file_with_its_mode_and_reports_next_steps() {
     assert!(env.contains(&format!("POSTGRES_PASSWORD={password}")), "{env}");
     let yml = fs::read_to_string(out.join("docker-compose.yml")).unwrap();
     assert!(yml.contains("GUARD_DOMAIN: \"mlflow.example.com\""));
+}
+
+#[test]
+fn kubernetes_writes_manifests_secrets_and_the_image_and_force_keeps_what_the_operator_added() {
+    let tmp = TempDir::new("run-kubernetes");
+    let out = tmp.path().join("k8s");
+    let report = run(options(Target::Kubernetes, &out)).unwrap();
+    let names: Vec<String> = report
+        .written
+        .iter()
+        .map(|p| p.strip_prefix(&out).unwrap().display().to_string())
+        .collect();
+    for want in [
+        "kustomization.yaml",
+        "secrets.yaml",
+        "auth/users.htpasswd",
+        "auth/session-keys.json",
+        "guard.yaml",
+        "mlflow.yaml",
+        "certificate.yaml",
+        "Dockerfile",
+        "mlflow/Dockerfile",
+        "guard",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    let mode = |p: &str| fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+    for secret in ["secrets.yaml", "auth/users.htpasswd", "auth/tokens.json", "auth/session-keys.json"] {
+        assert_eq!(mode(secret), 0o600, "{secret}");
+    }
+    assert!(report.next_steps.iter().any(|s| s.contains("kubectl apply -k")));
+    assert!(report.next_steps.iter().any(|s| s.contains("docker build -t guard:")));
+
+    // What the operator does next: add a user, write the database's DSN.
+    fs::write(out.join("auth/users.htpasswd"), "alice:$2y$04$abc\n").unwrap();
+    let secrets = fs::read_to_string(out.join("secrets.yaml")).unwrap();
+    let flask_key = secrets
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("flask-secret-key: "))
+        .unwrap()
+        .to_string();
+    let edited = secrets.replace(
+        "postgresql://mlflow:CHANGE-ME@database.example.com:5432/mlflow",
+        "postgresql://mlflow:s3cret@db.internal:5432/mlflow?sslmode=require",
+    );
+    assert_ne!(edited, secrets);
+    fs::write(out.join("secrets.yaml"), edited).unwrap();
+    let session = fs::read_to_string(out.join("auth/session-keys.json")).unwrap();
+
+    let mut opts = options(Target::Kubernetes, &out);
+    opts.force = true;
+    opts.replicas = Some(3);
+    run(opts).unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("auth/users.htpasswd")).unwrap(),
+        "alice:$2y$04$abc\n"
+    );
+    assert_eq!(fs::read_to_string(out.join("auth/session-keys.json")).unwrap(), session);
+    let secrets = fs::read_to_string(out.join("secrets.yaml")).unwrap();
+    assert!(
+        secrets.contains("uri: \"postgresql://mlflow:s3cret@db.internal:5432/mlflow?sslmode=require\""),
+        "{secrets}"
+    );
+    assert!(secrets.contains(&format!("flask-secret-key: {flask_key}")), "{secrets}");
+    assert!(fs::read_to_string(out.join("guard.yaml")).unwrap().contains("replicas: 3"));
+}
+
+#[test]
+fn bad_kubernetes_input_is_refused_and_nothing_is_written() {
+    for (name, mutate, needle) in [
+        (
+            "k8s-replicas",
+            Box::new(|o: &mut DeployOptions| o.replicas = Some(1)) as Box<dyn FnOnce(&mut DeployOptions)>,
+            "--replicas: 1: guard runs 2 to 50 pods",
+        ),
+        (
+            "k8s-mlflow-replicas",
+            Box::new(|o: &mut DeployOptions| o.mlflow_replicas = Some(500)),
+            "--mlflow-replicas: 500:",
+        ),
+        (
+            "k8s-domain",
+            Box::new(|o: &mut DeployOptions| {
+                o.domains = vec!["mlflow_example.com".into()];
+                o.acme_email = Some("ops@example.com".into());
+            }),
+            "--domain: \"mlflow_example.com\"",
+        ),
+        (
+            "k8s-image",
+            Box::new(|o: &mut DeployOptions| o.image = Some("Guard:latest".into())),
+            "--image: \"Guard:latest\" is not an image reference",
+        ),
+        (
+            "k8s-sqlite",
+            Box::new(|o: &mut DeployOptions| o.backend = Some(Backend::Sqlite)),
+            "--backend: kubernetes runs MLflow replicas",
+        ),
+    ] {
+        assert_refused(
+            name,
+            |o| {
+                o.target = Target::Kubernetes;
+                mutate(o);
+            },
+            needle,
+        );
+    }
 }
 
 #[test]
@@ -148,8 +265,11 @@ fn an_invalid_domain_is_refused_and_nothing_is_written() {
 
 #[test]
 fn an_unknown_target_is_refused_by_its_parser() {
-    let e = "kubernetes".parse::<Target>().unwrap_err();
-    assert_eq!(e, "unknown target \"kubernetes\"; use compose, systemd or supervisor");
+    let e = "nomad".parse::<Target>().unwrap_err();
+    assert_eq!(
+        e,
+        "unknown target \"nomad\"; use compose, systemd, supervisor or kubernetes"
+    );
 }
 
 #[test]

@@ -14,7 +14,8 @@ mod program;
 pub use program::require_program;
 
 use guard_deploy::{
-    render, Artifacts, Backend, Deployment, Layout, RenderedFile, Secret, Secrets, Target, Tls, DEFAULT_MLFLOW_VERSION,
+    render, Artifacts, Backend, Challenge, Deployment, Kubernetes, Layout, RenderedFile, Secret, Secrets, Target, Tls,
+    DEFAULT_MLFLOW_VERSION,
 };
 
 /// One target and option combination, named like its golden directory.
@@ -30,7 +31,23 @@ pub fn fixed_secrets() -> Secrets {
     Secrets {
         postgres_password: Secret::new("pgpass0123456789abcdef0123456789abcdef01234567"),
         jupyter_token: Secret::new("jupytok0123456789abcdef0123456789abcdef0123456"),
+        flask_secret_key: Secret::new("flaskkey0123456789abcdef0123456789abcdef012345"),
+        session_keys: Secret::new(
+            "{\"keys\":[{\"id\":\"0a1b2c3d\",\"key\":\"c2Vzc2lvbmtleTAxMjM0NTY3ODlhYmNkZWYwMTIzNDU\",\"created\":1700000000}]}\n",
+        ),
+        database_uri: None,
     }
+}
+
+/// Every fixed secret value, for tests that search rendered files for leaks.
+pub fn fixed_secret_values() -> Vec<String> {
+    let s = fixed_secrets();
+    vec![
+        s.postgres_password.expose().to_string(),
+        s.jupyter_token.expose().to_string(),
+        s.flask_secret_key.expose().to_string(),
+        "c2Vzc2lvbmtleTAxMjM0NTY3ODlhYmNkZWYwMTIzNDU".to_string(),
+    ]
 }
 
 fn acme() -> Tls {
@@ -57,7 +74,15 @@ fn deployment(target: Target, tls: Tls, backend: Backend, artifacts: Artifacts) 
         with_notebook: false,
         out_dir: PathBuf::from("/srv/guard"),
         force: false,
+        kubernetes: Kubernetes::default(),
     }
+}
+
+fn kubernetes(tls: Tls, artifacts: Artifacts, with_postgres: bool, challenge: Challenge) -> Deployment {
+    let mut d = deployment(Target::Kubernetes, tls, Backend::Postgres, artifacts);
+    d.kubernetes.with_postgres = with_postgres;
+    d.kubernetes.challenge = challenge;
+    d
 }
 
 /// Every combination with a golden directory. The first is `guard deploy compose` with its
@@ -142,6 +167,21 @@ pub fn cases() -> Vec<Case> {
             Artifacts::Local(PathBuf::from("/srv/mlflow-artifacts")),
         ),
     ));
+    cases.push(c(
+        "kubernetes-dsn-volume-http01",
+        kubernetes(acme(), Artifacts::Managed, false, Challenge::Http01),
+    ));
+    cases.push(c(
+        "kubernetes-postgres-s3-dns01",
+        kubernetes(acme(), s3(), true, Challenge::Dns01),
+    ));
+    let mut custom = kubernetes(Tls::SelfSigned, Artifacts::Managed, true, Challenge::Http01);
+    custom.kubernetes.namespace = "ml-team".into();
+    custom.kubernetes.image = "registry.example.com/ops/guard:0.1.0".into();
+    custom.kubernetes.mlflow_image = "registry.example.com/ops/mlflow:3.17.2".into();
+    custom.kubernetes.replicas = 3;
+    custom.kubernetes.mlflow_replicas = 1;
+    cases.push(c("kubernetes-postgres-volume-selfsigned-custom", custom));
     cases.push(Case {
         name: "supervisor-sqlite-basedir-custom-ports",
         deployment: deployment(Supervisor, Tls::SelfSigned, Sqlite, Artifacts::Managed),
