@@ -1,14 +1,18 @@
 //! The rendered files checked by the programs that will read them: docker-compose 1.29 and the
 //! compose-spec JSON schema for every compose case, `systemd-analyze verify` and `security`
-//! for every systemd case, and supervisord's own config parser for every supervisor case.
-//! A missing program fails the test under `CI` and skips it elsewhere.
+//! for every systemd case, supervisord's own config parser for every supervisor case, and for
+//! every kubernetes case `kubernetes-validate --strict` (built-in kinds) and cert-manager v1's
+//! schema (tests/k8s/validate-cert-manager.mjs). A missing program fails the test under `CI`
+//! and skips it elsewhere.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{cases_for, fixed_secrets, require_program, run, write_into, TempDir};
+use common::{
+    cases_for, fixed_secrets, require_node_package, require_program, require_venv_program, run, write_into, TempDir,
+};
 use guard_deploy::{render, Layout, Target};
 
 /// Writes every case of `target` into its own subdirectory of `tmp`, rendered with `layout`
@@ -244,4 +248,116 @@ fn every_supervisor_config_loads_in_supervisord() {
         );
         println!("{name}: supervisord config: ok");
     }
+}
+
+/// The Kubernetes releases the manifests are checked against: the oldest the notes call common
+/// and the newest kubernetes-validate carries.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
+
+/// The manifest files of a kubernetes output directory (kustomization.yaml is kustomize's
+/// input, not an object the API server sees).
+fn manifests(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs kubernetes-validate --strict over a kubernetes output directory and checks that every
+/// built-in object passed against every version, and that only cert-manager's kinds lacked a
+/// schema (the next test checks those). Shared with tests/deploy_cli.rs by path.
+pub fn kubernetes_validate(validator: &Path, dir: &Path) -> String {
+    let files = manifests(dir);
+    let mut cmd = Command::new(validator);
+    cmd.arg("--strict");
+    for v in KUBERNETES_VERSIONS {
+        cmd.args(["-k", v]);
+    }
+    let (ok, stdout, stderr) = run(cmd.args(&files));
+    assert!(
+        ok && !stdout.contains("ERROR") && stderr.trim().is_empty(),
+        "kubernetes-validate --strict failed in {}:\n{stdout}{stderr}",
+        dir.display()
+    );
+    let mut builtin = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for doc in text.split("\n---\n").skip(1) {
+            let api = doc.lines().find_map(|l| l.strip_prefix("apiVersion: ")).unwrap_or_default();
+            if !api.contains("cert-manager.io") {
+                builtin += 1;
+            }
+        }
+    }
+    let passed = stdout.lines().filter(|l| l.starts_with("INFO") && l.contains(" passed ")).count();
+    assert_eq!(passed, builtin * KUBERNETES_VERSIONS.len(), "not every object passed:\n{stdout}");
+    for line in stdout.lines().filter(|l| l.starts_with("WARN")) {
+        assert!(
+            line.contains("api version cert-manager.io/v1"),
+            "a built-in kind without a schema: {line}"
+        );
+    }
+    stdout
+}
+
+#[test]
+fn every_kubernetes_combination_passes_kubernetes_validate_strict() {
+    let Some(validator) = require_venv_program("kubernetes-validate") else {
+        return;
+    };
+    let tmp = TempDir::new("k8s-validate");
+    for case in cases_for(Target::Kubernetes) {
+        let dir = tmp.path().join(case.name);
+        write_into(&dir, &render(&case.deployment, &case.layout, &fixed_secrets()));
+        kubernetes_validate(&validator, &dir);
+        println!("{}: kubernetes-validate --strict: ok", case.name);
+    }
+    // The check bites: --strict refuses a misspelt field.
+    let dir = tmp.path().join(cases_for(Target::Kubernetes)[0].name);
+    let guard = dir.join("guard.yaml");
+    let text = std::fs::read_to_string(&guard).unwrap();
+    std::fs::write(&guard, text.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem")).unwrap();
+    let (ok, stdout, _) = run(Command::new(&validator).arg("--strict").arg(&guard));
+    assert!(!ok && stdout.contains("readOnlyRootFileSystem"), "{stdout}");
+}
+
+/// Runs tests/k8s/validate-cert-manager.mjs on `files`; (success, output).
+pub fn cert_manager_validate(node: &Path, files: &[PathBuf]) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/k8s/validate-cert-manager.mjs");
+    let (ok, stdout, stderr) = run(Command::new(node).arg(script).args(files));
+    (ok, format!("{stdout}{stderr}"))
+}
+
+#[test]
+fn every_cert_manager_object_passes_cert_manager_v1_schema() {
+    let Some(node) = require_node_package("@kubernetes-models/cert-manager") else {
+        return;
+    };
+    let tmp = TempDir::new("k8s-cert-manager");
+    for case in cases_for(Target::Kubernetes) {
+        let dir = tmp.path().join(case.name);
+        write_into(&dir, &render(&case.deployment, &case.layout, &fixed_secrets()));
+        let (ok, out) = cert_manager_validate(&node, &manifests(&dir));
+        assert!(ok, "{}: cert-manager schema:\n{out}", case.name);
+        assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{}: {out}", case.name);
+        println!("{}: cert-manager v1 schema: ok", case.name);
+    }
+    // The check bites: a Certificate without its Secret name, and an Issuer with a misspelt
+    // enum value, fail with their paths.
+    let broken = tmp.path().join("broken.yaml");
+    let case = &cases_for(Target::Kubernetes)[0];
+    let files = render(&case.deployment, &case.layout, &fixed_secrets());
+    let cert = &files.iter().find(|f| f.path.ends_with("certificate.yaml")).unwrap().contents;
+    std::fs::write(
+        &broken,
+        cert.replace("  secretName: \"guard-tls\"\n", "").replace("\"ECDSA\"", "\"ECDSAX\""),
+    )
+    .unwrap();
+    let (ok, out) = cert_manager_validate(&node, &[broken]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("must have required property secretName"), "{out}");
+    assert!(out.contains("/spec/privateKey/algorithm"), "{out}");
 }

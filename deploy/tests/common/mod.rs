@@ -250,3 +250,34 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A program in the MLflow and checker venv (`$GUARD_VENV`, default `/opt/guard-venv`), which
+/// `.ci/run` makes: the rule of [`require_program`] applies.
+pub fn require_venv_program(name: &str) -> Option<PathBuf> {
+    let venv = std::env::var("GUARD_VENV").unwrap_or_else(|_| "/opt/guard-venv".into());
+    let path = format!("{venv}/bin/{name}");
+    require_program(
+        &[path.as_str()],
+        &format!("{venv}/bin/pip install {name} (.ci/run does; or set GUARD_VENV)"),
+    )
+}
+
+/// `node` and an npm package from tests/browser's lock file (`npm ci --prefix tests/browser`),
+/// under the rule of [`require_program`]: missing fails under `CI`, skips elsewhere.
+pub fn require_node_package(package: &str) -> Option<PathBuf> {
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/browser/node_modules")
+        .join(package);
+    if !modules.is_dir() {
+        let msg = format!(
+            "{} is missing; run npm ci --prefix tests/browser",
+            modules.display()
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg} (CI requires it)");
+        }
+        eprintln!("note: skipping outside CI: {msg}");
+        return None;
+    }
+    require_program(&["node"], "apt-get install -y nodejs npm")
+}
