@@ -29,7 +29,6 @@ const MLFLOW_UPSTREAM: &str = "mlflow:5000";
 const MLFLOW_ARTIFACTS: &str = "/mlflow/artifacts";
 const MLFLOW_DB_DIR: &str = "/mlflow/db";
 
-
 /// Renders docker-compose.yml, .env (0600), guard's Dockerfile and .dockerignore, and
 /// mlflow/Dockerfile and notebook/Dockerfile when needed. Pure: the secrets come in as a
 /// parameter; the guard binary the Dockerfile packages is copied by [`crate::deploy`].

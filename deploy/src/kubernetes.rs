@@ -61,7 +61,11 @@ pub fn render(d: &Deployment, secrets: &Secrets) -> Vec<RenderedFile> {
         RenderedFile::new("secrets.yaml", secrets_file(d, secrets), 0o600),
         RenderedFile::new("auth/users.htpasswd", String::new(), 0o600),
         RenderedFile::new("auth/tokens.json", "{\"version\": 1, \"tokens\": []}\n".into(), 0o600),
-        RenderedFile::new("auth/session-keys.json", secrets.session_keys.expose().to_string(), 0o600),
+        RenderedFile::new(
+            "auth/session-keys.json",
+            secrets.session_keys.expose().to_string(),
+            0o600,
+        ),
     ];
     if k.with_postgres {
         files.push(RenderedFile::new("postgres.yaml", postgres(d), 0o644));
@@ -74,7 +78,11 @@ pub fn render(d: &Deployment, secrets: &Secrets) -> Vec<RenderedFile> {
         crate::image::guard_dockerfile("guard deploy kubernetes"),
         0o644,
     ));
-    files.push(RenderedFile::new(".dockerignore", crate::image::DOCKERIGNORE.into(), 0o644));
+    files.push(RenderedFile::new(
+        ".dockerignore",
+        crate::image::DOCKERIGNORE.into(),
+        0o644,
+    ));
     files.push(RenderedFile::new(
         "mlflow/Dockerfile",
         mlflow::dockerfile(d, "guard deploy kubernetes").unwrap_or_default(),
@@ -238,12 +246,7 @@ fn namespace(d: &Deployment) -> String {
     let ns = &d.kubernetes.namespace;
     documents(
         &["The namespace every object of this deployment lives in."],
-        &[object(
-            "v1",
-            "Namespace",
-            map(vec![("name", s(ns))]),
-            vec![],
-        )],
+        &[object("v1", "Namespace", map(vec![("name", s(ns))]), vec![])],
     )
 }
 
@@ -266,7 +269,9 @@ fn database_uri(d: &Deployment, secrets: &Secrets) -> String {
     } else {
         match &secrets.database_uri {
             Some(uri) => uri.expose().to_string(),
-            None => format!("postgresql://{PG_USER}:CHANGE-ME@{DATABASE_PLACEHOLDER_HOST}:{POSTGRES_PORT}/{PG_DATABASE}"),
+            None => {
+                format!("postgresql://{PG_USER}:CHANGE-ME@{DATABASE_PLACEHOLDER_HOST}:{POSTGRES_PORT}/{PG_DATABASE}")
+            }
         }
     }
 }
@@ -287,11 +292,15 @@ fn secrets_file(d: &Deployment, secrets: &Secrets) -> String {
         db.push(("postgres-password", s(secrets.postgres_password.expose())));
     }
     let db_note: &[&str] = if d.kubernetes.with_postgres {
-        &["The in-namespace PostgreSQL's password, and MLflow's DSN holding it. The database keeps",
-          "the password it first started with: `guard deploy --force` keeps this value."]
+        &[
+            "The in-namespace PostgreSQL's password, and MLflow's DSN holding it. The database keeps",
+            "the password it first started with: `guard deploy --force` keeps this value.",
+        ]
     } else {
-        &["The DSN of MLflow's PostgreSQL database: replace the placeholder. `guard deploy --force`",
-          "keeps what you write here. Percent-encode special characters of the password."]
+        &[
+            "The DSN of MLflow's PostgreSQL database: replace the placeholder. `guard deploy --force`",
+            "keeps what you write here. Percent-encode special characters of the password.",
+        ]
     };
     docs.push(secret(MLFLOW_DATABASE, ns, db).note("stringData", db_note));
     if d.artifacts.is_s3() {
@@ -307,16 +316,18 @@ fn secrets_file(d: &Deployment, secrets: &Secrets) -> String {
             )
             .note(
                 "stringData",
-                &["Credentials for the artifact bucket; empty keys let boto3 use a pod identity.",
-                  "For S3-compatible storage add MLFLOW_S3_ENDPOINT_URL."],
+                &[
+                    "Credentials for the artifact bucket; empty keys let boto3 use a pod identity.",
+                    "For S3-compatible storage add MLFLOW_S3_ENDPOINT_URL.",
+                ],
             ),
         );
     }
     if matches!(d.tls, Tls::Acme { .. }) && d.kubernetes.challenge == Challenge::Dns01 {
-        docs.push(
-            secret(ACME_DNS01, ns, vec![("api-token", s(""))])
-                .note("stringData", &["The DNS provider's API token cert-manager's DNS-01 solver uses."]),
-        );
+        docs.push(secret(ACME_DNS01, ns, vec![("api-token", s(""))]).note(
+            "stringData",
+            &["The DNS provider's API token cert-manager's DNS-01 solver uses."],
+        ));
     }
     documents(
         &[
@@ -360,10 +371,7 @@ fn secret_env(name: &str, secret: &str, key: &str) -> Node {
         ("name", s(name)),
         (
             "valueFrom",
-            map(vec![(
-                "secretKeyRef",
-                map(vec![("name", s(secret)), ("key", s(key))]),
-            )]),
+            map(vec![("secretKeyRef", map(vec![("name", s(secret)), ("key", s(key))]))]),
         ),
     ])
 }
@@ -433,8 +441,10 @@ fn pod_spec(uid: i64, containers: Vec<Node>, volumes: Vec<Node>) -> Node {
     )
     .note(
         "enableServiceLinks",
-        &["No MLFLOW_PORT=tcp://... (read by `mlflow server` as its --port) or GUARD_* variables",
-          "from the Services' links: settings come only from this file."],
+        &[
+            "No MLFLOW_PORT=tcp://... (read by `mlflow server` as its --port) or GUARD_* variables",
+            "from the Services' links: settings come only from this file.",
+        ],
     )
 }
 
@@ -469,7 +479,10 @@ fn guard_file(d: &Deployment) -> String {
         ("name", s(GUARD)),
         ("image", s(&k.image)),
         ("imagePullPolicy", s("IfNotPresent")),
-        ("args", strs(&["serve", "--config", &format!("{CONFIG_DIR}/guard.yaml")])),
+        (
+            "args",
+            strs(&["serve", "--config", &format!("{CONFIG_DIR}/guard.yaml")]),
+        ),
         ("ports", Node::List(vec![port("https", GUARD_PORT)])),
         (
             "readinessProbe",
@@ -504,13 +517,17 @@ fn guard_file(d: &Deployment) -> String {
     )
     .note(
         "lifecycle",
-        &["The load balancer keeps sending for a few seconds after the pod is told to stop:",
-          "keep accepting that long, then guard drains (SIGTERM) within its 30 s grace."],
+        &[
+            "The load balancer keeps sending for a few seconds after the pod is told to stop:",
+            "keep accepting that long, then guard drains (SIGTERM) within its 30 s grace.",
+        ],
     )
     .note(
         "resources",
-        &["No CPU limit: throttling would add latency to every request; memory is bounded",
-          "(bodies stream)."],
+        &[
+            "No CPU limit: throttling would add latency to every request; memory is bounded",
+            "(bodies stream).",
+        ],
     );
     let mut spec = pod_spec(
         APP_UID,
@@ -598,8 +615,10 @@ fn guard_file(d: &Deployment) -> String {
             ])
             .note(
                 "externalTrafficPolicy",
-                &["Local keeps the client's address: guard's lockout counts failures per client,",
-                  "and behind a node's address every client would share one count."],
+                &[
+                    "Local keeps the client's address: guard's lockout counts failures per client,",
+                    "and behind a node's address every client would share one count.",
+                ],
             ),
         )],
     );
@@ -633,10 +652,7 @@ fn mlflow_container(d: &Deployment, name: &str, args: Vec<String>) -> Node {
     if d.artifacts.is_s3() {
         c.push(
             "envFrom",
-            Node::List(vec![map(vec![(
-                "secretRef",
-                map(vec![("name", s(MLFLOW_S3))]),
-            )])]),
+            Node::List(vec![map(vec![("secretRef", map(vec![("name", s(MLFLOW_S3))]))])]),
         );
     }
     c
@@ -690,10 +706,7 @@ fn mlflow_file(d: &Deployment) -> String {
         mounts.push(writable_mount("artifacts", MLFLOW_ARTIFACTS));
         volumes.push(map(vec![
             ("name", s("artifacts")),
-            (
-                "persistentVolumeClaim",
-                map(vec![("claimName", s("mlflow-artifacts"))]),
-            ),
+            ("persistentVolumeClaim", map(vec![("claimName", s("mlflow-artifacts"))])),
         ]));
     }
     server.push("volumeMounts", Node::List(mounts));
@@ -717,8 +730,10 @@ fn mlflow_file(d: &Deployment) -> String {
             )
             .note(
                 "spec",
-                &["Every MLflow replica writes artifacts here, so the cluster needs a storage class",
-                  "with ReadWriteMany (NFS, CephFS, EFS, Filestore); or use --artifacts s3://..."],
+                &[
+                    "Every MLflow replica writes artifacts here, so the cluster needs a storage class",
+                    "with ReadWriteMany (NFS, CephFS, EFS, Filestore); or use --artifacts s3://...",
+                ],
             ),
         );
     }
@@ -784,10 +799,7 @@ fn mlflow_file(d: &Deployment) -> String {
                             ),
                             (
                                 "ports",
-                                Node::List(vec![map(vec![
-                                    ("protocol", s("TCP")),
-                                    ("port", int(MLFLOW_PORT)),
-                                ])]),
+                                Node::List(vec![map(vec![("protocol", s("TCP")), ("port", int(MLFLOW_PORT))])]),
                             ),
                         ])]),
                     ),
@@ -796,8 +808,10 @@ fn mlflow_file(d: &Deployment) -> String {
         )
         .note(
             "spec",
-            &["Only guard's pods reach MLflow: nothing goes around the authentication. (It takes",
-              "a network plugin that enforces NetworkPolicy, as most do.)"],
+            &[
+                "Only guard's pods reach MLflow: nothing goes around the authentication. (It takes",
+                "a network plugin that enforces NetworkPolicy, as most do.)",
+            ],
         ),
     );
 
@@ -805,7 +819,9 @@ fn mlflow_file(d: &Deployment) -> String {
     let mut migrate = mlflow_container(
         d,
         "migrate",
-        ["db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"].map(String::from).to_vec(),
+        ["db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"]
+            .map(String::from)
+            .to_vec(),
     );
     migrate.push("resources", resources("100m", "256Mi", "1Gi"));
     migrate.push("securityContext", container_security());
@@ -824,20 +840,27 @@ fn mlflow_file(d: &Deployment) -> String {
                     ("ttlSecondsAfterFinished", int(3600)),
                     (
                         "template",
-                        map(vec![("metadata", map(vec![("labels", migrate_selector)])), ("spec", job_spec)]),
+                        map(vec![
+                            ("metadata", map(vec![("labels", migrate_selector)])),
+                            ("spec", job_spec),
+                        ]),
                     ),
                 ])
                 .note(
                     "ttlSecondsAfterFinished",
-                    &["Removed an hour after it finishes, so the next `kubectl apply -k` (a new MLflow",
-                      "version: a new image) creates it again rather than failing on an immutable Job."],
+                    &[
+                        "Removed an hour after it finishes, so the next `kubectl apply -k` (a new MLflow",
+                        "version: a new image) creates it again rather than failing on an immutable Job.",
+                    ],
                 ),
             )],
         )
         .note(
             "spec",
-            &["Creates the schema in an empty database or migrates an old one; MLflow's pods fail",
-              "their start until it has, and come back by themselves."],
+            &[
+                "Creates the schema in an empty database or migrates an old one; MLflow's pods fail",
+                "their start until it has, and come back by themselves.",
+            ],
         ),
     );
     documents(
@@ -873,7 +896,15 @@ fn postgres(d: &Deployment) -> String {
                     "exec",
                     map(vec![(
                         "command",
-                        strs(&["pg_isready", "--host", "127.0.0.1", "--username", PG_USER, "--dbname", PG_DATABASE]),
+                        strs(&[
+                            "pg_isready",
+                            "--host",
+                            "127.0.0.1",
+                            "--username",
+                            PG_USER,
+                            "--dbname",
+                            PG_DATABASE,
+                        ]),
                     )]),
                 ),
                 ("periodSeconds", int(5)),
@@ -908,7 +939,10 @@ fn postgres(d: &Deployment) -> String {
                 (
                     "template",
                     map(vec![
-                        ("metadata", map(vec![("labels", labels_with_part_of(POSTGRES, "database"))])),
+                        (
+                            "metadata",
+                            map(vec![("labels", labels_with_part_of(POSTGRES, "database"))]),
+                        ),
                         (
                             "spec",
                             pod_spec(POSTGRES_UID, vec![container], vec![empty_dir("run"), empty_dir("tmp")]),
@@ -968,10 +1002,7 @@ fn postgres(d: &Deployment) -> String {
                             "from",
                             Node::List(vec![map(vec![(
                                 "podSelector",
-                                map(vec![(
-                                    "matchLabels",
-                                    map(vec![("app.kubernetes.io/name", s(MLFLOW))]),
-                                )]),
+                                map(vec![("matchLabels", map(vec![("app.kubernetes.io/name", s(MLFLOW))]))]),
                             )])]),
                         ),
                         (
@@ -983,7 +1014,10 @@ fn postgres(d: &Deployment) -> String {
             ]),
         )],
     )
-    .note("spec", &["MLflow's server and migration pods, and nothing else, reach the database."]);
+    .note(
+        "spec",
+        &["MLflow's server and migration pods, and nothing else, reach the database."],
+    );
     documents(
         &[
             "PostgreSQL for trying guard and MLflow out (`--with-postgres`), written by",
@@ -999,14 +1033,12 @@ fn certificate(d: &Deployment) -> String {
     let (issuer_name, issuer_spec, dns_names, header): (&str, Node, Vec<String>, &[&str]) = match &d.tls {
         Tls::Acme { domains, email } => {
             let solver = match d.kubernetes.challenge {
-                Challenge::Http01 => map(vec![(
+                Challenge::Http01 => map(vec![("http01", map(vec![("ingress", map::<&str>(vec![]))]))]).note(
                     "http01",
-                    map(vec![("ingress", map::<&str>(vec![]))]),
-                )])
-                .note(
-                    "http01",
-                    &["The cluster's default IngressClass serves the challenge: port 80 of the domain",
-                      "must reach that ingress controller (guard's Service serves 443 only)."],
+                    &[
+                        "The cluster's default IngressClass serves the challenge: port 80 of the domain",
+                        "must reach that ingress controller (guard's Service serves 443 only).",
+                    ],
                 ),
                 Challenge::Dns01 => map(vec![(
                     "dns01",
@@ -1020,8 +1052,10 @@ fn certificate(d: &Deployment) -> String {
                 )])
                 .note(
                     "dns01",
-                    &["Written for Cloudflare: replace with your DNS provider's block",
-                      "(https://cert-manager.io/docs/configuration/acme/dns01/)."],
+                    &[
+                        "Written for Cloudflare: replace with your DNS provider's block",
+                        "(https://cert-manager.io/docs/configuration/acme/dns01/).",
+                    ],
                 ),
             };
             (
@@ -1040,19 +1074,28 @@ fn certificate(d: &Deployment) -> String {
                     ),
                 )]),
                 domains.clone(),
-                &["cert-manager obtains guard's certificate from Let's Encrypt, written by",
-                  "`guard deploy kubernetes`, and renews it into the same Secret, which guard re-reads."],
+                &[
+                    "cert-manager obtains guard's certificate from Let's Encrypt, written by",
+                    "`guard deploy kubernetes`, and renews it into the same Secret, which guard re-reads.",
+                ],
             )
         }
         Tls::SelfSigned => (
             "guard-selfsigned",
             map(vec![("selfSigned", map::<&str>(vec![]))]),
             vec!["localhost".into(), format!("{GUARD}.{ns}.svc")],
-            &["A self-signed certificate for guard (no --domain), written by `guard deploy",
-              "kubernetes`: for `kubectl port-forward` and in-cluster clients."],
+            &[
+                "A self-signed certificate for guard (no --domain), written by `guard deploy",
+                "kubernetes`: for `kubectl port-forward` and in-cluster clients.",
+            ],
         ),
     };
-    let issuer = object("cert-manager.io/v1", "Issuer", metadata(issuer_name, ns, None), vec![("spec", issuer_spec)]);
+    let issuer = object(
+        "cert-manager.io/v1",
+        "Issuer",
+        metadata(issuer_name, ns, None),
+        vec![("spec", issuer_spec)],
+    );
     let mut meta = metadata(GUARD_TLS, ns, None);
     meta.push_noted(
         "annotations",

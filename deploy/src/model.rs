@@ -413,7 +413,8 @@ pub fn parse_mlflow_version(s: &str) -> Result<String, String> {
 pub fn parse_namespace(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -429,9 +430,7 @@ pub fn parse_namespace(s: &str) -> Result<String, String> {
 /// (`registry.example.com:5000/team/guard:0.1.0`, `guard@sha256:...`). The repository part is
 /// lowercase, as registries require; the whole is plain characters only.
 pub fn parse_image(s: &str) -> Result<String, String> {
-    let bad = || {
-        format!("{s:?} is not an image reference (e.g. registry.example.com/guard:0.1.0)")
-    };
+    let bad = || format!("{s:?} is not an image reference (e.g. registry.example.com/guard:0.1.0)");
     if s.is_empty() || s.len() > 255 {
         return Err(bad());
     }

@@ -272,7 +272,9 @@ fn kubernetes_options(opts: &DeployOptions, tls: &Tls, mlflow_version: &str) -> 
         if !(2..=MAX_REPLICAS).contains(&n) {
             return Err(DeployError::option(
                 "--replicas",
-                format!("{n}: guard runs 2 to {MAX_REPLICAS} pods (one pod cannot be drained or rolled without an outage)"),
+                format!(
+                    "{n}: guard runs 2 to {MAX_REPLICAS} pods (one pod cannot be drained or rolled without an outage)"
+                ),
             ));
         }
         k.replicas = n;
@@ -380,7 +382,11 @@ mod tests {
         assert_eq!(d.backend, Backend::Postgres);
         assert_eq!(d.kubernetes, Kubernetes::default());
         o.replicas = Some(1);
-        assert!(err(&o).starts_with("--replicas: 1: guard runs 2 to 50 pods"), "{}", err(&o));
+        assert!(
+            err(&o).starts_with("--replicas: 1: guard runs 2 to 50 pods"),
+            "{}",
+            err(&o)
+        );
         o.replicas = Some(3);
         o.mlflow_replicas = Some(0);
         assert!(err(&o).starts_with("--mlflow-replicas: 0:"));
@@ -404,7 +410,10 @@ mod tests {
 
         let mut o = opts(Target::Compose);
         o.with_postgres = true;
-        assert_eq!(err(&o), "--with-postgres: only the kubernetes target takes it, not compose");
+        assert_eq!(
+            err(&o),
+            "--with-postgres: only the kubernetes target takes it, not compose"
+        );
     }
 
     #[test]

@@ -116,7 +116,8 @@ fn is_literal_block(v: &str) -> bool {
         && v.ends_with('\n')
         && !v.ends_with("\n\n")
         && !v.starts_with(' ')
-        && v.lines().all(|l| !l.ends_with(' ') && !l.chars().any(|c| c.is_control()))
+        && v.lines()
+            .all(|l| !l.ends_with(' ') && !l.chars().any(|c| c.is_control()))
 }
 
 /// Writes a scalar after `key:` or `- `, with its leading space; `None` for collections.
@@ -161,7 +162,12 @@ fn write_block(out: &mut String, node: &Node, indent: usize) {
             }
         }
         scalar => {
-            let _ = writeln!(out, "{:indent$}{}", "", inline(scalar, indent).unwrap_or_default().trim_start());
+            let _ = writeln!(
+                out,
+                "{:indent$}{}",
+                "",
+                inline(scalar, indent).unwrap_or_default().trim_start()
+            );
         }
     }
 }
@@ -225,7 +231,10 @@ mod tests {
         doc.push_noted(
             "items",
             Node::List(vec![
-                map(vec![("name", s("no")), ("ports", Node::List(vec![map(vec![("port", int(80))])]))]),
+                map(vec![
+                    ("name", s("no")),
+                    ("ports", Node::List(vec![map(vec![("port", int(80))])])),
+                ]),
                 s("on"),
             ]),
             &["why"],

@@ -21,7 +21,10 @@ struct Rendered {
 
 impl Rendered {
     fn of_kind(&self, kind: &str) -> Vec<&Value> {
-        self.objects.iter().filter(|o| o["kind"].as_str() == Some(kind)).collect()
+        self.objects
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some(kind))
+            .collect()
     }
 
     fn named(&self, kind: &str, name: &str) -> &Value {
@@ -36,7 +39,10 @@ impl Rendered {
         let mut out = Vec::new();
         for kind in ["Deployment", "StatefulSet", "Job"] {
             for o in self.of_kind(kind) {
-                out.push((format!("{kind}/{}", str_at(&o["metadata"]["name"])), &o["spec"]["template"]));
+                out.push((
+                    format!("{kind}/{}", str_at(&o["metadata"]["name"])),
+                    &o["spec"]["template"],
+                ));
             }
         }
         out
@@ -59,7 +65,11 @@ impl Rendered {
                 .iter()
                 .map(|f| {
                     let path = str_at(f);
-                    assert!(self.files.contains_key(path), "{}: generator file {path} not written", self.name);
+                    assert!(
+                        self.files.contains_key(path),
+                        "{}: generator file {path} not written",
+                        self.name
+                    );
                     path.rsplit('/').next().unwrap().to_string()
                 })
                 .collect();
@@ -95,8 +105,8 @@ fn rendered() -> Vec<Rendered> {
                 let path = f.path.to_str().unwrap();
                 if path.ends_with(".yaml") && path != "kustomization.yaml" {
                     for doc in serde_yaml::Deserializer::from_str(&f.contents) {
-                        let v = Value::deserialize(doc)
-                            .unwrap_or_else(|e| panic!("{}/{path}: not YAML: {e}", case.name));
+                        let v =
+                            Value::deserialize(doc).unwrap_or_else(|e| panic!("{}/{path}: not YAML: {e}", case.name));
                         if !v.is_null() {
                             objects.push(v);
                         }
@@ -124,9 +134,7 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 }
 
 /// The words YAML 1.1 reads as booleans or null when bare.
-const YAML11_WORDS: &[&str] = &[
-    "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~",
-];
+const YAML11_WORDS: &[&str] = &["y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"];
 
 /// The lines of a YAML text that hold an unquoted string scalar or a key that is not a plain
 /// identifier: everything but `"..."`, integers, `true`/`false`, `{}`, `[]` and `|` blocks.
@@ -154,7 +162,9 @@ fn unquoted_scalars(text: &str) -> Vec<String> {
             None => (None, item),
         };
         if let Some(k) = key {
-            let plain = k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_'));
+            let plain = k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_'));
             if !plain || YAML11_WORDS.contains(&k.to_ascii_lowercase().as_str()) {
                 bad.push(format!("{}: key {k:?}", n + 1));
             }
@@ -177,7 +187,10 @@ fn unquoted_scalars(text: &str) -> Vec<String> {
 #[test]
 fn the_quoting_check_finds_bare_strings() {
     let text = "a: \"x\"\nb: on\nc: 3\n- no\nd: |\n  free: text\ne: 0440x\n\"f\"\nyes: \"k\"\n";
-    assert_eq!(unquoted_scalars(text), ["2: \"b: on\"", "4: \"- no\"", "7: \"e: 0440x\"", "9: key \"yes\""]);
+    assert_eq!(
+        unquoted_scalars(text),
+        ["2: \"b: on\"", "4: \"- no\"", "7: \"e: 0440x\"", "9: key \"yes\""]
+    );
 }
 
 #[test]
@@ -295,7 +308,10 @@ fn only_guard_reaches_mlflow_and_only_mlflow_reaches_postgres() {
                 .collect()
         };
         let policy = r.named("NetworkPolicy", "mlflow");
-        assert_eq!(policy["spec"]["policyTypes"], serde_yaml::from_str::<Value>("[Ingress]").unwrap());
+        assert_eq!(
+            policy["spec"]["policyTypes"],
+            serde_yaml::from_str::<Value>("[Ingress]").unwrap()
+        );
         assert_eq!(
             who(&policy["spec"]["podSelector"]["matchLabels"]),
             ["Deployment/mlflow"],
@@ -307,18 +323,34 @@ fn only_guard_reaches_mlflow_and_only_mlflow_reaches_postgres() {
         let from = seq(&rules[0]["from"]);
         assert_eq!(from.len(), 1, "{}: one peer only", r.name);
         assert!(from[0].get("namespaceSelector").is_none() && from[0].get("ipBlock").is_none());
-        assert_eq!(who(&from[0]["podSelector"]["matchLabels"]), ["Deployment/guard"], "{}", r.name);
+        assert_eq!(
+            who(&from[0]["podSelector"]["matchLabels"]),
+            ["Deployment/guard"],
+            "{}",
+            r.name
+        );
         let mlflow_ports = ports_of(&r, &policy["spec"]["podSelector"]["matchLabels"]);
-        let allowed: Vec<i64> = seq(&rules[0]["ports"]).iter().map(|p| p["port"].as_i64().unwrap()).collect();
+        let allowed: Vec<i64> = seq(&rules[0]["ports"])
+            .iter()
+            .map(|p| p["port"].as_i64().unwrap())
+            .collect();
         assert_eq!(allowed, [mlflow_ports["http"]], "{}", r.name);
 
         // guard's upstream is MLflow's Service on that port.
         let config = str_at(&r.named("ConfigMap", "guard-config")["data"]["guard.yaml"]);
         let svc = r.named("Service", "mlflow");
         let port = seq(&svc["spec"]["ports"])[0]["port"].as_i64().unwrap();
-        assert!(config.contains(&format!("upstream: \"mlflow:{port}\"")), "{}: {config}", r.name);
+        assert!(
+            config.contains(&format!("upstream: \"mlflow:{port}\"")),
+            "{}: {config}",
+            r.name
+        );
 
-        if let Some(pg) = r.of_kind("NetworkPolicy").into_iter().find(|p| p["metadata"]["name"] == "postgres") {
+        if let Some(pg) = r
+            .of_kind("NetworkPolicy")
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "postgres")
+        {
             assert_eq!(who(&pg["spec"]["podSelector"]["matchLabels"]), ["StatefulSet/postgres"]);
             let from = seq(&seq(&pg["spec"]["ingress"])[0]["from"]);
             let mut clients = who(&from[0]["podSelector"]["matchLabels"]);
@@ -336,7 +368,12 @@ fn every_referenced_secret_config_map_and_key_exists() {
             .of_kind("ConfigMap")
             .iter()
             .map(|c| {
-                let keys = c["data"].as_mapping().unwrap().keys().map(|k| str_at(k).to_string()).collect();
+                let keys = c["data"]
+                    .as_mapping()
+                    .unwrap()
+                    .keys()
+                    .map(|k| str_at(k).to_string())
+                    .collect();
                 (str_at(&c["metadata"]["name"]).to_string(), keys)
             })
             .collect();
@@ -344,13 +381,21 @@ fn every_referenced_secret_config_map_and_key_exists() {
             let keys = secrets
                 .get(name)
                 .unwrap_or_else(|| panic!("{}: {at}: no Secret {name}", r.name));
-            assert!(keys.iter().any(|k| k == key), "{}: {at}: Secret {name} has no key {key}", r.name);
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{}: {at}: Secret {name} has no key {key}",
+                r.name
+            );
         };
         for (name, t) in r.pod_templates() {
             let spec = &t["spec"];
             for v in seq(&spec["volumes"]) {
                 if let Some(s) = v["secret"]["secretName"].as_str() {
-                    assert!(secrets.contains_key(s), "{}: {name}: volume of missing Secret {s}", r.name);
+                    assert!(
+                        secrets.contains_key(s),
+                        "{}: {name}: volume of missing Secret {s}",
+                        r.name
+                    );
                 }
                 if let Some(c) = v["configMap"]["name"].as_str() {
                     assert!(config_maps.contains_key(c), "{}: {name}: missing ConfigMap {c}", r.name);
@@ -365,7 +410,11 @@ fn every_referenced_secret_config_map_and_key_exists() {
                 }
                 for e in c["envFrom"].as_sequence().into_iter().flatten() {
                     let s = str_at(&e["secretRef"]["name"]);
-                    assert!(secrets.contains_key(s), "{}: {name}: envFrom missing Secret {s}", r.name);
+                    assert!(
+                        secrets.contains_key(s),
+                        "{}: {name}: envFrom missing Secret {s}",
+                        r.name
+                    );
                 }
                 // Every mount names a volume of the pod (or a StatefulSet's claim template).
                 for m in seq(&c["volumeMounts"]) {
@@ -431,13 +480,21 @@ fn guard_serves_the_certificate_cert_manager_writes_from_a_whole_secret_mount() 
         let dir = str_at(&mount["mountPath"]);
         let config = str_at(&r.named("ConfigMap", "guard-config")["data"]["guard.yaml"]);
         for file in ["tls.crt", "tls.key"] {
-            assert!(config.contains(&format!("\"{dir}/{file}\"")), "{}: guard.yaml lacks {dir}/{file}", r.name);
+            assert!(
+                config.contains(&format!("\"{dir}/{file}\"")),
+                "{}: guard.yaml lacks {dir}/{file}",
+                r.name
+            );
         }
         assert!(!r.files.values().any(|t| t.contains("subPath")), "{}: subPath", r.name);
         for (name, t) in r.pod_templates() {
             for c in seq(&t["spec"]["containers"]) {
                 for m in seq(&c["volumeMounts"]) {
-                    assert!(m.get("subPath").is_none() && m.get("subPathExpr").is_none(), "{}: {name}", r.name);
+                    assert!(
+                        m.get("subPath").is_none() && m.get("subPathExpr").is_none(),
+                        "{}: {name}",
+                        r.name
+                    );
                 }
             }
         }
@@ -451,7 +508,11 @@ fn guard_serves_the_certificate_cert_manager_writes_from_a_whole_secret_mount() 
             .find(|m| m["name"] == auth["name"])
             .map(|m| str_at(&m["mountPath"]))
             .unwrap();
-        assert!(config.contains(&format!("state_dir: \"{auth_dir}\"")), "{}: {config}", r.name);
+        assert!(
+            config.contains(&format!("state_dir: \"{auth_dir}\"")),
+            "{}: {config}",
+            r.name
+        );
     }
 }
 
@@ -484,13 +545,18 @@ fn pods_run_hardened_and_guard_keeps_two_replicas() {
                 }
             }
             if name != "StatefulSet/postgres" {
-                assert!(c_has_liveness_or_job(&name, spec), "{}: {name}: no liveness probe", r.name);
+                assert!(
+                    c_has_liveness_or_job(&name, spec),
+                    "{}: {name}: no liveness probe",
+                    r.name
+                );
             }
         }
         for o in &r.objects {
             let n = str_at(&o["metadata"]["name"]);
             let ok = n.len() <= 63
-                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !n.starts_with('-')
                 && !n.ends_with('-');
             assert!(ok, "{}: {n} is not a DNS-1123 label", r.name);
@@ -515,7 +581,12 @@ fn secret_values_stay_in_the_secret_files() {
             }
         }
         let files = render_case(&case);
-        for secret in ["secrets.yaml", "auth/session-keys.json", "auth/users.htpasswd", "auth/tokens.json"] {
+        for secret in [
+            "secrets.yaml",
+            "auth/session-keys.json",
+            "auth/users.htpasswd",
+            "auth/tokens.json",
+        ] {
             let f = files.iter().find(|f| f.path.to_str() == Some(secret)).unwrap();
             assert_eq!(f.mode, 0o600, "{}: {secret}", case.name);
         }

@@ -66,7 +66,14 @@ fn compose_writes_every_file_with_its_mode_and_reports_next_steps() {
         .collect();
     assert_eq!(
         names,
-        ["docker-compose.yml", ".env", "Dockerfile", ".dockerignore", "mlflow/Dockerfile", "guard"]
+        [
+            "docker-compose.yml",
+            ".env",
+            "Dockerfile",
+            ".dockerignore",
+            "mlflow/Dockerfile",
+            "guard"
+        ]
     );
     let mode = |p: &str| fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(".env"), 0o600);
@@ -134,7 +141,12 @@ fn kubernetes_writes_manifests_secrets_and_the_image_and_force_keeps_what_the_op
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
     let mode = |p: &str| fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
-    for secret in ["secrets.yaml", "auth/users.htpasswd", "auth/tokens.json", "auth/session-keys.json"] {
+    for secret in [
+        "secrets.yaml",
+        "auth/users.htpasswd",
+        "auth/tokens.json",
+        "auth/session-keys.json",
+    ] {
         assert_eq!(mode(secret), 0o600, "{secret}");
     }
     assert!(report.next_steps.iter().any(|s| s.contains("kubectl apply -k")));
@@ -171,7 +183,9 @@ fn kubernetes_writes_manifests_secrets_and_the_image_and_force_keeps_what_the_op
         "{secrets}"
     );
     assert!(secrets.contains(&format!("flask-secret-key: {flask_key}")), "{secrets}");
-    assert!(fs::read_to_string(out.join("guard.yaml")).unwrap().contains("replicas: 3"));
+    assert!(fs::read_to_string(out.join("guard.yaml"))
+        .unwrap()
+        .contains("replicas: 3"));
 }
 
 #[test]

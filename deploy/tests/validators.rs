@@ -286,14 +286,24 @@ pub fn kubernetes_validate(validator: &Path, dir: &Path) -> String {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         for doc in text.split("\n---\n").skip(1) {
-            let api = doc.lines().find_map(|l| l.strip_prefix("apiVersion: ")).unwrap_or_default();
+            let api = doc
+                .lines()
+                .find_map(|l| l.strip_prefix("apiVersion: "))
+                .unwrap_or_default();
             if !api.contains("cert-manager.io") {
                 builtin += 1;
             }
         }
     }
-    let passed = stdout.lines().filter(|l| l.starts_with("INFO") && l.contains(" passed ")).count();
-    assert_eq!(passed, builtin * KUBERNETES_VERSIONS.len(), "not every object passed:\n{stdout}");
+    let passed = stdout
+        .lines()
+        .filter(|l| l.starts_with("INFO") && l.contains(" passed "))
+        .count();
+    assert_eq!(
+        passed,
+        builtin * KUBERNETES_VERSIONS.len(),
+        "not every object passed:\n{stdout}"
+    );
     for line in stdout.lines().filter(|l| l.starts_with("WARN")) {
         assert!(
             line.contains("api version cert-manager.io/v1"),
@@ -342,7 +352,12 @@ fn every_cert_manager_object_passes_cert_manager_v1_schema() {
         write_into(&dir, &render(&case.deployment, &case.layout, &fixed_secrets()));
         let (ok, out) = cert_manager_validate(&node, &manifests(&dir));
         assert!(ok, "{}: cert-manager schema:\n{out}", case.name);
-        assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{}: {out}", case.name);
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("ok ")).count(),
+            2,
+            "{}: {out}",
+            case.name
+        );
         println!("{}: cert-manager v1 schema: ok", case.name);
     }
     // The check bites: a Certificate without its Secret name, and an Issuer with a misspelt
@@ -350,10 +365,15 @@ fn every_cert_manager_object_passes_cert_manager_v1_schema() {
     let broken = tmp.path().join("broken.yaml");
     let case = &cases_for(Target::Kubernetes)[0];
     let files = render(&case.deployment, &case.layout, &fixed_secrets());
-    let cert = &files.iter().find(|f| f.path.ends_with("certificate.yaml")).unwrap().contents;
+    let cert = &files
+        .iter()
+        .find(|f| f.path.ends_with("certificate.yaml"))
+        .unwrap()
+        .contents;
     std::fs::write(
         &broken,
-        cert.replace("  secretName: \"guard-tls\"\n", "").replace("\"ECDSA\"", "\"ECDSAX\""),
+        cert.replace("  secretName: \"guard-tls\"\n", "")
+            .replace("\"ECDSA\"", "\"ECDSAX\""),
     )
     .unwrap();
     let (ok, out) = cert_manager_validate(&node, &[broken]);

@@ -269,10 +269,7 @@ pub fn require_node_package(package: &str) -> Option<PathBuf> {
         .join("../tests/browser/node_modules")
         .join(package);
     if !modules.is_dir() {
-        let msg = format!(
-            "{} is missing; run npm ci --prefix tests/browser",
-            modules.display()
-        );
+        let msg = format!("{} is missing; run npm ci --prefix tests/browser", modules.display());
         if std::env::var_os("CI").is_some() {
             panic!("{msg} (CI requires it)");
         }
