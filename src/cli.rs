@@ -101,7 +101,8 @@ struct DeployArgs {
     // clap prints `[default: .]` from default_value itself: the text above must not repeat it.
     #[arg(long = "out", value_name = "DIR", default_value = ".")]
     out_dir: PathBuf,
-    /// Replace existing files (secrets in an existing .env are kept).
+    /// Replace existing files (the secrets a previous run generated are kept, and so are
+    /// kubernetes' auth/ files).
     #[arg(long)]
     force: bool,
     /// guard's absolute path on the host (systemd, supervisor). [default: /usr/local/bin/guard]
@@ -117,8 +118,12 @@ struct DeployArgs {
     #[arg(long, value_name = "NAME")]
     namespace: Option<String>,
     /// guard's image, built from the written Dockerfile and pushed where the cluster pulls from
-    /// (kubernetes). [default: guard:VERSION of this guard]
-    #[arg(long, value_name = "REF")]
+    /// (kubernetes).
+    #[arg(long, value_name = "REF", help = concat!(
+        "guard's image, built from the written Dockerfile and pushed where the cluster pulls from (kubernetes). [default: guard:",
+        env!("CARGO_PKG_VERSION"),
+        "]"
+    ))]
     image: Option<String>,
     /// MLflow's image, built from the written mlflow/Dockerfile (kubernetes).
     /// [default: guard-mlflow:MLFLOW_VERSION]
@@ -1027,6 +1032,9 @@ mod tests {
         let mut deploy = cli.find_subcommand("deploy").expect("guard deploy").clone();
         let help = deploy.render_long_help().to_string();
         assert_eq!(help.matches("[default: .]").count(), 1, "{help}");
+        // --image's default is written out in its help; it is the one the deploy crate uses.
+        let image = format!("[default: {}]", guard_deploy::default_guard_image());
+        assert_eq!(help.matches(&image).count(), 1, "{help}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The validated deployment the renderers work from: target, TLS mode, backend and artifact
-//! stores, MLflow version, and where programs live on the host. Each `parse_*` helper checks
-//! one command-line value and returns a lowercase message naming it; the caller adds the flag.
+//! stores, MLflow version, the kubernetes target's names, images and replicas, and where
+//! programs live on the host. Each `parse_*` helper checks one command-line value and returns a
+//! lowercase message naming it; the caller adds the flag.
 
 use std::fmt;
 use std::net::SocketAddr;
