@@ -13,6 +13,8 @@ use crate::RenderedFile;
 /// The host of the placeholder DSN written without `--with-postgres`; `--force` keeps any
 /// other value an operator put there.
 pub(crate) const DATABASE_PLACEHOLDER_HOST: &str = "database.example.com";
+/// host:port of the PostgreSQL `--with-postgres` runs (its Service).
+pub(crate) const IN_NAMESPACE_DATABASE: &str = "postgres:5432";
 
 /// guard's TLS listener inside its pod (unprivileged: the pod runs without capabilities).
 const GUARD_PORT: u16 = 8443;
@@ -139,7 +141,7 @@ pub fn next_steps(d: &Deployment) -> Vec<String> {
             ));
             if k.challenge == Challenge::Http01 {
                 steps.push(format!(
-                    "HTTP-01: port 80 of {} must reach the cluster's default ingress controller, which serves cert-manager's solver (guard's Service is 443 only); otherwise use --acme-challenge dns-01",
+                    "HTTP-01: port 80 of {} must reach the cluster's ingress controller, which serves cert-manager's solver (guard's Service is 443 only); otherwise use --acme-challenge dns-01",
                     domains.join(", ")
                 ));
             }
@@ -263,7 +265,7 @@ fn secret(name: &str, ns: &str, data: Vec<(&str, Node)>) -> Node {
 fn database_uri(d: &Deployment, secrets: &Secrets) -> String {
     if d.kubernetes.with_postgres {
         format!(
-            "postgresql://{PG_USER}:{}@{POSTGRES}:{POSTGRES_PORT}/{PG_DATABASE}",
+            "postgresql://{PG_USER}:{}@{IN_NAMESPACE_DATABASE}/{PG_DATABASE}",
             secrets.postgres_password.expose()
         )
     } else {
@@ -1036,8 +1038,8 @@ fn certificate(d: &Deployment) -> String {
                 Challenge::Http01 => map(vec![("http01", map(vec![("ingress", map::<&str>(vec![]))]))]).note(
                     "http01",
                     &[
-                        "The cluster's default IngressClass serves the challenge: port 80 of the domain",
-                        "must reach that ingress controller (guard's Service serves 443 only).",
+                        "An Ingress without a class: the cluster's ingress controller serves the challenge,",
+                        "so port 80 of the domain must reach it (guard's Service serves 443 only).",
                     ],
                 ),
                 Challenge::Dns01 => map(vec![(

@@ -110,7 +110,11 @@ impl Secrets {
             if key == "uri" {
                 // An escaped character would need unquoting; the operator's DSN is kept only
                 // when it is written plainly, else the placeholder comes back to be edited.
-                if !value.contains('\\') && !value.contains(crate::kubernetes::DATABASE_PLACEHOLDER_HOST) {
+                // Nor is the DSN of the in-namespace PostgreSQL (`--with-postgres`): without that
+                // flag it would name a database that is no longer there.
+                let ours = value.contains(crate::kubernetes::DATABASE_PLACEHOLDER_HOST)
+                    || value.contains(&format!("@{}/", crate::kubernetes::IN_NAMESPACE_DATABASE));
+                if !value.contains('\\') && !ours {
                     self.database_uri = Some(Secret::new(value));
                 }
                 continue;
@@ -174,6 +178,16 @@ mod tests {
             s.database_uri.as_ref().map(|u| u.expose().to_string()).as_deref(),
             Some("postgresql://mlflow:pw@db.internal:5432/mlflow")
         );
+        // The placeholder and the in-namespace database's DSN are rendered anew, never kept.
+        for ours in [
+            "postgresql://mlflow:CHANGE-ME@database.example.com:5432/mlflow",
+            "postgresql://mlflow:0123456789abcdef0123@postgres:5432/mlflow",
+        ] {
+            std::fs::write(&path, format!("  uri: \"{ours}\"\n")).unwrap();
+            let mut s = Secrets::generate().unwrap();
+            s.keep_from(&path).unwrap();
+            assert!(s.database_uri.is_none(), "{ours}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

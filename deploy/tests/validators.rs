@@ -360,8 +360,8 @@ fn every_cert_manager_object_passes_cert_manager_v1_schema() {
         );
         println!("{}: cert-manager v1 schema: ok", case.name);
     }
-    // The check bites: a Certificate without its Secret name, and an Issuer with a misspelt
-    // enum value, fail with their paths.
+    // The check bites: a Certificate without its Secret name, an enum value misspelt, and a
+    // misspelt key (which the compiled schema alone would let through) fail with their paths.
     let broken = tmp.path().join("broken.yaml");
     let case = &cases_for(Target::Kubernetes)[0];
     let files = render(&case.deployment, &case.layout, &fixed_secrets());
@@ -373,11 +373,16 @@ fn every_cert_manager_object_passes_cert_manager_v1_schema() {
     std::fs::write(
         &broken,
         cert.replace("  secretName: \"guard-tls\"\n", "")
-            .replace("\"ECDSA\"", "\"ECDSAX\""),
+            .replace("\"ECDSA\"", "\"ECDSAX\"")
+            .replace("ingress: {}", "ingres: {}"),
     )
     .unwrap();
     let (ok, out) = cert_manager_validate(&node, &[broken]);
     assert!(!ok, "{out}");
     assert!(out.contains("must have required property secretName"), "{out}");
     assert!(out.contains("/spec/privateKey/algorithm"), "{out}");
+    assert!(
+        out.contains("/spec/acme/solvers/0/http01/ingres is not a field"),
+        "{out}"
+    );
 }
