@@ -99,14 +99,17 @@ pub fn next_steps(d: &Deployment) -> Vec<String> {
     let k = &d.kubernetes;
     let ns = &k.namespace;
     let mut steps = vec![
-        "install cert-manager once per cluster if it is not there yet: https://cert-manager.io/docs/installation/".to_string(),
-        format!(
-            "docker build -t {image} {out} && docker push {image}    # guard's image: the guard binary beside the Dockerfile (kind: kind load docker-image {image})",
-            image = k.image
+        "install cert-manager once per cluster if it is not there yet: https://cert-manager.io/docs/installation/"
+            .to_string(),
+        build_and_ship(
+            &k.image,
+            &out.to_string(),
+            "guard's image: the guard binary beside the Dockerfile",
         ),
-        format!(
-            "docker build -t {image} {out}/mlflow && docker push {image}    # MLflow with the PostgreSQL driver",
-            image = k.mlflow_image
+        build_and_ship(
+            &k.mlflow_image,
+            &format!("{out}/mlflow"),
+            "MLflow with the PostgreSQL driver",
         ),
     ];
     if !k.with_postgres {
@@ -157,6 +160,18 @@ pub fn next_steps(d: &Deployment) -> Vec<String> {
         "later users: guard adduser --users {out}/auth/users.htpasswd bob && kubectl apply -k {out}    # the pods re-read the Secret within about two minutes, no restart"
     ));
     steps
+}
+
+/// Builds an image and gets it to the cluster: pushed when its name has a registry path, else
+/// (the local default names) loaded into a local cluster's nodes.
+fn build_and_ship(image: &str, context: &str, what: &str) -> String {
+    if image.contains('/') {
+        format!("docker build -t {image} {context} && docker push {image}    # {what}")
+    } else {
+        format!(
+            "docker build -t {image} {context} && kind load docker-image {image}    # {what}; or minikube image load; for a remote cluster pass --image REGISTRY/NAME:TAG (--mlflow-image too) and push"
+        )
+    }
 }
 
 /// The labels of one component. Selectors use these two; `part-of` groups the whole stack.
