@@ -1,9 +1,10 @@
 //! The `guard deploy` and `guard healthcheck` commands through the real binary: the reference
 //! stack at the repo root is exactly what `guard deploy compose` writes, a compose or
 //! kubernetes output directory outside the checkout holds everything its images build from,
-//! the kubernetes manifests pass kubernetes-validate --strict and cert-manager's schema, and
-//! the guard.yaml they carry serves without writing to its state directory (a read-only Secret mount); bad input changes
-//! nothing, and the healthcheck tells a live guard from a dead port.
+//! the kubernetes manifests pass kubernetes-validate --strict and cert-manager's schema, and the
+//! guard.yaml they carry serves from Secret volumes laid out as the kubelet does, writing nothing
+//! there and seeing an update without a restart; bad input changes nothing, and the
+//! healthcheck tells a live guard from a dead port.
 
 mod common;
 
@@ -280,15 +281,57 @@ fn kubernetes_output_validates_and_names_the_next_commands() {
     }
 }
 
+/// A Secret volume the way the kubelet writes one (pkg/volume/util/atomic_writer.go): the files
+/// in a hidden timestamped directory, `..data` linking to it, each visible name a link through
+/// `..data`. Returns the timestamped directory.
+fn kubelet_secret_volume(volume: &std::path::Path, version: &str, files: &[(&str, Vec<u8>)]) -> std::path::PathBuf {
+    let stamped = volume.join(format!("..{version}"));
+    std::fs::create_dir_all(&stamped).unwrap();
+    for (name, body) in files {
+        std::fs::write(stamped.join(name), body).unwrap();
+    }
+    // The update is one rename of a fresh link over `..data`: every key switches at once.
+    let tmp = volume.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, volume.join("..data")).unwrap();
+    for (name, _) in files {
+        let visible = volume.join(name);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &visible).unwrap();
+        }
+    }
+    stamped
+}
+
+/// Every path under `dir` with its bytes (links as their target), for before/after checks.
+fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for name in entries(dir) {
+        let p = dir.join(&name);
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.file_type().is_symlink() {
+            out.push((
+                name,
+                std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes(),
+            ));
+        } else if meta.is_dir() {
+            out.extend(tree(&p).into_iter().map(|(n, b)| (format!("{name}/{n}"), b)));
+        } else {
+            out.push((name, std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn the_kubernetes_guard_config_serves_without_writing_to_its_state_directory() {
+async fn the_kubernetes_guard_config_serves_from_secret_volumes_and_sees_their_updates() {
     let dir = TempDir::new("deploy-k8s-serve");
     let out = dir.path().join("k8s");
     let (code, stdout, stderr) = run_guard(&["deploy", "kubernetes", "--out", out.to_str().unwrap()], None);
     assert_eq!(code, 0, "{stdout}{stderr}");
 
-    // The pod's three mounts, as directories here: the ConfigMap's guard.yaml, the guard-auth
-    // Secret's files (after the operator's `guard adduser`), cert-manager's tls.crt and tls.key.
+    // The pod's mounts, as directories here: the ConfigMap's guard.yaml, the guard-auth Secret
+    // made from auth/ (after the operator's `guard adduser`), cert-manager's tls.crt and tls.key.
     let manifest = std::fs::read_to_string(out.join("guard.yaml")).unwrap();
     let config_map: serde_yaml::Value = serde_yaml::Deserializer::from_str(&manifest)
         .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
@@ -297,16 +340,20 @@ async fn the_kubernetes_guard_config_serves_without_writing_to_its_state_directo
     let config = config_map["data"]["guard.yaml"].as_str().unwrap();
     let pod = dir.path().join("pod");
     let (state, tls) = (pod.join("state"), pod.join("tls"));
-    for d in [&state, &tls] {
-        std::fs::create_dir_all(d).unwrap();
-    }
     adduser(&out.join("auth/users.htpasswd"), "alice", "pw-alice");
-    for f in ["users.htpasswd", "tokens.json", "session-keys.json"] {
-        std::fs::copy(out.join("auth").join(f), state.join(f)).unwrap();
-    }
+    let auth_files = || -> Vec<(&str, Vec<u8>)> {
+        ["users.htpasswd", "tokens.json", "session-keys.json"]
+            .into_iter()
+            .map(|f| (f, std::fs::read(out.join("auth").join(f)).unwrap()))
+            .collect()
+    };
+    let first = kubelet_secret_volume(&state, "2026_12_01_10_00_00.000000001", &auth_files());
     let (ca_pem, cert_pem, key_pem) = ca_and_leaf("mlflow.example.com");
-    std::fs::write(tls.join("tls.crt"), cert_pem).unwrap();
-    std::fs::write(tls.join("tls.key"), key_pem).unwrap();
+    kubelet_secret_volume(
+        &tls,
+        "2026_12_01_10_00_00.000000002",
+        &[("tls.crt", cert_pem.into_bytes()), ("tls.key", key_pem.into_bytes())],
+    );
     std::fs::write(pod.join("ca.pem"), ca_pem).unwrap();
     let up = Echo::start().await;
     let local = config
@@ -316,10 +363,7 @@ async fn the_kubernetes_guard_config_serves_without_writing_to_its_state_directo
     assert_ne!(local, config);
     let config_file = pod.join("guard.yaml");
     std::fs::write(&config_file, &local).unwrap();
-    let before: Vec<(String, Vec<u8>)> = entries(&state)
-        .into_iter()
-        .map(|n| (n.clone(), std::fs::read(state.join(&n)).unwrap()))
-        .collect();
+    let before = tree(&state);
 
     let g = Guard::start(&[
         "--config",
@@ -335,21 +379,40 @@ async fn the_kubernetes_guard_config_serves_without_writing_to_its_state_directo
     ]);
     let c = Client::new(g.addr, &pod.join("ca.pem"), "mlflow.example.com");
     assert_eq!(c.get("/_guard/health").await.0, 200, "{}", g.stderr.text());
-    let resp = c.send(get("/api/2.0/mlflow/experiments/search")).await;
-    assert_eq!(resp.status(), 401);
-    let req = http::Request::get("/api/2.0/mlflow/experiments/search")
-        .header("host", "mlflow.example.com")
-        .header("authorization", basic("alice", "pw-alice"))
-        .body(empty())
-        .unwrap();
-    assert_eq!(c.send(req).await.status(), 200, "{}", g.stderr.text());
+    let as_user = |user: &str, pw: &str| {
+        http::Request::get("/api/2.0/mlflow/experiments/search")
+            .header("host", "mlflow.example.com")
+            .header("authorization", basic(user, pw))
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(c.send(get("/api/2.0/mlflow/experiments/search")).await.status(), 401);
+    assert_eq!(
+        c.send(as_user("alice", "pw-alice")).await.status(),
+        200,
+        "{}",
+        g.stderr.text()
+    );
+    assert_eq!(c.send(as_user("bob", "pw-bob")).await.status(), 401);
     assert_eq!(up.count(), 1);
-    // A Secret mount is read-only: guard wrote nothing into its state directory.
-    let after: Vec<(String, Vec<u8>)> = entries(&state)
-        .into_iter()
-        .map(|n| (n.clone(), std::fs::read(state.join(&n)).unwrap()))
-        .collect();
-    assert_eq!(after, before, "guard wrote into the Secret's directory");
+    // A Secret volume is read-only: guard wrote nothing into its state directory.
+    assert_eq!(tree(&state), before, "guard wrote into the Secret's directory");
+
+    // `guard adduser` on auth/, `kubectl apply -k`: the kubelet swaps the volume's `..data`.
+    // The same pod lets bob in, with no restart.
+    adduser(&out.join("auth/users.htpasswd"), "bob", "pw-bob");
+    kubelet_secret_volume(&state, "2026_12_01_10_05_00.000000003", &auth_files());
+    std::fs::remove_dir_all(first).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.send(as_user("bob", "pw-bob")).await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the updated Secret never reached guard:\n{}",
+            g.stderr.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.send(as_user("alice", "pw-alice")).await.status(), 200);
 }
 
 /// A CA and a leaf for `name` it signs: (ca, cert, key) in PEM.
