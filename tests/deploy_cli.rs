@@ -257,6 +257,18 @@ fn kubernetes_output_validates_and_names_the_next_commands() {
         assert!(stdout.contains(&step), "{step}: {stdout}");
     }
     assert_eq!(mode(&out.join("secrets.yaml")), 0o600);
+    // Secrets go into the 0600 files only, never to the terminal.
+    let secrets = std::fs::read_to_string(out.join("secrets.yaml")).unwrap();
+    let flask = secrets
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("flask-secret-key: \""))
+        .unwrap()
+        .trim_end_matches('"');
+    let session = std::fs::read_to_string(out.join("auth/session-keys.json")).unwrap();
+    let session_key = session.split("\"key\":\"").nth(1).unwrap().split('"').next().unwrap();
+    for secret in [flask, session_key] {
+        assert!(secret.len() >= 32 && !stdout.contains(secret) && !stderr.contains(secret));
+    }
     assert_eq!(
         std::fs::read(out.join("guard")).unwrap(),
         std::fs::read(guard_bin()).unwrap()

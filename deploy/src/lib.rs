@@ -1,8 +1,8 @@
 //! guard's deploy files: a typed model of a guard-in-front-of-MLflow deployment and one pure
 //! renderer per target (docker-compose, systemd, supervisord, Kubernetes), plus the atomic
-//! writer. [`run`] is what `guard deploy` calls: validate, render, write all or nothing. The
-//! container targets' output also holds a copy of the running guard binary, which their
-//! Dockerfile packages, so the directory deploys on its own.
+//! writer. [`run`] is what `guard deploy` calls: validate, render, write all or nothing. Every
+//! output also holds a copy of the running guard binary (the container targets' Dockerfile
+//! packages it, the host targets install it), so the directory deploys on its own.
 
 pub mod compose;
 pub mod error;
@@ -88,8 +88,7 @@ pub fn run(opts: DeployOptions) -> Result<DeployReport, DeployError> {
 }
 
 /// Generates secrets (keeping an existing file's with `--force`, so a database keeps its
-/// password), renders and writes all files at once, with a copy of the running guard binary
-/// for the container targets. Tests call this with a custom [`Layout`] (ports, temporary
+/// password), renders and writes all files at once, with a copy of the running guard binary. Tests call this with a custom [`Layout`] (ports, temporary
 /// paths).
 pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployError> {
     let mut secrets = Secrets::generate()?;
@@ -106,18 +105,15 @@ pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployErr
         // auth/ holds the users and tokens the operator added since: --force never resets them.
         files.retain(|f| !(f.path.starts_with("auth") && d.out_dir.join(&f.path).exists()));
     }
-    let binary = match d.target {
-        Target::Compose | Target::Kubernetes => Some(guard_binary()?),
-        Target::Systemd | Target::Supervisor => None,
-    };
+    // Every target's output holds the guard that wrote it: the container targets' Dockerfile
+    // packages it, the host targets' next steps install it.
+    let binary = guard_binary()?;
     let mut entries: Vec<write::Entry<'_>> = files.iter().map(write::Entry::from).collect();
-    if let Some(bytes) = &binary {
-        entries.push(write::Entry {
-            path: std::path::Path::new(image::GUARD_BINARY),
-            bytes,
-            mode: 0o755,
-        });
-    }
+    entries.push(write::Entry {
+        path: std::path::Path::new(image::GUARD_BINARY),
+        bytes: &binary,
+        mode: 0o755,
+    });
     let written = write::write_entries(&d.out_dir, &entries, d.force)?;
     Ok(DeployReport {
         written,

@@ -34,7 +34,8 @@ pub fn next_steps(d: &Deployment, layout: &Layout) -> Vec<String> {
     let guard = layout.guard_bin.display();
     let mut steps = vec![
         mlflow::install_hint(d, &layout.mlflow_bin),
-        format!("sudo install -m 0755 target/release/guard {guard}"),
+        // The copy of the guard that wrote these files, beside them.
+        format!("sudo install -m 0755 {out}/guard {guard}"),
     ];
     if d.backend == Backend::Postgres {
         steps.push("sudo -u postgres createuser --pwprompt mlflow && sudo -u postgres createdb --owner mlflow mlflow    # the password is PGPASSWORD in mlflow.env".into());

@@ -237,14 +237,19 @@ fn host_targets_write_their_files() {
     let mut opts = options(Target::Systemd, &tmp.path().join("systemd"));
     opts.backend = Some(Backend::Postgres);
     let report = run(opts).unwrap();
-    assert_eq!(report.written.len(), 3, "{:?}", report.written);
+    assert_eq!(report.written.len(), 4, "{:?}", report.written);
+    assert!(report.written[3].ends_with("guard"), "{:?}", report.written);
+    assert!(report
+        .next_steps
+        .iter()
+        .any(|s| s.contains("/systemd/guard /usr/local/bin/guard")));
     let env = tmp.path().join("systemd/mlflow.env");
     assert_eq!(fs::metadata(env).unwrap().permissions().mode() & 0o777, 0o600);
 
     let mut opts = options(Target::Supervisor, &tmp.path().join("supervisor"));
     opts.guard_bin = Some("/opt/guard/guard".into());
     let report = run(opts).unwrap();
-    assert_eq!(report.written.len(), 1);
+    assert_eq!(report.written.len(), 2);
     let conf = fs::read_to_string(&report.written[0]).unwrap();
     assert!(conf.contains("command=/opt/guard/guard serve"), "{conf}");
 }
