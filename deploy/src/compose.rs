@@ -1,8 +1,9 @@
 //! The compose target: docker-compose.yml (guard, mlflow, a one-shot migration, postgres, an
 //! optional notebook), the .env holding its secrets, guard's Dockerfile (it packages the guard
 //! binary copied beside it, so the directory builds on its own), and the small Dockerfiles that
-//! add to the official images exactly the packages this deployment needs. Valid for docker-compose 1.29
-//! and Compose v2: no `dockerfile_inline`, no top-level `name`, every string quoted.
+//! add to the official images exactly the packages this deployment needs. Valid for
+//! docker-compose 1.29 and Compose v2: no `dockerfile_inline`, no top-level `name`, every
+//! string quoted.
 
 use std::fmt::Write as _;
 

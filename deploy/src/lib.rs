@@ -88,8 +88,8 @@ pub fn run(opts: DeployOptions) -> Result<DeployReport, DeployError> {
 }
 
 /// Generates secrets (keeping an existing file's with `--force`, so a database keeps its
-/// password), renders and writes all files at once, with a copy of the running guard binary. Tests call this with a custom [`Layout`] (ports, temporary
-/// paths).
+/// password), renders and writes all files at once, with a copy of the running guard binary.
+/// Tests call this with a custom [`Layout`] (ports, temporary paths).
 pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployError> {
     let mut secrets = Secrets::generate()?;
     if d.force {
@@ -121,7 +121,7 @@ pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployErr
     })
 }
 
-/// The running guard's own executable, for the image to package.
+/// The running guard's own executable, to copy into the output directory.
 fn guard_binary() -> Result<Vec<u8>, DeployError> {
     let io = |path: PathBuf| {
         move |source| DeployError::Io {
