@@ -354,7 +354,7 @@ async fn the_kubernetes_guard_config_serves_from_secret_volumes_and_sees_their_u
     let (state, tls) = (pod.join("state"), pod.join("tls"));
     adduser(&out.join("auth/users.htpasswd"), "alice", "pw-alice");
     let auth_files = || -> Vec<(&str, Vec<u8>)> {
-        ["users.htpasswd", "tokens.json", "session-keys.json"]
+        ["users.htpasswd", "groups", "tokens.json", "session-keys.json"]
             .into_iter()
             .map(|f| (f, std::fs::read(out.join("auth").join(f)).unwrap()))
             .collect()

@@ -48,7 +48,7 @@ pub(crate) const POSTGRES: &str = "postgres";
 pub(crate) const ACME_DNS01: &str = "acme-dns01";
 
 /// The files of the guard-auth Secret, as written under auth/ (its keys are the file names).
-pub(crate) const AUTH_FILES: [&str; 3] = ["users.htpasswd", "tokens.json", "session-keys.json"];
+pub(crate) const AUTH_FILES: [&str; 4] = ["users.htpasswd", "groups", "tokens.json", "session-keys.json"];
 
 /// Secret values are read by the app user only: 0440 with the pod's fsGroup (as decimal, the
 /// only way YAML 1.1 and 1.2 read a mode alike).
@@ -62,6 +62,8 @@ pub fn render(d: &Deployment, secrets: &Secrets) -> Vec<RenderedFile> {
         RenderedFile::new("namespace.yaml", namespace(d), 0o644),
         RenderedFile::new("secrets.yaml", secrets_file(d, secrets), 0o600),
         RenderedFile::new("auth/users.htpasswd", String::new(), 0o600),
+        // Roles (`guard role set`), beside the users file where guard looks for them.
+        RenderedFile::new("auth/groups", String::new(), 0o600),
         RenderedFile::new("auth/tokens.json", "{\"version\": 1, \"tokens\": []}\n".into(), 0o600),
         RenderedFile::new(
             "auth/session-keys.json",
@@ -232,7 +234,7 @@ fn kustomization(d: &Deployment) -> String {
         "secretGenerator",
         &[
             "The guard-auth Secret is made from the files in auth/, which `guard adduser --users",
-            "auth/users.htpasswd` and `guard token create --tokens auth/tokens.json` edit.",
+            "auth/users.htpasswd`, `guard role set` and `guard token create --tokens auth/tokens.json` edit.",
         ],
     )
     .note(
@@ -470,7 +472,7 @@ fn guard_settings() -> String {
         "# guard's settings in the cluster, written by `guard deploy kubernetes`.\n\
          # The certificate is cert-manager's (Secret {GUARD_TLS}); users, tokens and the session key\n\
          # file are the {GUARD_AUTH} Secret, mounted as the state directory. guard re-reads all of\n\
-         # them when they change.\n\
+         # them when they change; a change to this file takes `kubectl rollout restart deployment/guard`.\n\
          listen: \"0.0.0.0:{GUARD_PORT}\"\n\
          state_dir: \"{STATE_DIR}\"\n\
          upstream: \"{MLFLOW}:{MLFLOW_PORT}\"\n\

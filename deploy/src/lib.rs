@@ -102,7 +102,8 @@ pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployErr
     }
     let mut files = render(d, layout, &secrets);
     if d.force && d.target == Target::Kubernetes {
-        // auth/ holds the users and tokens the operator added since: --force never resets them.
+        // auth/ holds the users, roles and tokens the operator added since: --force never resets
+        // them.
         files.retain(|f| !(f.path.starts_with("auth") && d.out_dir.join(&f.path).exists()));
     }
     // Every target's output holds the guard that wrote it: the container targets' Dockerfile
