@@ -187,32 +187,18 @@ fn compose_output_outside_the_checkout_builds_guard_from_its_own_directory() {
     assert!(ok, "compose-spec schema:\n{text}");
 }
 
-/// The highest `GLIBC_2.N` symbol version a binary asks for.
-fn max_glibc_minor(binary: &[u8]) -> u32 {
-    let needle = b"GLIBC_2.";
-    let mut max = 0;
-    for (i, w) in binary.windows(needle.len()).enumerate() {
-        if w == needle {
-            let digits: String = binary[i + needle.len()..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .map(|&b| b as char)
-                .collect();
-            if let Ok(n) = digits.parse::<u32>() {
-                max = max.max(n);
-            }
-        }
-    }
-    max
-}
-
 #[test]
 fn the_packaged_guard_needs_no_newer_glibc_than_the_dockerfile_base_has() {
-    // debian:bookworm-slim ships glibc 2.36: a binary linked against a newer one would not start.
-    assert_eq!(guard_deploy::image::GUARD_BASE_IMAGE, "debian:bookworm-slim");
-    let needed = max_glibc_minor(&std::fs::read(guard_bin()).unwrap());
-    assert!(needed > 0, "no GLIBC_2.* version found in {}", guard_bin());
-    assert!(needed <= 36, "guard needs GLIBC_2.{needed}; bookworm has 2.36");
+    // debian:bookworm-slim ships glibc 2.36: a binary linked against a newer one would not start,
+    // and guard deploy would refuse to package it.
+    use guard_deploy::image::{glibc_minor_needed, BASE_GLIBC_MINOR, GUARD_BASE_IMAGE};
+    assert_eq!((GUARD_BASE_IMAGE, BASE_GLIBC_MINOR), ("debian:bookworm-slim", 36));
+    let needed = glibc_minor_needed(&std::fs::read(guard_bin()).unwrap());
+    let needed = needed.unwrap_or_else(|| panic!("no GLIBC_2.* version found in {}", guard_bin()));
+    assert!(
+        needed <= BASE_GLIBC_MINOR,
+        "guard needs GLIBC_2.{needed}; bookworm has 2.36"
+    );
 }
 
 #[test]

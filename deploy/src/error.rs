@@ -46,6 +46,15 @@ pub enum DeployError {
         source: std::io::Error,
     },
 
+    /// The running guard binary cannot be packaged: the image's base could not start it.
+    #[error("{path}: {reason}; nothing was written", path = path.display())]
+    Binary {
+        /// The running binary.
+        path: PathBuf,
+        /// Why (`this guard needs glibc 2.39, but ...`).
+        reason: String,
+    },
+
     /// The system random number generator failed (secrets cannot be generated).
     #[error("cannot generate secrets: the system random number generator failed")]
     Random(#[source] getrandom::Error),

@@ -108,7 +108,10 @@ pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployErr
     }
     // Every target's output holds the guard that wrote it: the container targets' Dockerfile
     // packages it, the host targets' next steps install it.
-    let binary = guard_binary()?;
+    let (exe, binary) = guard_binary()?;
+    if matches!(d.target, Target::Compose | Target::Kubernetes) {
+        image::check_runs_on_base(&binary).map_err(|reason| DeployError::Binary { path: exe, reason })?;
+    }
     let mut entries: Vec<write::Entry<'_>> = files.iter().map(write::Entry::from).collect();
     entries.push(write::Entry {
         path: std::path::Path::new(image::GUARD_BINARY),
@@ -122,8 +125,8 @@ pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployErr
     })
 }
 
-/// The running guard's own executable, to copy into the output directory.
-fn guard_binary() -> Result<Vec<u8>, DeployError> {
+/// The running guard's own executable (its path and bytes), to copy into the output directory.
+fn guard_binary() -> Result<(PathBuf, Vec<u8>), DeployError> {
     let io = |path: PathBuf| {
         move |source| DeployError::Io {
             action: "read the running guard binary",
@@ -132,5 +135,6 @@ fn guard_binary() -> Result<Vec<u8>, DeployError> {
         }
     };
     let exe = std::env::current_exe().map_err(io(PathBuf::from("/proc/self/exe")))?;
-    std::fs::read(&exe).map_err(io(exe))
+    let bytes = std::fs::read(&exe).map_err(io(exe.clone()))?;
+    Ok((exe, bytes))
 }
