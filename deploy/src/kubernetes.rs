@@ -7,7 +7,7 @@
 use crate::mlflow::{self, PG_DATABASE, PG_USER};
 use crate::model::{Artifacts, Challenge, Deployment, Tls, STOP_TIMEOUT_SECS};
 use crate::secrets::Secrets;
-use crate::yaml::{documents, int, map, s, strs, Node};
+use crate::yaml::{document, documents, int, map, s, strs, Node};
 use crate::RenderedFile;
 
 /// The host of the placeholder DSN written without `--with-postgres`; `--force` keeps any
@@ -244,21 +244,13 @@ fn kustomization(d: &Deployment) -> String {
             "pods re-read it, instead of a renamed Secret rolling every pod.",
         ],
     );
-    let mut out = documents(
+    document(
         &[
             "guard in front of MLflow on Kubernetes, written by `guard deploy kubernetes`.",
             "Apply it all with `kubectl apply -k .` in this directory (cert-manager must be installed).",
         ],
-        &[],
-    );
-    write_body(&mut out, &doc);
-    out
-}
-
-/// A single document without the `---` separator (kustomize reads one object).
-fn write_body(out: &mut String, doc: &Node) {
-    let text = documents(&[], std::slice::from_ref(doc));
-    out.push_str(text.strip_prefix("---\n").unwrap_or(&text));
+        &doc,
+    )
 }
 
 fn namespace(d: &Deployment) -> String {

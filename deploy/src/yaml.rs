@@ -100,6 +100,16 @@ pub(crate) fn documents(header: &[&str], docs: &[Node]) -> String {
     out
 }
 
+/// A file holding one document and no `---` (kustomization.yaml: kustomize reads one object).
+pub(crate) fn document(header: &[&str], doc: &Node) -> String {
+    let mut out = String::new();
+    for line in header {
+        comment_line(&mut out, 0, line);
+    }
+    write_block(&mut out, doc, 0);
+    out
+}
+
 fn comment_line(out: &mut String, indent: usize, line: &str) {
     if line.is_empty() {
         let _ = writeln!(out, "{:indent$}#", "");
