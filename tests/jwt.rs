@@ -153,7 +153,7 @@ fn an_issuer_that_answers_wrongly_stops_the_start_and_one_that_is_down_is_retrie
     let port = idp.port();
     drop(idp);
     let cfg = config(dir.path(), "127.0.0.1:9", &format!("http://127.0.0.1:{port}"));
-    let g = Guard::start(&["--config", cfg.to_str().unwrap()]);
+    let g = Guard::start(&["--config", cfg.to_str().unwrap(), "--metrics-listen", "127.0.0.1:0"]);
     assert!(
         g.stderr.wait_for("retrying while serving", Duration::from_secs(20)),
         "{}",
@@ -181,6 +181,32 @@ fn an_issuer_that_answers_wrongly_stops_the_start_and_one_that_is_down_is_retrie
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The failed fetches were counted.
+    let addr = g
+        .stdout
+        .text()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("guard: metrics on http://")
+                .map(|a| a.trim_end_matches("/metrics").to_owned())
+        })
+        .expect("the metrics address");
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut tcp,
+        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut tcp, &mut text).unwrap();
+    let failures: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("guard_idp_fetch_errors_total "))
+        .unwrap_or_else(|| panic!("no guard_idp_fetch_errors_total in {text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(failures >= 2.0, "the start's fetch and a retry failed: {failures}");
 }
 
 #[test]

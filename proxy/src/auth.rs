@@ -301,11 +301,12 @@ impl Authenticator {
         let mut cache_key = [0u8; 32];
         getrandom::fill(&mut cache_key).expect("the OS random source works");
         let roles = load_roles(&settings.groups_file).map_err(AuthError::Groups)?;
-        let jwts = Arc::new(Jwts::new(&settings.jwt, defence.clock.clone()));
+        let fetch_errors = metrics.idp_fetch_errors.clone();
+        let jwts = Arc::new(Jwts::new(&settings.jwt, defence.clock.clone(), fetch_errors.clone()));
         let oidc = settings
             .oidc
             .as_ref()
-            .map(|o| Arc::new(Provider::new(o, defence.clock.clone())));
+            .map(|o| Arc::new(Provider::new(o, defence.clock.clone(), fetch_errors)));
         Ok(Authenticator {
             jwts,
             oidc,
@@ -450,7 +451,10 @@ impl Authenticator {
             Credential::Basic { user, password } => return self.password(user, &password, peer).await,
             Credential::Bearer(token) if !self.jwts.is_empty() && looks_like_jwt(&token) => {
                 match self.jwts.verify(&token).await {
-                    Ok(v) => Ok(Principal::new(v.name.clone(), Via::Jwt, self.role_of(&v.name))),
+                    Ok(v) => {
+                        let role = self.role_of(&v.name);
+                        Ok(Principal::new(v.name, Via::Jwt, role))
+                    }
                     Err(why) => {
                         tracing::debug!("bearer JWT refused: {why}");
                         Err(AuthFailure::BadJwt)

@@ -147,6 +147,8 @@ pub struct Jwts {
     client: Option<HttpsClient>,
     clock: Clock,
     cache: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Counts failed fetches (`guard_idp_fetch_errors_total`).
+    fetch_errors: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Jwts {
@@ -162,8 +164,13 @@ pub fn looks_like_jwt(token: &str) -> bool {
 }
 
 impl Jwts {
-    /// The issuers of `settings`, with no keys yet: [`Jwts::fetch_all`] loads them.
-    pub fn new(settings: &[JwtIssuer], clock: Clock) -> Jwts {
+    /// The issuers of `settings`, with no keys yet: [`Jwts::fetch_all`] loads them. A failed
+    /// fetch counts in `fetch_errors`.
+    pub fn new(
+        settings: &[JwtIssuer],
+        clock: Clock,
+        fetch_errors: prometheus_client::metrics::counter::Counter,
+    ) -> Jwts {
         let client = (!settings.is_empty()).then(https_client).flatten();
         Jwts {
             issuers: settings
@@ -177,6 +184,7 @@ impl Jwts {
             client,
             clock,
             cache: Mutex::new(HashMap::new()),
+            fetch_errors,
         }
     }
 
@@ -240,7 +248,9 @@ impl Jwts {
             url: issuer.settings.issuer.clone(),
             reason: "no TLS roots to reach it with".to_owned(),
         })?;
-        let keys = fetch_keys(client, &issuer.settings).await?;
+        let keys = fetch_keys(client, &issuer.settings).await.inspect_err(|_| {
+            self.fetch_errors.inc();
+        })?;
         issuer.keys.store(Arc::new(keys));
         // A key may have been withdrawn: what it verified must be checked again.
         self.cache.lock().expect("jwt cache lock").clear();
@@ -573,7 +583,7 @@ mod tests {
 
     /// Issuers with these keys loaded and a fetch just done, so nothing goes to the network.
     fn jwts(settings: JwtIssuer, keys: &[Value], clock: &Clock) -> Jwts {
-        let j = Jwts::new(std::slice::from_ref(&settings), clock.clone());
+        let j = Jwts::new(std::slice::from_ref(&settings), clock.clone(), Default::default());
         let issuer = &j.issuers[0];
         issuer.keys.store(Arc::new(parse_key_set(&json!({ "keys": keys }))));
         *issuer.fetched.try_lock().unwrap() = Some(clock.instant());

@@ -283,6 +283,9 @@ pub struct Metrics {
     pub lockouts: Counter,
     /// Reloads of a users or tokens file that failed, leaving the previous set in use.
     pub auth_reload_errors: Counter,
+    /// Identity-provider fetches (discovery document, key set) that failed; the keys already
+    /// fetched stay in use.
+    pub idp_fetch_errors: Counter,
     /// Time to the upstream's response head.
     pub upstream_latency: HistogramFamily,
     /// Upstream failures by kind.
@@ -331,6 +334,12 @@ impl Metrics {
             "lockouts",
             "Client addresses locked out after repeated failures",
             lockouts.clone(),
+        );
+        let idp_fetch_errors = Counter::default();
+        registry.register(
+            "idp_fetch_errors",
+            "Identity-provider discovery or key-set fetches that failed (the keys already fetched stay in use)",
+            idp_fetch_errors.clone(),
         );
         let auth_reload_errors = Counter::default();
         registry.register(
@@ -385,6 +394,7 @@ impl Metrics {
             auth_failures,
             lockouts,
             auth_reload_errors,
+            idp_fetch_errors,
             upstream_latency,
             upstream_errors,
             open_connections,

@@ -19,6 +19,7 @@ use guard_config::oidc::{NotAllowed, Oidc};
 use guard_config::session::{credential_fingerprint, Fingerprint, Identity, Session, SessionKeys, SignIn};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -141,6 +142,7 @@ pub struct Provider {
     jwts: Arc<Jwts>,
     get: Option<HttpsClient>,
     post: Option<PostClient>,
+    fetch_errors: Counter,
     fingerprint: Fingerprint,
     clock: Clock,
     /// Refreshes under way or just done, by hash of the refresh token, with when they began.
@@ -200,8 +202,9 @@ pub struct SignedIn {
 }
 
 impl Provider {
-    /// The provider of `settings`, nothing fetched yet ([`Provider::fetch`]).
-    pub fn new(settings: &Oidc, clock: Clock) -> Provider {
+    /// The provider of `settings`, nothing fetched yet ([`Provider::fetch`]); failed fetches
+    /// count in `fetch_errors`.
+    pub fn new(settings: &Oidc, clock: Clock, fetch_errors: Counter) -> Provider {
         let id_tokens = JwtIssuer {
             issuer: settings.issuer.clone(),
             audiences: vec![settings.client_id.clone()],
@@ -210,7 +213,12 @@ impl Provider {
             subjects: Vec::new(),
         };
         Provider {
-            jwts: Arc::new(Jwts::new(std::slice::from_ref(&id_tokens), clock.clone())),
+            jwts: Arc::new(Jwts::new(
+                std::slice::from_ref(&id_tokens),
+                clock.clone(),
+                fetch_errors.clone(),
+            )),
+            fetch_errors,
             fingerprint: credential_fingerprint(&format!("oidc\0{}\0{}", settings.issuer, settings.client_id)),
             settings: settings.clone(),
             endpoints: ArcSwapOption::empty(),
@@ -260,12 +268,18 @@ impl Provider {
             url: self.settings.issuer.clone(),
             reason: "no TLS roots to reach it with".to_owned(),
         })?;
-        let doc = discover(client, &self.settings.issuer).await?;
-        let endpoints = Arc::new(Endpoints {
-            authorization: doc.endpoint("authorization_endpoint")?,
-            token: doc.endpoint("token_endpoint")?,
-            end_session: doc.optional_endpoint("end_session_endpoint")?,
-        });
+        let endpoints = async {
+            let doc = discover(client, &self.settings.issuer).await?;
+            Ok::<_, FetchError>(Arc::new(Endpoints {
+                authorization: doc.endpoint("authorization_endpoint")?,
+                token: doc.endpoint("token_endpoint")?,
+                end_session: doc.optional_endpoint("end_session_endpoint")?,
+            }))
+        }
+        .await
+        .inspect_err(|_| {
+            self.fetch_errors.inc();
+        })?;
         self.endpoints.store(Some(endpoints.clone()));
         Ok(endpoints)
     }
@@ -650,7 +664,7 @@ mod tests {
         };
         let settings =
             guard_config::oidc::check(raw, "auth.oidc", std::path::Path::new("/"), |_| Some("s".into())).unwrap();
-        Provider::new(&settings, Clock::system())
+        Provider::new(&settings, Clock::system(), Counter::default())
     }
 
     fn claims(v: Value) -> Map<String, Value> {
