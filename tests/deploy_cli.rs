@@ -172,7 +172,8 @@ fn compose_output_outside_the_checkout_builds_guard_from_its_own_directory() {
     let mlflow = compose["services"]["mlflow"]["build"]["context"].as_str().unwrap();
     assert!(out.join(mlflow).join("Dockerfile").is_file());
     assert!(
-        stdout.contains(&format!("cd {} && docker compose up -d --build", out.display())),
+        stdout.contains(&format!("cd {} && docker compose build", out.display()))
+            && stdout.contains("docker compose run --rm guard adduser alice"),
         "{stdout}"
     );
 
