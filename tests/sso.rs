@@ -4,7 +4,8 @@
 //! JSON and never a redirect, and password, guard-token and JWT callers on the same site; then
 //! the whole flow in Debian's Chromium (`tests/browser/sso.mjs`, one browser process): sign in
 //! on the provider's page, use the MLflow UI, a refresh when the ID token runs out, sign-out
-//! through the provider, and a person outside `allowed_groups` stopped by guard's 403 page.
+//! through the provider, and a person outside `allowed_groups` stopped by guard's 403 page;
+//! while the browser's session lives, a password, a guard token and a JWT pass on the same site.
 
 mod common;
 
@@ -45,6 +46,14 @@ auth:
     );
     std::fs::write(&path, yaml).unwrap();
     path
+}
+
+/// A guard token `ci` in `dir`'s tokens file.
+fn create_token(dir: &Path) -> String {
+    let tokens = dir.join("tokens.json");
+    let (code, out, err) = run_guard(&["token", "create", "ci", "--tokens", tokens.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{err}");
+    out.lines().find(|l| l.starts_with("grd_")).unwrap().to_owned()
 }
 
 fn navigation(path: &str) -> http::request::Builder {
@@ -98,18 +107,7 @@ async fn the_round_trip_is_guarded_api_calls_never_redirect_and_every_credential
     let dir = TempDir::new("sso");
     let idp = OidcProvider::start(&dir.path().join("keys.json"), 0);
     adduser(&dir.path().join("users"), "alice", "correct horse");
-    let (code, out, err) = run_guard(
-        &[
-            "token",
-            "create",
-            "ci",
-            "--tokens",
-            dir.path().join("tokens.json").to_str().unwrap(),
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "{err}");
-    let guard_token = out.lines().find(|l| l.starts_with("grd_")).unwrap().to_owned();
+    let guard_token = create_token(dir.path());
     let up = Echo::start().await;
     let cfg = config(dir.path(), &up.authority(), &idp.issuer, "");
     let g = Guard::start(&["--config", cfg.to_str().unwrap(), "--lockout-failures", "100"]);
@@ -273,6 +271,7 @@ fn people_sign_in_through_the_provider_in_a_real_browser() {
     let idp = OidcProvider::start_env(&dir.path().join("keys.json"), 0, &[("ID_TOKEN_TTL", TTL)]);
     let mlflow = MlflowServer::start(&venv);
     adduser(&dir.path().join("users"), "alice-password", "correct horse");
+    let guard_token = create_token(dir.path());
     let cfg = config(dir.path(), &mlflow.upstream(), &idp.issuer, "");
     let g = Guard::start(&["--config", cfg.to_str().unwrap()]);
 
@@ -285,6 +284,9 @@ fn people_sign_in_through_the_provider_in_a_real_browser() {
         .env("PROVIDER", PROVIDER)
         .env("ID_TOKEN_TTL", TTL)
         .env("SHOTS", &shots)
+        .env("GUARD_BASIC", "alice-password:correct horse")
+        .env("GUARD_TOKEN", &guard_token)
+        .env("ISSUER", &idp.issuer)
         .output()
         .expect("node runs");
     let (stdout, stderr) = (
@@ -319,6 +321,16 @@ fn people_sign_in_through_the_provider_in_a_real_browser() {
     assert_eq!(report["account_menu"], "Account menu for alice", "{report}");
     assert_eq!(report["signed_out"], true);
     assert_eq!(report["not_allowed"], true);
+    let beside = &report["beside_the_session"];
+    assert_eq!(
+        (
+            beside["basic"].as_u64(),
+            beside["guard_token"].as_u64(),
+            beside["jwt"].as_u64()
+        ),
+        (Some(200), Some(200), Some(200)),
+        "{report}"
+    );
 
     // MLflow's store, asked directly: the experiment the UI created is there.
     let all = mlflow.api_post(

@@ -75,7 +75,10 @@ pub fn next_steps(d: &Deployment) -> Vec<String> {
     // container on guard's volume, before `up`.
     steps.push("docker compose run --rm guard adduser alice    # the first user (guard starts only with one)".into());
     steps.push("docker compose up -d".into());
-    steps.push("docker compose exec guard guard adduser bob && docker compose kill -s HUP guard    # later users, then reload".into());
+    steps.push(
+        "docker compose exec guard guard adduser bob && docker compose kill -s HUP guard    # later users, then reload"
+            .into(),
+    );
     steps.push(format!("open {url}"));
     if d.with_notebook {
         steps.push("the notebook publishes no port (serving it through guard needs a second site, a later guard feature); it reaches MLflow at http://mlflow:5000 and its token is JUPYTER_TOKEN in .env".into());

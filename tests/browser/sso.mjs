@@ -7,12 +7,17 @@
 // whose groups the site does not admit, gets guard's 403 page, with no redirect loop.
 // Run by tests/sso.rs, which starts the provider, MLflow and guard and checks MLflow's store.
 //
+// While she is signed in, the same guard lets in, on the same site, a password (Basic), a guard
+// token and a JWT from the provider's client-credentials grant, each without a cookie.
+//
 // Environment: GUARD_PORT (guard's TLS port on 127.0.0.1), PROVIDER (its name on the button),
-// ID_TOKEN_TTL (seconds the provider's ID tokens last), SHOTS (directory for screenshots).
+// ID_TOKEN_TTL (seconds the provider's ID tokens last), SHOTS (directory for screenshots),
+// GUARD_BASIC (user:password of the users file), GUARD_TOKEN (a guard token), ISSUER (the
+// provider, for a client-credentials JWT).
 // Prints one JSON line with what it did; exits 1 on a failed check, with the reason.
 
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { chromium, request } from 'playwright-core';
 
 const base = `https://mlflow.test:${process.env.GUARD_PORT}`;
 const shots = process.env.SHOTS;
@@ -93,6 +98,29 @@ try {
   report.experiment_id = (await createdResp.json()).experiment_id;
   await page.waitForTimeout(500);
   await page.screenshot({ path: `${shots}/2-experiment-created.png` });
+
+  // The other ways in, on the same site at the same time, from a client with no cookies.
+  const api = await request.newContext({ ignoreHTTPSErrors: true });
+  const grant = await api.post(`${process.env.ISSUER}/token`, {
+    headers: { authorization: `Basic ${Buffer.from('ci-machine:ci-machine-secret').toString('base64')}` },
+    form: { grant_type: 'client_credentials', scope: 'mlflow', resource: 'https://mlflow.test' },
+  });
+  assert.equal(grant.status(), 200, await grant.text());
+  const jwt = (await grant.json()).access_token;
+  report.beside_the_session = {};
+  for (const [how, authorization] of [
+    ['basic', `Basic ${Buffer.from(process.env.GUARD_BASIC).toString('base64')}`],
+    ['guard_token', `Bearer ${process.env.GUARD_TOKEN}`],
+    ['jwt', `Bearer ${jwt}`],
+  ]) {
+    // Node resolves names itself (no host-resolver rule): the address, as a script would.
+    const r = await api.get(`https://127.0.0.1:${process.env.GUARD_PORT}/api/2.0/mlflow/experiments/search?max_results=10`, {
+      headers: { authorization },
+    });
+    assert.equal(r.status(), 200, `${how}: ${await r.text()}`);
+    report.beside_the_session[how] = r.status();
+  }
+  await api.dispose();
 
   // Her ID token runs out: the next page refreshes the session at the provider, unseen.
   const wait = signedInAt + (ttl + 2) * 1000 - Date.now();
