@@ -662,6 +662,23 @@ mod tests {
     }
 
     #[test]
+    fn an_ed25519_key_verifies_eddsa_tokens() {
+        let clock = Clock::manual();
+        let now = clock.unix();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let jwk = json!({ "kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": B64.encode(pair.public_key_raw()) });
+        let key = EncodingKey::from_ed_der(&pair.serialize_der());
+        let j = jwts(issuer(&[]), &[jwk], &clock);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("ed".to_owned());
+        let token = jsonwebtoken::encode(&header, &claims(now, json!({})), &key).unwrap();
+        assert_eq!(block_on(j.verify(&token)).map(|v| v.name), Ok("ci-bot".to_owned()));
+        // The same key named with another algorithm is refused before any signature check.
+        let es = sign(&key_pair("x").0, "ed", claims(now, json!({})));
+        assert!(matches!(block_on(j.verify(&es)), Err(Refused::WrongAlgorithm { .. })));
+    }
+
+    #[test]
     fn the_algorithm_comes_from_the_key() {
         let clock = Clock::manual();
         let now = clock.unix();
