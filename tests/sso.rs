@@ -3,7 +3,8 @@
 //! `state`, `nonce`, the sealed round-trip cookie) and its refusals, API calls that get 401
 //! JSON and never a redirect, and password, guard-token and JWT callers on the same site; then
 //! the whole flow in Debian's Chromium (`tests/browser/sso.mjs`, one browser process): sign in
-//! on the provider's page, use the MLflow UI, a refresh when the ID token runs out, sign-out
+//! on the provider's page, use the MLflow UI, a refresh when the ID token runs out and another at
+//! the session's absolute end, sign-out
 //! through the provider, and a person outside `allowed_groups` stopped by guard's 403 page;
 //! while the browser's session lives, a password, a guard token and a JWT pass on the same site.
 
@@ -272,7 +273,9 @@ fn people_sign_in_through_the_provider_in_a_real_browser() {
     let mlflow = MlflowServer::start(&venv);
     adduser(&dir.path().join("users"), "alice-password", "correct horse");
     let guard_token = create_token(dir.path());
-    let cfg = config(dir.path(), &mlflow.upstream(), &idp.issuer, "");
+    // Sessions end 32 s after sign-in: between the first ID token's end (20 s) and the second's.
+    let session = "  session:\n    lifetime: 32s\n    idle: 30s\n";
+    let cfg = config(dir.path(), &mlflow.upstream(), &idp.issuer, session);
     let g = Guard::start(&["--config", cfg.to_str().unwrap()]);
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-sso");
@@ -283,6 +286,7 @@ fn people_sign_in_through_the_provider_in_a_real_browser() {
         .env("GUARD_PORT", g.addr.port().to_string())
         .env("PROVIDER", PROVIDER)
         .env("ID_TOKEN_TTL", TTL)
+        .env("SESSION_LIFETIME", "32")
         .env("SHOTS", &shots)
         .env("GUARD_BASIC", "alice-password:correct horse")
         .env("GUARD_TOKEN", &guard_token)
@@ -358,4 +362,9 @@ fn people_sign_in_through_the_provider_in_a_real_browser() {
         );
     }
     assert!(!log.contains("guard-web-secret"), "the client secret in the log");
+    assert_eq!(
+        log.matches("refreshed the single-sign-on session").count(),
+        2,
+        "at the ID token's end, then at the session's:\n{log}"
+    );
 }

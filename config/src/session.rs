@@ -244,6 +244,20 @@ pub struct Lifetimes {
     pub idle: u64,
 }
 
+impl Lifetimes {
+    /// Whether `session` is within both at `now`: [`Refused::Expired`] past the absolute
+    /// lifetime, else [`Refused::Idle`] past the idle timeout.
+    pub fn check(&self, session: &Session, now: u64) -> Result<(), Refused> {
+        if now >= session.issued.saturating_add(self.absolute) {
+            return Err(Refused::Expired);
+        }
+        if now >= session.seen.saturating_add(self.idle) {
+            return Err(Refused::Idle);
+        }
+        Ok(())
+    }
+}
+
 /// Why a cookie does not sign anyone in. The proxy logs these at debug level: a browser with a
 /// stale cookie is routine, not an attack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -453,16 +467,18 @@ impl SessionKeys {
     /// within its lifetimes at `now`. The caller still checks the credential against the users
     /// file ([`credential_matches`]).
     pub fn open(&self, cookie: &str, now: u64, lifetimes: Lifetimes) -> Result<Session, Refused> {
+        let session = self.open_unchecked(cookie, now)?;
+        lifetimes.check(&session, now)?;
+        Ok(session)
+    }
+
+    /// Opens a cookie value without checking its lifetimes: for a single-sign-on session, which
+    /// the provider may renew at its absolute end. The caller checks them
+    /// ([`Lifetimes::check`]).
+    pub fn open_unchecked(&self, cookie: &str, now: u64) -> Result<Session, Refused> {
         let plain = self.open_bytes(AAD_CONTEXT, cookie, now)?;
         // Sealed by a guard key yet not a session: treat it as tampered, never trust a part.
-        let session = Session::decode(&plain).ok_or(Refused::Tampered)?;
-        if now >= session.issued.saturating_add(lifetimes.absolute) {
-            return Err(Refused::Expired);
-        }
-        if now >= session.seen.saturating_add(lifetimes.idle) {
-            return Err(Refused::Idle);
-        }
-        Ok(session)
+        Session::decode(&plain).ok_or(Refused::Tampered)
     }
 
     /// Seals the short-lived state of a single-sign-on round trip (the browser holds it in a

@@ -145,7 +145,8 @@ pub struct Provider {
     fetch_errors: Counter,
     fingerprint: Fingerprint,
     clock: Clock,
-    /// Refreshes under way or just done, by hash of the refresh token, with when they began.
+    /// Refreshes under way or just done, by hash of the session they renew (its refresh token,
+    /// refresh time and sign-in time), with when they began.
     refreshes: Mutex<HashMap<[u8; 32], (Instant, SharedRefresh)>>,
 }
 
@@ -416,14 +417,22 @@ impl Provider {
     }
 
     /// Renews a session whose ID token ran out with its refresh token, re-reading the
-    /// person's email and groups. Requests carrying the same session share one refresh.
+    /// person's email and groups. Requests carrying the same session share one refresh (for
+    /// [`REFRESH_REUSE`]).
     pub async fn refresh(&self, session: &Session) -> Refreshed {
         let token = session
             .identity
             .as_ref()
             .and_then(|i| i.refresh_token.clone())
             .ok_or(RefreshError::NoToken)?;
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // One refresh per cookie: requests carrying the same sealed session share it; a later
+        // refresh of the renewed session (its refresh time moved on) asks the provider again.
+        let identity = session.identity.as_deref().map_or(0, |i| i.refresh_at);
+        let mut h = Sha256::new();
+        h.update(token.as_bytes());
+        h.update(identity.to_be_bytes());
+        h.update(session.issued.to_be_bytes());
+        let key: [u8; 32] = h.finalize().into();
         let cell = {
             let mut map = self.refreshes.lock().expect("refresh lock");
             let now = self.clock.instant();

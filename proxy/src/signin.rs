@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use guard_config::serve::Limits;
-use guard_config::session::{new_csrf_token, Lifetimes, Session, SignIn, COOKIE_NAME};
+use guard_config::session::{new_csrf_token, Lifetimes, Refused, Session, SignIn, COOKIE_NAME};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -132,7 +132,7 @@ pub async fn authenticate(
 #[derive(Debug, thiserror::Error)]
 enum NotSignedIn {
     #[error(transparent)]
-    Refused(#[from] guard_config::session::Refused),
+    Refused(#[from] Refused),
     #[error("the MLflow UI signed out (its {UI_USER_COOKIE} cookie is gone)")]
     SignedOutInUi,
     #[error("the single-sign-on session could not be refreshed: {0}")]
@@ -149,13 +149,25 @@ async fn open(sessions: &Sessions, auth: &Authenticator, value: &str, ui_user: b
     let now = auth.now_unix();
     let keys = sessions.keys();
     let lifetimes = auth.lifetimes();
-    let mut session = keys.open(value, now, lifetimes)?;
+    let mut session = keys.open_unchecked(value, now)?;
+    // At its absolute end a single-sign-on session with a refresh token is renewed at the
+    // provider (which decides whether the person may go on) instead of ending; every other
+    // session ends there, and every session ends when idle.
+    let renewable = session.identity.as_ref().is_some_and(|i| i.refresh_token.is_some()) && auth.oidc().is_some();
+    let at_end = match lifetimes.check(&session, now) {
+        Ok(()) => false,
+        Err(Refused::Expired) if renewable && now < session.seen.saturating_add(lifetimes.idle) => true,
+        Err(why) => return Err(why.into()),
+    };
     let mut principal = auth.session_user(&session)?;
     let mut cookies = Vec::new();
     let mut refreshed = false;
     if let (Some(identity), Some(provider)) = (&session.identity, auth.oidc()) {
-        if now >= identity.refresh_at {
+        if at_end || now >= identity.refresh_at {
             session = provider.refresh(&session).await?;
+            if at_end {
+                session.issued = now;
+            }
             principal = auth.session_user(&session)?;
             refreshed = true;
         }
@@ -164,19 +176,30 @@ async fn open(sessions: &Sessions, auth: &Authenticator, value: &str, ui_user: b
         let renewed = Session { seen: now, ..session };
         // A failed renewal costs the user nothing yet: the cookie they hold is still good.
         if let Ok(sealed) = keys.seal(&renewed) {
-            cookies.push(login::set_cookie(
-                COOKIE_NAME,
-                &sealed,
-                remaining(&renewed, lifetimes, now),
-            ));
+            let max_age = remaining(&renewed, lifetimes, now);
+            if at_end {
+                // A new absolute lifetime: the UI's user cookie must last as long.
+                cookies.extend(login::session_cookies(&sealed, &renewed.user, max_age));
+            } else {
+                cookies.push(login::set_cookie(COOKIE_NAME, &sealed, max_age));
+            }
         }
     }
     Ok(Caller { principal, cookies })
 }
 
-/// Seconds until a session reaches its absolute lifetime: the cookies' `Max-Age`.
+/// The cookies' `Max-Age`: until the session reaches its absolute lifetime, or, for a
+/// single-sign-on session the provider can renew there, an idle timeout beyond it (the browser
+/// must still send it for guard to renew it).
 fn remaining(session: &Session, lifetimes: Lifetimes, now: u64) -> u64 {
-    session.issued.saturating_add(lifetimes.absolute).saturating_sub(now)
+    let renewable = session.identity.as_ref().is_some_and(|i| i.refresh_token.is_some());
+    let end = session.issued.saturating_add(lifetimes.absolute);
+    let end = if renewable {
+        end.saturating_add(lifetimes.idle)
+    } else {
+        end
+    };
+    end.saturating_sub(now)
 }
 
 /// One of guard's pages: HTML that loads nothing, cannot be framed or cached.
@@ -505,7 +528,8 @@ pub async fn oidc_callback(
             let user = signed.session.user.clone();
             let sealed = keys.seal(&signed.session).map_err(|_| ProxyError::NoRandom)?;
             let mut resp = see_other(&signed.next);
-            for c in login::session_cookies(&sealed, &user, auth.lifetimes().absolute) {
+            let max_age = remaining(&signed.session, auth.lifetimes(), signed.session.issued);
+            for c in login::session_cookies(&sealed, &user, max_age) {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
             resp

@@ -2,7 +2,8 @@
 // guard's sign-in page offers "Sign in with" the provider; alice signs in on the provider's
 // own page (panva's oidc-provider, tests/browser/oidc-provider.mjs) and lands on the MLflow UI,
 // whose account menu names her and whose Create button creates an experiment; once her ID
-// token has run out, the next page refreshes the session at the provider unseen; she signs out
+// token has run out, and again at the session's absolute end, the next page refreshes the
+// session at the provider unseen; she signs out
 // through the provider (RP-initiated logout) and is back at guard's sign-in page. Then mallory,
 // whose groups the site does not admit, gets guard's 403 page, with no redirect loop.
 // Run by tests/sso.rs, which starts the provider, MLflow and guard and checks MLflow's store.
@@ -11,7 +12,8 @@
 // token and a JWT from the provider's client-credentials grant, each without a cookie.
 //
 // Environment: GUARD_PORT (guard's TLS port on 127.0.0.1), PROVIDER (its name on the button),
-// ID_TOKEN_TTL (seconds the provider's ID tokens last), SHOTS (directory for screenshots),
+// ID_TOKEN_TTL (seconds the provider's ID tokens last), SESSION_LIFETIME (guard's absolute
+// session lifetime, seconds: longer than the ID token's, shorter than two), SHOTS (directory for screenshots),
 // GUARD_BASIC (user:password of the users file), GUARD_TOKEN (a guard token), ISSUER (the
 // provider, for a client-credentials JWT).
 // Prints one JSON line with what it did; exits 1 on a failed check, with the reason.
@@ -133,6 +135,17 @@ try {
   await page.getByText('created-through-sso').first().waitFor({ timeout: 30_000 });
   const after = (await ctx.cookies(base)).find((c) => c.name === '__Host-guard_session');
   assert.ok(after && after.value !== before, 'the refreshed session was sealed anew');
+
+  // The session's absolute end (SESSION_LIFETIME s after sign-in, before the new ID token runs
+  // out): renewed at the provider too, not ended.
+  const wait2 = signedInAt + (Number(process.env.SESSION_LIFETIME) + 2) * 1000 - Date.now();
+  if (wait2 > 0) await page.waitForTimeout(wait2);
+  const before2 = (await ctx.cookies(base)).find((c) => c.name === '__Host-guard_session').value;
+  const renewed = await page.reload();
+  assert.equal(renewed.status(), 200, 'the page at the absolute end');
+  await page.getByText('created-through-sso').first().waitFor({ timeout: 30_000 });
+  const after2 = (await ctx.cookies(base)).find((c) => c.name === '__Host-guard_session');
+  assert.ok(after2 && after2.value !== before2, 'renewed at its absolute end');
   assert.deepEqual(refused, [], 'no 403 while using the UI');
 
   // Sign-out through the provider: guard's page, the provider's confirmation, back to guard.
