@@ -9,7 +9,7 @@ use clap::{Arg, ArgAction, ArgMatches, Args, Parser, Subcommand};
 use guard_config::admin::{self, AdminError, FileChoice, SiteFile};
 use guard_config::clock::unix_now;
 use guard_config::file_error::FileError;
-use guard_config::model::{self, Upstream};
+use guard_config::model;
 use guard_config::roles::{self, Role, Roles};
 use guard_config::serve::{self as defaults, LogFormat, TlsSource};
 use guard_config::settings::{self, Flag, Set};
@@ -741,7 +741,12 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     init_logging(settings.log_format);
     let listen = settings.listen;
-    let upstream = settings.sites[0].upstream.clone();
+    let upstream = settings.sites[0]
+        .upstreams
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let reloader = Reloader {
         config: args.config.clone(),
         flags,
@@ -795,7 +800,7 @@ fn bind(flag: &str, addr: SocketAddr) -> Result<(tokio::net::TcpListener, Socket
 }
 
 /// What a user needs to point the MLflow client at guard, on stdout.
-fn print_startup(local: SocketAddr, upstream: &Upstream, prepared: &guard_proxy::Prepared, public_url: Option<&str>) {
+fn print_startup(local: SocketAddr, upstream: &str, prepared: &guard_proxy::Prepared, public_url: Option<&str>) {
     let host = if local.ip().is_unspecified() || local.ip().is_loopback() {
         "localhost".to_string()
     } else {

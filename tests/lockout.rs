@@ -256,7 +256,7 @@ async fn a_broken_tokens_file_at_reload_keeps_the_last_set_and_says_so() {
         !text.contains("tokens.json") && !text.contains(&token),
         "health leaks: {text}"
     );
-    let metrics = metrics_text(&g).await;
+    let metrics = scrape(&metrics_addr(&g)).await;
     // The file watcher and the SIGHUP may both have tried: at least one failure is counted.
     let errors: f64 = metrics
         .lines()
@@ -284,31 +284,6 @@ async fn a_broken_tokens_file_at_reload_keeps_the_last_set_and_says_so() {
         assert!(Instant::now() < deadline, "health never went back to ok");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// GET /metrics on the address guard printed.
-async fn metrics_text(g: &Guard) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        if let Some(a) = g
-            .stdout
-            .text()
-            .lines()
-            .find_map(|l| l.strip_prefix("guard: metrics on http://"))
-        {
-            break a.trim_end_matches("/metrics").to_string();
-        }
-        assert!(Instant::now() < deadline, "no metrics address:\n{}", g.stdout.text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 /// Median time of `n` logins with `auth` (each a wrong password, so none is cached).

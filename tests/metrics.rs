@@ -10,47 +10,6 @@ use http::Request;
 
 /// The metrics address guard printed; that line comes after the listening line the fixture
 /// waits for, so wait for it too.
-fn metrics_addr(g: &Guard) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(a) = g
-            .stdout
-            .text()
-            .lines()
-            .find_map(|l| l.strip_prefix("guard: metrics on http://"))
-        {
-            return a.trim_end_matches("/metrics").to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no metrics address printed:\n{}",
-            g.stdout.text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// GETs `/metrics` over plain HTTP and returns the exposition.
-async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-/// The value of the sample `name{labels}` (exact label text), or 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_was_sent() {
     let dir = TempDir::new("metrics");

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::acme;
 use crate::error::ConfigError;
-use crate::model::{parse_duration, parse_size, LogFormat};
+use crate::model::{parse_duration, parse_size, LogFormat, Upstream};
 use crate::origins::Origins;
 
 /// Collects problems, placing each by the origins of the values.
@@ -137,6 +137,83 @@ pub(crate) fn oidc_provider(
 /// A value that needs no check (a switch).
 pub(crate) fn kept<T>(_: &mut Check<'_>, _: &str, raw: Option<T>) -> Option<T> {
     raw
+}
+
+/// `upstream`: one address, or a list of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamList {
+    /// The addresses as written.
+    pub items: Vec<String>,
+    /// Written as a list, so a problem is placed at its index.
+    pub listed: bool,
+}
+
+impl<'de> Deserialize<'de> for UpstreamList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UpstreamList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an upstream address (host:port) or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<UpstreamList, E> {
+                Ok(UpstreamList {
+                    items: vec![s.to_owned()],
+                    listed: false,
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UpstreamList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    items.push(s);
+                }
+                Ok(UpstreamList { items, listed: true })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Most upstreams one site may have.
+pub const MAX_UPSTREAMS: usize = 64;
+
+/// `upstream`: each address checked where it was written; at least one, at most
+/// [`MAX_UPSTREAMS`], none twice.
+pub(crate) fn upstreams(c: &mut Check<'_>, at: &str, raw: Option<UpstreamList>) -> Option<Vec<Upstream>> {
+    let raw = raw?;
+    if raw.items.is_empty() {
+        c.error(at, "empty list: give at least one upstream (host:port)");
+        return None;
+    }
+    if raw.items.len() > MAX_UPSTREAMS {
+        c.error(at, format!("{} upstreams; at most {MAX_UPSTREAMS}", raw.items.len()));
+        return None;
+    }
+    let mut out: Vec<Upstream> = Vec::new();
+    for (i, s) in raw.items.iter().enumerate() {
+        let path = if raw.listed {
+            format!("{at}[{i}]")
+        } else {
+            at.to_owned()
+        };
+        if let Some(u) = c.value(&path, Some(s.as_str()), Upstream::parse) {
+            if let Some(j) = out.iter().position(|o| o.authority() == u.authority()) {
+                c.error(&path, format!("{u} is listed twice (also at index {j})"));
+            } else {
+                out.push(u);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A health check's path: absolute, no fragment.
+pub(crate) fn parse_health_path(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if !t.starts_with('/') || t.contains('#') || t.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        return Err(format!("{s:?}: expected a path starting with '/', e.g. /health"));
+    }
+    Ok(t.to_owned())
 }
 
 /// `forwarded_user_header`: a header name, or `false` / `off` for none.

@@ -6,28 +6,30 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// Where requests are forwarded: a plain-HTTP authority (`host:port`).
+/// Where requests are forwarded: an authority (`host:port`), over plain HTTP or over TLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
     /// Host name or IP literal, as given (IPv6 without brackets).
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// `https://`: TLS to the upstream, its certificate checked for `host`.
+    pub tls: bool,
 }
 
 impl Upstream {
-    /// Parses `localhost:5000`, `127.0.0.1:5000`, `[::1]:5000` or `http://host:port[/]`.
-    /// `https://` upstreams are refused: guard talks plain HTTP to a local upstream.
+    /// Parses `localhost:5000`, `127.0.0.1:5000`, `[::1]:5000`, `http://host:port[/]` or
+    /// `https://host:port[/]` (an upstream across a network guard does not trust).
     pub fn parse(s: &str) -> Result<Upstream, String> {
         let s = s.trim();
-        let rest = if let Some(r) = s.strip_prefix("http://") {
-            r
+        let (rest, tls) = if let Some(r) = s.strip_prefix("http://") {
+            (r, false)
+        } else if let Some(r) = s.strip_prefix("https://") {
+            (r, true)
         } else if s.contains("://") {
-            return Err(format!(
-                "{s:?}: only http:// upstreams are supported (guard terminates TLS; the upstream is plain HTTP)"
-            ));
+            return Err(format!("{s:?}: an upstream is http:// or https://"));
         } else {
-            s
+            (s, false)
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.is_empty() {
@@ -70,7 +72,7 @@ impl Upstream {
             Ok(0) | Err(_) => return Err(format!("{s:?}: {p:?} is not a valid port (1-65535)")),
             Ok(n) => n,
         };
-        Ok(Upstream { host, port })
+        Ok(Upstream { host, port, tls })
     }
 
     /// The authority as it goes in a URI and in `Host`: `host:port`, IPv6 in brackets.
@@ -85,7 +87,29 @@ impl Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority())
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+/// How a site with several upstreams spreads its requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Each in turn.
+    #[default]
+    RoundRobin,
+    /// The one with the fewest requests in flight (long uploads and slow searches weigh).
+    LeastConnections,
+}
+
+impl Balance {
+    /// Parses `round_robin` or `least_connections`.
+    pub fn parse(s: &str) -> Result<Balance, String> {
+        match s.trim() {
+            "round_robin" => Ok(Balance::RoundRobin),
+            "least_connections" => Ok(Balance::LeastConnections),
+            other => Err(format!("{other:?}: expected round_robin or least_connections")),
+        }
     }
 }
 
@@ -206,8 +230,11 @@ mod tests {
             ("[::1]:8080", "::1", 8080),
         ] {
             let u = Upstream::parse(input).unwrap();
-            assert_eq!((u.host.as_str(), u.port), (host, port), "{input}");
+            assert_eq!((u.host.as_str(), u.port, u.tls), (host, port, false), "{input}");
         }
+        let u = Upstream::parse("https://mlflow.internal:443/").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("mlflow.internal", 443, true));
+        assert_eq!(u.to_string(), "https://mlflow.internal:443");
         assert_eq!(Upstream::parse("[::1]:80").unwrap().authority(), "[::1]:80");
     }
 
@@ -218,7 +245,8 @@ mod tests {
             ("localhost:50o0", "not a valid port"),
             ("localhost:0", "not a valid port"),
             ("localhost:70000", "not a valid port"),
-            ("https://x:1", "only http://"),
+            ("ftp://x:1", "http:// or https://"),
+            ("https://x", "missing port"),
             ("http://x:1/api", "without a path"),
             ("", "empty"),
             (":5000", "missing host"),

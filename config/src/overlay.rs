@@ -7,7 +7,7 @@
 use crate::origins::pick;
 pub use crate::origins::Origins;
 pub use crate::settings::{
-    AcmeOverlay, AuthOverlay, LimitsOverlay, LockoutOverlay, Overlay, SessionOverlay, TlsOverlay,
+    AcmeOverlay, AuthOverlay, BalancingOverlay, LimitsOverlay, LockoutOverlay, Overlay, SessionOverlay, TlsOverlay,
 };
 
 impl Overlay {

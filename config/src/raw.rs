@@ -10,7 +10,8 @@
 //! Anchors and aliases (`&auth`, `*auth`) work; merge keys (`<<:`) do not.
 
 pub use crate::check::HeaderChoice;
-pub use crate::settings::{Acme, Auth, Config, Limits, Lockout, SessionLimits, Site, Tls};
+pub use crate::check::UpstreamList;
+pub use crate::settings::{Acme, Auth, Balancing, Config, Limits, Lockout, SessionLimits, Site, Tls};
 use crate::yaml::{fields_of, normalize_key};
 
 /// The nested sections of each struct: `(key, fields)`.
@@ -20,6 +21,7 @@ fn sections(name: &str) -> Vec<(&'static str, &'static [&'static str])> {
             ("tls", fields_of::<Tls>()),
             ("tls.acme", fields_of::<Acme>()),
             ("limits", fields_of::<Limits>()),
+            ("balance", fields_of::<Balancing>()),
             ("auth", fields_of::<Auth>()),
             ("auth.lockout", fields_of::<Lockout>()),
             ("auth.session", fields_of::<SessionLimits>()),
@@ -65,6 +67,7 @@ pub fn schema_keys() -> Vec<String> {
             let child = match (name, *f) {
                 ("Config", "tls") => Some(("Tls", fields_of::<Tls>())),
                 ("Config" | "Site", "limits") => Some(("Limits", fields_of::<Limits>())),
+                ("Config", "balance") => Some(("Balancing", fields_of::<Balancing>())),
                 ("Config" | "Site", "auth") => Some(("Auth", fields_of::<Auth>())),
                 ("Config", "sites") => Some(("Site", fields_of::<Site>())),
                 ("Tls", "acme") => Some(("Acme", fields_of::<Acme>())),

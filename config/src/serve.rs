@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::model::Balance;
 pub use crate::model::LogFormat;
 use crate::model::{Cidr, Upstream};
-use crate::overlay::{AuthOverlay, LimitsOverlay};
+use crate::overlay::{AuthOverlay, BalancingOverlay, LimitsOverlay};
 use crate::roles::{Role, GROUPS_FILE_NAME};
 
 /// guard's reserved path prefix: never forwarded, never authenticated.
@@ -76,8 +77,12 @@ pub struct SiteSettings {
     pub name: String,
     /// Host names routed here, lowercase, without port. Empty: every host no other site claims.
     pub hosts: Vec<String>,
-    /// Where requests go.
-    pub upstream: Upstream,
+    /// Where requests go: one upstream, or several to balance across. Never empty.
+    pub upstreams: Vec<Upstream>,
+    /// How requests are spread over several upstreams.
+    pub balance: BalanceSettings,
+    /// The CAs trusted for `https://` upstreams; `None`: the system's roots.
+    pub upstream_ca_file: Option<PathBuf>,
     /// Forward the client's `Host` instead of the upstream's authority.
     pub preserve_host: bool,
     /// Who may pass.
@@ -286,6 +291,72 @@ impl Limits {
             max_connections: l.max_connections.unwrap_or(d.max_connections),
             max_connections_per_client: l.max_connections_per_client.unwrap_or(d.max_connections_per_client),
             max_h2_streams: l.max_h2_streams.unwrap_or(d.max_h2_streams),
+        }
+    }
+}
+
+/// How a site spreads requests over several upstreams and finds the ones that are down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalanceSettings {
+    /// Round robin or least connections.
+    pub method: Balance,
+    /// The active health check; `None`: off.
+    pub health_check: Option<HealthCheck>,
+    /// How long an upstream that refused a connection is left out; zero: never.
+    pub eject_duration: Duration,
+}
+
+/// The active health check of each of a site's upstreams (one upstream is never checked: it is
+/// always tried).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The path asked for; a 2xx answer passes.
+    pub path: String,
+    /// Time between two checks of one upstream.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Passes in a row that bring a down upstream back.
+    pub rise: u32,
+    /// Failures in a row that take an upstream out.
+    pub fall: u32,
+}
+
+/// MLflow's health endpoint.
+pub const DEFAULT_HEALTH_CHECK_PATH: &str = "/health";
+
+impl Default for BalanceSettings {
+    fn default() -> Self {
+        BalanceSettings {
+            method: Balance::RoundRobin,
+            health_check: Some(HealthCheck {
+                path: DEFAULT_HEALTH_CHECK_PATH.to_owned(),
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                rise: 2,
+                fall: 2,
+            }),
+            eject_duration: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BalanceSettings {
+    /// The overlay's `balance` over the defaults.
+    pub(crate) fn resolve(b: &BalancingOverlay) -> Self {
+        let d = BalanceSettings::default();
+        let dh = d.health_check.expect("checks are on by default");
+        let interval = b.health_check_interval.unwrap_or(dh.interval);
+        BalanceSettings {
+            method: b.method.unwrap_or(d.method),
+            health_check: (!interval.is_zero()).then(|| HealthCheck {
+                path: b.health_check_path.clone().unwrap_or(dh.path),
+                interval,
+                timeout: b.health_check_timeout.unwrap_or(dh.timeout),
+                rise: b.health_check_rise.unwrap_or(dh.rise),
+                fall: b.health_check_fall.unwrap_or(dh.fall),
+            }),
+            eject_duration: b.eject_duration.unwrap_or(d.eject_duration),
         }
     }
 }

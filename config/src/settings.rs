@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::acme::{self, ChallengeChoice};
-use crate::check::{self as v, file, jwt_issuers, kept, list, oidc_provider, text, value, Check, HeaderChoice};
-use crate::model::{parse_duration, parse_size, Cidr, LogFormat, Upstream};
+use crate::check::{
+    self as v, file, jwt_issuers, kept, list, oidc_provider, text, upstreams, value, Check, HeaderChoice, UpstreamList,
+};
+use crate::model::{parse_duration, parse_size, Balance, Cidr, LogFormat, Upstream};
 use crate::origins::{pick, Origins};
 use crate::roles::Role;
 
@@ -85,6 +87,7 @@ pub fn flags() -> impl Iterator<Item = &'static Flag> {
         TlsOverlay::FLAGS,
         AcmeOverlay::FLAGS,
         LimitsOverlay::FLAGS,
+        BalancingOverlay::FLAGS,
         AuthOverlay::FLAGS,
         LockoutOverlay::FLAGS,
         SessionOverlay::FLAGS,
@@ -302,10 +305,19 @@ section! {
     limits: Limits => section LimitsOverlay;
     /// Authentication defaults for every site; a site's own `auth` overrides them key by key.
     auth: Auth => section AuthOverlay;
-    /// Single-site shorthand: the upstream, `host:port` or `http://host:port`. No default.
-    upstream: String => value Upstream = text(Upstream::parse),
-        flag [value "upstream" "HOST:PORT" Upstream::parse;
-            "Upstream HTTP server: `host:port` or `http://host:port`. Required without --config"];
+    /// Single-site shorthand: the upstream, `host:port`, `http://host:port` or
+    /// `https://host:port`, or a list of them to balance across (see `balance`). No default.
+    upstream: UpstreamList => value Vec<Upstream> = upstreams,
+        flag [list "upstream" "HOST:PORT" Upstream::parse;
+            "Upstream server: `host:port`, `http://host:port` or `https://host:port`; repeat it to balance across \
+             several. Required without --config"];
+    /// PEM file of the certificate authorities trusted for `https://` upstreams. Default: the
+    /// system's roots.
+    upstream_ca_file: String => value PathBuf = file,
+        flag [path "upstream-ca-file" "FILE";
+            "PEM file of the CAs trusted for https:// upstreams. [default: the system's roots]"];
+    /// How requests are spread over several upstreams, and how a down one is found.
+    balance: Balancing => section BalancingOverlay;
     /// Single-site shorthand: forward the client's `Host` instead of the upstream's authority.
     /// Default: false.
     preserve_host: bool => value bool = kept,
@@ -449,6 +461,47 @@ section! {
     max_h2_streams: u64 => value u32 = value(|n| v::count_u32(n, 1)),
         flag [value "max-h2-streams" "N" flag_count;
             "Most concurrent streams per HTTP/2 connection. [default: 128]"];
+}
+
+section! {
+    /// `balance`: how a site with several upstreams spreads its requests, and how guard finds
+    /// the ones that are down. A site with one upstream always tries it.
+    struct Balancing;
+    /// `balance`; the validated names are [`crate::serve::BalanceSettings`]'s.
+    struct BalancingOverlay {}
+    flags at "balance." = |o| &mut o.balance;
+
+    /// `round_robin` (each in turn) or `least_connections` (fewest requests in flight).
+    /// Default: `round_robin`.
+    method: String => value Balance = text(Balance::parse),
+        flag [choice "upstream-balance" "METHOD" ["round_robin", "least_connections"] Balance::parse;
+            "How requests are spread over several upstreams. [default: round_robin]"];
+    /// Path the active health check asks each upstream for; a 2xx answer is healthy. Default:
+    /// `/health` (MLflow's).
+    health_check_path: String => value String = text(v::parse_health_path),
+        flag [value "health-check-path" "PATH" v::parse_health_path;
+            "Path each of several upstreams is asked for by the health check; 2xx is healthy. [default: /health]"];
+    /// Duration between health checks of each upstream; `0` turns them off. Default: `5s`.
+    health_check_interval: String => value Duration = text(parse_duration),
+        flag [value "health-check-interval" "DURATION" parse_duration;
+            "Time between health checks of each of several upstreams; 0 turns them off. [default: 5s]"];
+    /// Duration a health check may take before it counts as failed. Default: `2s`.
+    health_check_timeout: String => value Duration = text(v::parse_timeout),
+        flag [value "health-check-timeout" "DURATION" parse_duration;
+            "Time a health check may take before it fails. [default: 2s]"];
+    /// Passed checks in a row that bring a down upstream back. Default: 2.
+    health_check_rise: u64 => value u32 = value(|n| v::count_u32(n, 1)),
+        flag [value "health-check-rise" "N" flag_count;
+            "Passed health checks in a row that bring a down upstream back. [default: 2]"];
+    /// Failed checks in a row that take an upstream out. Default: 2.
+    health_check_fall: u64 => value u32 = value(|n| v::count_u32(n, 1)),
+        flag [value "health-check-fall" "N" flag_count;
+            "Failed health checks in a row that take an upstream out. [default: 2]"];
+    /// Duration an upstream that refused a connection is left out (a passed health check ends
+    /// it sooner); `0` never leaves one out. Default: `10s`.
+    eject_duration: String => value Duration = text(parse_duration),
+        flag [value "eject-duration" "DURATION" parse_duration;
+            "Time an upstream that refused a connection is left out of the rotation. [default: 10s]"];
 }
 
 section! {
@@ -628,8 +681,9 @@ pub struct Site {
     /// Host names routed here (TLS SNI and `Host`), without port. None or empty: every host no
     /// other site claims (at most one such site).
     pub hosts: Option<Vec<String>>,
-    /// Where requests go, `host:port` or `http://host:port`. Required.
-    pub upstream: Option<String>,
+    /// Where requests go, `host:port`, `http://host:port` or `https://host:port`, or a list of
+    /// them to balance across. Required.
+    pub upstream: Option<UpstreamList>,
     /// Forward the client's `Host` instead of the upstream's authority. Default: false.
     pub preserve_host: Option<bool>,
     /// Path prefixes served without authentication (e.g. a notebook's static assets).
@@ -646,8 +700,8 @@ pub struct SiteOverlay {
     pub name: Option<String>,
     /// `hosts`, validated and lowercase; empty: every host no other site claims.
     pub hosts: Vec<String>,
-    /// `upstream`.
-    pub upstream: Option<Upstream>,
+    /// `upstream`, each checked.
+    pub upstream: Option<Vec<Upstream>>,
     /// `preserve_host`.
     pub preserve_host: Option<bool>,
     /// `public_paths`.

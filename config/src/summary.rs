@@ -63,7 +63,8 @@ pub fn summary(s: &ServeSettings) -> String {
         } else {
             site.hosts.join(", ")
         };
-        let _ = writeln!(line, "site {}: {hosts} -> {}", site.name, site.upstream);
+        let upstreams: Vec<String> = site.upstreams.iter().map(ToString::to_string).collect();
+        let _ = writeln!(line, "site {}: {hosts} -> {}", site.name, upstreams.join(", "));
         if site.auth.disabled {
             let _ = writeln!(line, "  auth:    off (dangerous_no_auth)");
         } else {

@@ -14,7 +14,6 @@ use crate::acme::{self, AcmeSettings, ChallengeChoice};
 use crate::check::*;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::file_error::FileError;
-use crate::model::Upstream;
 use crate::origins::Origins;
 use crate::overlay::{AcmeOverlay, AuthOverlay, Overlay, TlsOverlay};
 use crate::raw;
@@ -110,7 +109,7 @@ fn site_from_raw(s: raw::Site, at: &str, c: &mut Check<'_>) -> SiteOverlay {
     SiteOverlay {
         name: c.value(&p("name"), s.name, |n| parse_site_name(&n).map(|()| n)),
         hosts,
-        upstream: c.value(&p("upstream"), s.upstream.as_deref(), Upstream::parse),
+        upstream: crate::check::upstreams(c, &p("upstream"), s.upstream),
         preserve_host: s.preserve_host,
         public_paths: c.values(&p("public_paths"), s.public_paths, parse_public_path),
         auth: AuthOverlay::rows_from_raw(&mut s.auth.unwrap_or_default(), &p("auth"), c),
@@ -144,6 +143,16 @@ pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
         default.parse().expect("the default listen address parses")
     });
     let sites = finish_sites(&o, &state_dir, &mut c);
+    if let Some(ca) = &o.upstream_ca_file {
+        if !sites.iter().flat_map(|s| &s.upstreams).any(|u| u.tls) {
+            c.error(
+                "upstream_ca_file",
+                "no upstream is https://, so there is nothing to trust it for",
+            );
+        } else if let Err(e) = check_readable(ca) {
+            c.error("upstream_ca_file", e);
+        }
+    }
     let tls = finish_tls(&o, listen, &mut c);
     let limits = Limits::resolve(&o.limits);
     let settings = ServeSettings {
@@ -165,6 +174,7 @@ pub fn finish(o: Overlay) -> Result<ServeSettings, ConfigErrors> {
 
 fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSettings> {
     let mut out = Vec::new();
+    let balance = serve::BalanceSettings::resolve(&o.balance);
     let Some(list) = &o.sites else {
         let upstream = o.upstream.clone();
         if upstream.is_none() {
@@ -172,11 +182,13 @@ fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSet
         }
         let auth = AuthSettings::resolve(&AuthOverlay::default(), &o.auth, state_dir);
         check_auth_files(&auth, "auth.users", "auth.tokens", "auth", c);
-        if let Some(upstream) = upstream {
+        if let Some(upstreams) = upstream {
             out.push(SiteSettings {
                 name: DEFAULT_SITE_NAME.into(),
                 hosts: Vec::new(),
-                upstream,
+                upstreams,
+                balance: balance.clone(),
+                upstream_ca_file: o.upstream_ca_file.clone(),
                 preserve_host: o.preserve_host.unwrap_or(false),
                 auth,
                 public_paths: o.public_paths.clone().unwrap_or_default(),
@@ -202,7 +214,7 @@ fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSet
             &format!("{at}.auth"),
             c,
         );
-        let Some(upstream) = s.upstream.clone() else {
+        let Some(upstreams) = s.upstream.clone() else {
             c.error(
                 &format!("{at}.upstream"),
                 "missing: where this site's requests go, e.g. mlflow:5000",
@@ -212,7 +224,9 @@ fn finish_sites(o: &Overlay, state_dir: &Path, c: &mut Check<'_>) -> Vec<SiteSet
         out.push(SiteSettings {
             name: site_name(s),
             hosts: s.hosts.clone(),
-            upstream,
+            upstreams,
+            balance: balance.clone(),
+            upstream_ca_file: o.upstream_ca_file.clone(),
             preserve_host: s.preserve_host.unwrap_or(false),
             auth,
             public_paths: s.public_paths.clone().unwrap_or_default(),

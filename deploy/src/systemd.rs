@@ -91,6 +91,7 @@ pub(crate) fn guard_args(d: &Deployment, layout: &Layout, state_dir: &str) -> Ve
     let upstream = Upstream {
         host: "127.0.0.1".into(),
         port: layout.mlflow_port,
+        tls: false,
     };
     let mut args = vec![
         layout.guard_bin.to_string_lossy().into_owned(),

@@ -115,6 +115,16 @@ impl ProxyError {
                 "TEMPORARILY_UNAVAILABLE",
                 "the upstream server is unreachable",
             ),
+            ProxyError::Upstream(UpstreamFault::Tls { .. }) => (
+                StatusCode::BAD_GATEWAY,
+                "TEMPORARILY_UNAVAILABLE",
+                "the upstream server could not be reached securely",
+            ),
+            ProxyError::Upstream(UpstreamFault::NoneAvailable { .. }) => (
+                StatusCode::BAD_GATEWAY,
+                "TEMPORARILY_UNAVAILABLE",
+                "no upstream server is available",
+            ),
             ProxyError::Upstream(UpstreamFault::Failed { .. }) => (
                 StatusCode::BAD_GATEWAY,
                 "TEMPORARILY_UNAVAILABLE",
@@ -320,6 +330,24 @@ mod tests {
                 UpstreamFault::Failed {
                     upstream: up(),
                     source: io(),
+                }
+                .into(),
+                502,
+                "TEMPORARILY_UNAVAILABLE",
+            ),
+            (
+                UpstreamFault::Tls {
+                    upstream: up(),
+                    source: io(),
+                }
+                .into(),
+                502,
+                "TEMPORARILY_UNAVAILABLE",
+            ),
+            (
+                UpstreamFault::NoneAvailable {
+                    site: "default".into(),
+                    count: 3,
                 }
                 .into(),
                 502,

@@ -1,9 +1,10 @@
-//! The upstream side: pools of HTTP/1.1 keep-alive connections (one per worker thread, so a
-//! request and its upstream connection never cross threads), and `forward`, which sends a
-//! prepared request and waits for the response head. The response timeout starts only once the
-//! request body has been sent in full, so an hour-long artifact upload is never cut.
+//! One upstream: pools of HTTP/1.1 keep-alive connections (one per worker thread, so a request
+//! and its upstream connection never cross threads), over plain TCP or TLS, sending a prepared
+//! request and handing it back untouched when no connection could be opened; and its health
+//! probe. Which upstream a request goes to, and the timeouts, are [`crate::balance`]'s.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -13,8 +14,8 @@ use http::StatusCode;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::body::{BodyFault, BoxError, RequestBody};
 use crate::worker::PerWorker;
@@ -41,6 +42,23 @@ pub enum UpstreamFault {
         /// The connect error.
         #[source]
         source: BoxError,
+    },
+    /// The TLS handshake with an `https://` upstream failed (its certificate, most often).
+    #[error("upstream {upstream}: TLS handshake failed")]
+    Tls {
+        /// Its authority.
+        upstream: String,
+        /// rustls' error.
+        #[source]
+        source: BoxError,
+    },
+    /// Every upstream of the site is down (failed health checks, refused connections).
+    #[error("site {site}: all {count} upstreams are down")]
+    NoneAvailable {
+        /// The site.
+        site: String,
+        /// How many it has.
+        count: usize,
     },
     /// Connecting took longer than the connect timeout.
     #[error("upstream {upstream}: connect timed out")]
@@ -72,6 +90,8 @@ impl UpstreamFault {
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamFault::Unreachable { .. } => "unreachable",
+            UpstreamFault::Tls { .. } => "tls",
+            UpstreamFault::NoneAvailable { .. } => "none_available",
             UpstreamFault::ConnectTimeout { .. } => "connect_timeout",
             UpstreamFault::Timeout { .. } => "timeout",
             UpstreamFault::Failed { .. } => "failed",
@@ -106,6 +126,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Upstream {
     /// `host:port` as configured.
     authority: String,
+    /// With its scheme.
+    label: String,
+    /// `https://`: how the TLS is done.
+    tls: Option<UpstreamTls>,
     connect_timeout: Duration,
     /// One pool per worker, each behind its own `Arc`: a response's `Return` holds its worker's,
     /// so no reference count or lock is shared between workers.
@@ -125,10 +149,13 @@ struct Idle {
 }
 
 impl Upstream {
-    /// An upstream at `authority`; no connection is opened until a request needs one.
-    pub fn new(authority: &str, connect_timeout: Duration) -> Self {
+    /// The upstream `u`, over TLS when `tls` is given (an `https://` upstream); no connection
+    /// is opened until a request needs one.
+    pub fn new(u: &guard_config::model::Upstream, tls: Option<UpstreamTls>, connect_timeout: Duration) -> Self {
         Upstream {
-            authority: authority.to_owned(),
+            authority: u.authority(),
+            label: u.to_string(),
+            tls,
             connect_timeout,
             pools: PerWorker::new(Arc::default),
         }
@@ -139,27 +166,68 @@ impl Upstream {
         &self.authority
     }
 
-    /// Opens a connection: resolve, connect (both within the connect timeout), `TCP_NODELAY`,
-    /// HTTP/1.1 handshake, and the connection's task on this worker.
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamFault> {
-        let upstream = || self.authority.clone();
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.authority)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                return Err(UpstreamFault::Unreachable {
-                    upstream: upstream(),
-                    source: Box::new(e),
-                })
-            }
-            Err(_) => return Err(UpstreamFault::ConnectTimeout { upstream: upstream() }),
-        };
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+    /// `http://host:port` or `https://host:port`, for logs and metrics.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Opens a connection within the connect timeout: resolve, connect, `TCP_NODELAY`, the TLS
+    /// handshake for an `https://` upstream, the HTTP/1.1 handshake, and the connection's task
+    /// on this worker.
+    async fn connect<B>(&self) -> Result<SendRequest<B>, UpstreamFault>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        match tokio::time::timeout(self.connect_timeout, self.open()).await {
+            Ok(res) => res,
+            Err(_) => Err(UpstreamFault::ConnectTimeout {
+                upstream: self.authority.clone(),
+            }),
+        }
+    }
+
+    async fn open<B>(&self) -> Result<SendRequest<B>, UpstreamFault>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let tcp = TcpStream::connect(&self.authority)
             .await
-            .map_err(|e| UpstreamFault::Failed {
-                upstream: upstream(),
+            .map_err(|e| UpstreamFault::Unreachable {
+                upstream: self.authority.clone(),
                 source: Box::new(e),
             })?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => self.handshake(TokioIo::new(tcp)).await,
+            Some(t) => {
+                let tls = t
+                    .connector
+                    .connect(t.name.clone(), tcp)
+                    .await
+                    .map_err(|e| UpstreamFault::Tls {
+                        upstream: self.authority.clone(),
+                        source: Box::new(e),
+                    })?;
+                self.handshake(TokioIo::new(tls)).await
+            }
+        }
+    }
+
+    async fn handshake<I, B>(&self, io: I) -> Result<SendRequest<B>, UpstreamFault>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (sender, conn) = http1::handshake(io).await.map_err(|e| UpstreamFault::Failed {
+            upstream: self.authority.clone(),
+            source: Box::new(e),
+        })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!("upstream connection ended: {e}");
@@ -170,13 +238,25 @@ impl Upstream {
 
     /// Sends `req` on a pooled connection, or a new one. A pooled connection the upstream closed
     /// before the request was written (keep-alive timeouts race) is replaced and the request sent
-    /// again; nothing of it had reached the upstream.
-    async fn send(&self, mut req: http::Request<UpstreamBody>) -> Result<http::Response<PooledBody>, ForwardError> {
+    /// again; nothing of it had reached the upstream. A request that could not be sent at all
+    /// (no connection) comes back in [`SendError::Unsent`], to be tried on another upstream.
+    pub(crate) async fn send(
+        &self,
+        mut req: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<PooledBody>, SendError> {
         let pool = self.pools.get();
         loop {
             let (mut sender, reused) = match pool.checkout() {
                 Some(s) => (s, true),
-                None => (self.connect().await?, false),
+                None => match self.connect().await {
+                    Ok(s) => (s, false),
+                    Err(fault) => {
+                        return Err(SendError::Unsent {
+                            fault,
+                            req: Box::new(req),
+                        })
+                    }
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -185,14 +265,113 @@ impl Upstream {
                         sender,
                         pool: pool.clone(),
                     });
-                    return Ok(resp.map(|body| PooledBody { inner: body, give_back }));
+                    return Ok(resp.map(|body| PooledBody {
+                        inner: body,
+                        give_back,
+                        in_flight: None,
+                    }));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(classify(e.into_error(), &self.authority)),
+                    // A new connection that ended before the request went out.
+                    Some(unsent) => {
+                        return Err(SendError::Unsent {
+                            fault: UpstreamFault::Failed {
+                                upstream: self.authority.clone(),
+                                source: Box::new(e.into_error()),
+                            },
+                            req: Box::new(unsent),
+                        })
+                    }
+                    None => return Err(SendError::Failed(classify(e.into_error(), &self.authority))),
                 },
             }
         }
+    }
+
+    /// One health check: `GET path` on a connection of its own, closed after the answer, and
+    /// the status within `timeout`. Its own connection, so the check sees what a new request
+    /// would (whether the upstream accepts connections at all), and the pools of the workers
+    /// are left to the workers.
+    pub async fn probe(&self, path: &str, timeout: Duration) -> Result<StatusCode, String> {
+        let check = async {
+            let mut sender = self
+                .connect::<http_body_util::Empty<Bytes>>()
+                .await
+                .map_err(|e| guard_config::error::chain(&e))?;
+            let req = http::Request::get(path)
+                .header(http::header::HOST, &self.authority)
+                .header(http::header::CONNECTION, "close")
+                .header(http::header::USER_AGENT, "guard-health-check")
+                .body(http_body_util::Empty::new())
+                .map_err(|e| format!("cannot ask for {path:?}: {e}"))?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            Ok(resp.status())
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}ms", timeout.as_millis())))
+    }
+}
+
+/// How an `https://` upstream is reached: the TLS client settings and the name its certificate
+/// must carry.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl UpstreamTls {
+    /// TLS to `host` (a DNS name or an IP address) with `config`.
+    pub fn new(config: Arc<rustls::ClientConfig>, host: &str) -> Result<UpstreamTls, String> {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| format!("{host:?} is not a name a certificate can be checked against"))?;
+        Ok(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(config),
+            name,
+        })
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Upstream::send`] got no response.
+pub(crate) enum SendError {
+    /// No connection could be opened: nothing reached the upstream, and here is the request
+    /// back.
+    Unsent {
+        /// Why.
+        fault: UpstreamFault,
+        /// The request, its body untouched (boxed: the failure path pays for the room).
+        req: Box<http::Request<UpstreamBody>>,
+    },
+    /// The request failed after it was (or may have been) sent: never to be sent again.
+    Failed(ForwardError),
+}
+
+/// A request counted in flight at its upstream (for least connections) until its response
+/// body ends or is dropped, or the request fails.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts one more request in `count`.
+    pub fn start(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -253,6 +432,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         give_back: Option<Return>,
+        // Held until the body ends or is dropped.
+        in_flight: Option<InFlight>,
     }
 
     impl PinnedDrop for PooledBody {
@@ -266,6 +447,13 @@ pin_project_lite::pin_project! {
                 }
             }
         }
+    }
+}
+
+impl PooledBody {
+    /// Keeps the request counted in flight until this body ends or is dropped.
+    pub fn hold(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
     }
 }
 
@@ -285,6 +473,7 @@ impl Body for PooledBody {
             if let Some(r) = this.give_back.take() {
                 r.put();
             }
+            this.in_flight.take();
         }
         res
     }
@@ -301,40 +490,6 @@ impl Body for PooledBody {
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledBody").finish_non_exhaustive()
-    }
-}
-
-/// Sends `req` and returns the upstream's response head. `body_sent` turns true once the request
-/// body has gone out; only then does `response_timeout` start. Without it there is no body and
-/// the timeout starts at once.
-pub async fn forward(
-    upstream: &Upstream,
-    req: http::Request<UpstreamBody>,
-    body_sent: Option<watch::Receiver<bool>>,
-    response_timeout: Duration,
-) -> Result<http::Response<PooledBody>, ForwardError> {
-    let timed_out = || {
-        ForwardError::Upstream(UpstreamFault::Timeout {
-            upstream: upstream.authority.clone(),
-            seconds: response_timeout.as_secs(),
-        })
-    };
-    let Some(mut body_sent) = body_sent else {
-        return match tokio::time::timeout(response_timeout, upstream.send(req)).await {
-            Ok(res) => res,
-            Err(_) => Err(timed_out()),
-        };
-    };
-    let deadline = async {
-        // A sender dropped before the end means the body failed; the request future reports it.
-        if body_sent.wait_for(|sent| *sent).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(response_timeout).await;
-    };
-    tokio::select! {
-        res = upstream.send(req) => res,
-        () = deadline => Err(timed_out()),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::authorize;
 use crate::body::{full, BodyFault, ProxyBody, RequestBody, ResponseBody};
 use crate::conn::{ConnSlot, InFlight};
 use crate::error::{Fault, ProxyError};
-use crate::forward::{forward, UpstreamFault};
+use crate::forward::{Upstream, UpstreamFault};
 use crate::headers;
 use crate::login::{self, LOGIN_PATH, LOGOUT_PATH};
 use crate::metrics::{MethodClass, Metrics, RequestLabels, UpstreamErrorLabels, UserLabel};
@@ -177,7 +177,7 @@ async fn route(
         state.limits.body_timeout,
     );
     rec.request_body = Some(progress);
-    let resp = forward_counted(
+    let (resp, upstream) = forward_counted(
         Request::from_parts(upstream_req.parts, body),
         body_sent,
         site,
@@ -185,7 +185,7 @@ async fn route(
         rec,
     )
     .await?;
-    let mut resp = response(resp, client_upgrade, origin.and_then(|o| o.cors), conn, site)?;
+    let mut resp = response(resp, client_upgrade, origin.and_then(|o| o.cors), conn, upstream)?;
     add_cookies(&mut resp, &cookies);
     Ok(resp)
 }
@@ -427,11 +427,10 @@ fn upstream_request(
         &state.trusted_proxies,
         client_host.as_ref(),
     );
-    let host = match (&client_host, site.preserve_host) {
-        (Some(h), true) => h.clone(),
-        _ => site.local().upstream_host.clone(),
-    };
-    parts.headers.insert(header::HOST, host);
+    // Without preserve_host, the upstream picked puts its own authority in (`balance`).
+    if let (Some(h), true) = (&client_host, site.preserve_host) {
+        parts.headers.insert(header::HOST, h.clone());
+    }
     if websocket {
         headers::restore_websocket(&mut parts.headers);
     }
@@ -448,16 +447,19 @@ fn upstream_request(
     Ok(UpstreamRequest { parts, body })
 }
 
-/// Forwards, timing the upstream and counting its failures by kind.
-async fn forward_counted(
+/// Forwards, timing the upstream and counting its failures by kind; the upstream that answered
+/// comes back with the response.
+async fn forward_counted<'s>(
     req: Request<crate::forward::UpstreamBody>,
     body_sent: Option<tokio::sync::watch::Receiver<bool>>,
-    site: &Site,
+    site: &'s Site,
     state: &State,
     rec: &mut AccessRecord,
-) -> Result<Response<crate::forward::PooledBody>, ProxyError> {
+) -> Result<(Response<crate::forward::PooledBody>, &'s Upstream), ProxyError> {
     let started = Instant::now();
-    let resp = forward(&site.upstream, req, body_sent, state.limits.upstream_response_timeout)
+    let (resp, upstream) = site
+        .upstreams
+        .forward(req, body_sent, state.limits.upstream_response_timeout)
         .await
         .map_err(ProxyError::from)
         .inspect_err(|e| {
@@ -475,7 +477,7 @@ async fn forward_counted(
     let upstream_time = started.elapsed();
     rec.upstream_time = Some(upstream_time);
     site.local().metrics.upstream_latency.observe(upstream_time);
-    Ok(resp)
+    Ok((resp, upstream))
 }
 
 /// Prepares the response: hop-by-hop headers and `Server` out, CORS for an allowed origin in;
@@ -485,12 +487,12 @@ fn response(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     cors: Option<HeaderValue>,
     conn: &ConnInfo,
-    site: &Site,
+    upstream: &Upstream,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = client_upgrade.filter(|_| headers::wants_websocket(resp.headers())) else {
             return Err(ProxyError::Upstream(UpstreamFault::Failed {
-                upstream: site.upstream.authority().to_owned(),
+                upstream: upstream.authority().to_owned(),
                 source: "upstream switched to a protocol it was not asked for".into(),
             }));
         };

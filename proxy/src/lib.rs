@@ -7,6 +7,7 @@ pub mod account;
 pub mod acme;
 pub mod auth;
 pub mod authorize;
+pub mod balance;
 pub mod body;
 pub mod conn;
 pub mod error;

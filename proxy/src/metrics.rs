@@ -80,6 +80,15 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of the per-upstream series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Site name.
+    pub site: String,
+    /// The upstream, `http://host:port` or `https://host:port`.
+    pub upstream: String,
+}
+
 /// One label: a user or token name (only with `--metrics-user-labels`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UserLabel {
@@ -290,6 +299,11 @@ pub struct Metrics {
     pub upstream_latency: HistogramFamily,
     /// Upstream failures by kind.
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// Requests sent to each upstream (a retried one counts at each it was tried on).
+    pub upstream_requests: CounterFamily<UpstreamLabels>,
+    /// Whether each upstream takes requests: 1, or 0 while its health check fails or after it
+    /// refused a connection.
+    pub upstream_healthy: Family<UpstreamLabels, Gauge>,
     /// Open client connections.
     pub open_connections: Gauge,
     /// Request body bytes received from clients.
@@ -355,6 +369,18 @@ impl Metrics {
         );
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register("upstream_errors", "Upstream failures by kind", upstream_errors.clone());
+        let upstream_requests: CounterFamily<UpstreamLabels> = Family::new_with_constructor(LocalCounter::default);
+        registry.register(
+            "upstream_requests",
+            "Requests sent to each upstream, retries on another included",
+            upstream_requests.clone(),
+        );
+        let upstream_healthy = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_healthy",
+            "1 while an upstream takes requests, 0 while it is down (failed health checks or a refused connection)",
+            upstream_healthy.clone(),
+        );
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open client connections", open_connections.clone());
         let bytes_in: CounterFamily<SiteLabel> = Family::new_with_constructor(LocalCounter::default);
@@ -397,6 +423,8 @@ impl Metrics {
             idp_fetch_errors,
             upstream_latency,
             upstream_errors,
+            upstream_requests,
+            upstream_healthy,
             open_connections,
             bytes_in,
             bytes_out,

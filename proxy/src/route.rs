@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use guard_config::serve::{Limits, SiteSettings};
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 
 use crate::auth::{AuthError, Authenticator, Defence};
-use crate::forward::Upstream;
+use crate::balance::Upstreams;
+use crate::forward::{Upstream, UpstreamTls};
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::worker::PerWorker;
 
@@ -18,8 +19,8 @@ use crate::worker::PerWorker;
 pub struct Site {
     /// Name for logs.
     pub name: String,
-    /// The upstream: its authority and its pooled connections.
-    pub upstream: Upstream,
+    /// The upstreams: their connections, health, and how requests are spread over them.
+    pub upstreams: Upstreams,
     /// Forward the client's `Host`.
     pub preserve_host: bool,
     /// `None` only with `--dangerous-no-auth`.
@@ -34,14 +35,12 @@ pub struct Site {
     local: PerWorker<Arc<SiteLocal>>,
 }
 
-/// What a request takes from its site: the `Host` value for the upstream, the name for the log
-/// and the metric series. Each worker has its own copy, so cloning the `Host` value or holding
-/// a reference until the response ends bumps counts only that worker touches, where sharing
-/// them would bounce cache lines between cores on every request.
+/// What a request takes from its site: the name for the log and the metric series. Each worker
+/// has its own copy, so holding a reference until the response ends bumps counts only that
+/// worker touches, where sharing them would bounce cache lines between cores on every request.
+/// (Each upstream's `Host` value is kept the same way, in [`crate::balance`].)
 #[derive(Debug)]
 pub struct SiteLocal {
-    /// The upstream's authority as a header value: the default `Host`.
-    pub upstream_host: HeaderValue,
     /// Name for logs.
     pub name: String,
     /// The site's metric series.
@@ -57,6 +56,13 @@ pub enum SiteError {
         site: String,
         /// Why.
         source: AuthError,
+    },
+    /// An `https://` upstream cannot be set up: its CA file, or its name.
+    UpstreamTls {
+        /// The site.
+        site: String,
+        /// Why.
+        reason: String,
     },
     /// `forwarded_user_header` is not a valid header name.
     HeaderName {
@@ -74,6 +80,7 @@ impl std::fmt::Display for SiteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (site, what) = match self {
             SiteError::Auth { site, source } => (site, source.to_string()),
+            SiteError::UpstreamTls { site, reason } => (site, format!("https upstream: {reason}")),
             SiteError::HeaderName { site, name } => (
                 site,
                 format!("forwarded user header {name:?} is not a valid header name"),
@@ -124,10 +131,10 @@ impl Site {
             })?;
             Some(Arc::new(a))
         };
-        let authority = s.upstream.authority();
+        let upstreams = upstreams(s, limits)?;
         Ok(Site {
             name: s.name.clone(),
-            upstream: Upstream::new(&authority, limits.upstream_connect_timeout),
+            upstreams: Upstreams::new(&s.name, upstreams, &s.balance, !s.preserve_host, metrics),
             preserve_host: s.preserve_host,
             auth,
             forwarded_user,
@@ -135,7 +142,6 @@ impl Site {
             allowed_origins: s.auth.allowed_origins.clone(),
             local: PerWorker::new(|| {
                 Arc::new(SiteLocal {
-                    upstream_host: HeaderValue::from_str(&authority).expect("a validated authority is a header value"),
                     name: s.name.clone(),
                     metrics: SiteMetrics::new(metrics, &s.name),
                 })
@@ -173,6 +179,30 @@ pub enum Misroute {
     UnknownHost,
     /// `Host` names a different site than the TLS SNI.
     HostDisagreesWithSni,
+}
+
+/// The site's upstreams, each with its TLS set up when it is `https://` (the CA file read once
+/// per build, so a reload picks up a new one).
+fn upstreams(s: &SiteSettings, limits: &Limits) -> Result<Vec<Upstream>, SiteError> {
+    let tls_error = |reason: String| SiteError::UpstreamTls {
+        site: s.name.clone(),
+        reason,
+    };
+    let config = if s.upstreams.iter().any(|u| u.tls) {
+        Some(crate::tls::upstream_client_config(s.upstream_ca_file.as_deref()).map_err(tls_error)?)
+    } else {
+        None
+    };
+    s.upstreams
+        .iter()
+        .map(|u| {
+            let tls = match (&config, u.tls) {
+                (Some(c), true) => Some(UpstreamTls::new(c.clone(), &u.host).map_err(tls_error)?),
+                _ => None,
+            };
+            Ok(Upstream::new(u, tls, limits.upstream_connect_timeout))
+        })
+        .collect()
 }
 
 impl Router {
@@ -272,7 +302,9 @@ mod tests {
         SiteSettings {
             name: name.into(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            upstream: Upstream::parse("127.0.0.1:1").unwrap(),
+            upstreams: vec![Upstream::parse("127.0.0.1:1").unwrap()],
+            balance: Default::default(),
+            upstream_ca_file: None,
             preserve_host: false,
             auth,
             public_paths: vec!["/static".into()],

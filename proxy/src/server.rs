@@ -239,6 +239,7 @@ fn load_sessions(settings: &ServeSettings) -> Option<Arc<crate::sessions::Sessio
 /// Starts a file watcher for every site's authenticator; each ends with its site.
 fn watch_sites(router: &Router, reload: &watch::Sender<u64>) {
     for site in router.sites() {
+        site.upstreams.spawn_health_checks();
         if let Some(auth) = &site.auth {
             auth.watch(reload.subscribe());
         }

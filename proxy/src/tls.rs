@@ -83,6 +83,43 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The TLS client settings for `https://` upstreams: the certificate authorities in `ca_file`
+/// (PEM, every certificate in it) or, without one, the system's roots; HTTP/1.1 by ALPN, as
+/// guard speaks to every upstream.
+pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut cfg = match ca_file {
+        Some(path) => {
+            let shown = path.display();
+            let pem = std::fs::read(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("{shown}: not a PEM certificate: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{shown}: not a usable CA certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "{shown}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)"
+                ));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            use hyper_rustls::ConfigBuilderExt;
+            builder
+                .with_native_roots()
+                .map_err(|e| format!("no system certificate roots: {e}"))?
+                .with_no_client_auth()
+        }
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Hands the current certificate to every handshake; swapped in place on reload or renewal.
 /// Empty only while the first certificate from ACME is being issued.
 pub struct CertResolver {

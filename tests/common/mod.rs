@@ -432,6 +432,52 @@ pub async fn text(body: Incoming) -> String {
     String::from_utf8_lossy(&body.collect().await.expect("body").to_bytes()).into_owned()
 }
 
+// ---------------------------------------------------------------- metrics
+
+/// The metrics listener's address, from the line guard prints at start.
+pub fn metrics_addr(g: &Guard) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(a) = g
+            .stdout
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("guard: metrics on http://"))
+        {
+            return a.trim_end_matches("/metrics").to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics address printed:\n{}",
+            g.stdout.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// GETs `/metrics` over plain HTTP and returns the exposition.
+/// One `GET /metrics`: the whole answer, head included.
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the sample `name{labels}` (exact label text), or 0 when absent.
+/// The value of one series (`name{labels}`) in a scrape; 0 when it is absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
 // ---------------------------------------------------------------- TLS client
 
 /// A TLS client for one guard: opens a new connection per `connect`.
