@@ -97,6 +97,10 @@ struct DeployArgs {
     /// Add a Jupyter notebook service wired to MLflow (compose only).
     #[arg(long)]
     with_notebook: bool,
+    /// Run MLflow's own per-experiment and per-model permissions (its basic-auth app) behind
+    /// guard: guard signs people in, MLflow decides per resource (supervisor and systemd).
+    #[arg(long)]
+    mlflow_permissions: bool,
     /// Directory to write into.
     // clap prints `[default: .]` from default_value itself: the text above must not repeat it.
     #[arg(long = "out", value_name = "DIR", default_value = ".")]
@@ -486,6 +490,7 @@ fn deploy(a: DeployArgs) -> Result<(), Failure> {
         artifacts: a.artifacts,
         mlflow_version: a.mlflow_version,
         with_notebook: a.with_notebook,
+        mlflow_permissions: a.mlflow_permissions,
         out_dir: a.out_dir,
         force: a.force,
         guard_bin: a.guard_bin,

@@ -104,6 +104,8 @@ pub struct AuthSettings {
     pub realm: String,
     /// Header that tells the upstream who was authenticated; `None` sends nothing.
     pub forwarded_user_header: Option<String>,
+    /// The file of the secret sent as `X-Guard-Secret`; `None`: none is sent.
+    pub upstream_secret_file: Option<PathBuf>,
     /// Origins other than the site's own whose pages may send state-changing requests
     /// (normalised as [`crate::validate::parse_origin`] writes them).
     pub allowed_origins: Vec<String>,
@@ -151,6 +153,7 @@ impl AuthSettings {
             tokens_file: state_dir.join(TOKENS_FILE_NAME),
             realm: DEFAULT_REALM.into(),
             forwarded_user_header: Some(DEFAULT_FORWARDED_USER_HEADER.into()),
+            upstream_secret_file: None,
             allowed_origins: Vec::new(),
             cache_ttl: Duration::from_secs(300),
             cache_capacity: 10_000,
@@ -181,6 +184,7 @@ impl AuthSettings {
             realm: either(&site.realm, &top.realm).unwrap_or(d.realm),
             forwarded_user_header: either(&site.forwarded_user_header, &top.forwarded_user_header)
                 .unwrap_or(d.forwarded_user_header),
+            upstream_secret_file: either(&site.upstream_secret, &top.upstream_secret),
             allowed_origins: either(&site.allowed_origins, &top.allowed_origins).unwrap_or(d.allowed_origins),
             cache_ttl: either(&site.cache_ttl, &top.cache_ttl).unwrap_or(d.cache_ttl),
             cache_capacity: either(&site.cache_size, &top.cache_size).unwrap_or(d.cache_capacity),

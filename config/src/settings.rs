@@ -528,6 +528,15 @@ section! {
         flag [value "forwarded-user-header" "NAME" flag_header_choice;
             "Header naming the authenticated user or token to the upstream, or `off`. Client-sent copies are \
              always removed. [default: X-Forwarded-User]"];
+    /// File holding a secret (16 or more visible ASCII characters) guard sends the upstream as
+    /// `X-Guard-Secret` with every request, beside `X-Guard-Admin: true` for the groups file's
+    /// admins: MLflow's authorization function that `guard deploy --mlflow-permissions` writes
+    /// trusts the user header only with it. Client-sent copies are always removed. Read at
+    /// start and on reload. Default: none.
+    upstream_secret: String => value PathBuf = file,
+        flag [path "upstream-secret-file" "FILE";
+            "File with a secret sent to the upstream as X-Guard-Secret (and X-Guard-Admin for admins), so it \
+             can trust the user header: see deploy --mlflow-permissions. [default: none]"];
     /// Origins besides the site's own (`https://` and the host the client used) whose browser
     /// pages may send POST, PUT, PATCH and DELETE here, e.g. `https://dashboard.example.com`.
     /// Default: none.

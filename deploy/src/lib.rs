@@ -99,6 +99,7 @@ pub fn deploy(d: &Deployment, layout: &Layout) -> Result<DeployReport, DeployErr
             Target::Kubernetes => "secrets.yaml",
         };
         secrets.keep_from(&d.out_dir.join(old))?;
+        secrets.keep_upstream_secret(&d.out_dir.join(mlflow::UPSTREAM_SECRET_FILE))?;
     }
     let mut files = render(d, layout, &secrets);
     if d.force && d.target == Target::Kubernetes {

@@ -4,6 +4,7 @@
 
 use crate::model::{Artifacts, Backend, Deployment, Tls};
 use crate::secrets::Secrets;
+use crate::RenderedFile;
 
 /// The PostgreSQL role and database the rendered files create or expect.
 pub(crate) const PG_USER: &str = "mlflow";
@@ -119,7 +120,75 @@ pub(crate) fn host_artifacts(d: &Deployment, mlflow_dir: &str) -> String {
 
 /// Whether a host target writes mlflow.env: the PostgreSQL password, or a place for S3 keys.
 pub(crate) fn needs_env_file(d: &Deployment) -> bool {
-    d.backend == Backend::Postgres || d.artifacts.is_s3()
+    d.backend == Backend::Postgres || d.artifacts.is_s3() || d.mlflow_permissions
+}
+
+/// `--mlflow-permissions`: the directory of MLflow's auth config and guard's authorization
+/// function, and the shared secret's file, beside the other files.
+pub const AUTH_DIR: &str = "mlflow-auth";
+/// See [`AUTH_DIR`]: one line, the secret, mode 0600; guard and the function both read it.
+pub const UPSTREAM_SECRET_FILE: &str = "upstream.secret";
+/// The module `authorization_function` names.
+const AUTH_MODULE: &str = "guard_mlflow_auth";
+
+/// `--mlflow-permissions`: basic_auth.ini, the authorization function that trusts guard's user
+/// header only with guard's secret, and the secret. The auth app's user store is SQLite in
+/// MLflow's working directory (its state directory): the ini cannot read the environment, so a
+/// PostgreSQL password would have to be written into it.
+pub(crate) fn auth_files(secrets: &Secrets, generator: &str) -> Vec<RenderedFile> {
+    let ini = format!(
+        "# MLflow's basic-auth app behind guard, written by `{generator} --mlflow-permissions`.\n\
+         # guard signs people in; MLflow decides what each may do. A user guard names is created here\n\
+         # on first use with no permission at all: grant it per experiment or model (MLflow's UI as\n\
+         # one of guard's admins, or its permissions API). The admin password is\n\
+         # MLFLOW_AUTH_ADMIN_PASSWORD in mlflow.env.\n\
+         [mlflow]\n\
+         default_permission = NO_PERMISSIONS\n\
+         # Relative: MLflow runs in its state directory.\n\
+         database_uri = sqlite:///basic_auth.db\n\
+         admin_username = admin\n\
+         authorization_function = {AUTH_MODULE}:authenticate\n"
+    );
+    vec![
+        RenderedFile::new(format!("{AUTH_DIR}/basic_auth.ini"), ini, 0o644),
+        RenderedFile::new(
+            format!("{AUTH_DIR}/{AUTH_MODULE}.py"),
+            include_str!("guard_mlflow_auth.py").to_owned(),
+            0o644,
+        ),
+        RenderedFile::new(
+            UPSTREAM_SECRET_FILE,
+            format!("{}\n", secrets.upstream_secret.expose()),
+            0o600,
+        ),
+    ]
+}
+
+/// `mlflow server` on 127.0.0.1 for the host targets, as words: the basic-auth app with
+/// `--mlflow-permissions`, artifacts served through it.
+pub(crate) fn host_server_command(
+    d: &Deployment,
+    mlflow_bin: &str,
+    port: u16,
+    backend: &str,
+    artifacts: &str,
+) -> Vec<String> {
+    let mut words = vec![mlflow_bin.to_owned(), "server".into()];
+    if d.mlflow_permissions {
+        words.extend(["--app-name".into(), "basic-auth".into()]);
+    }
+    words.extend([
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--backend-store-uri".into(),
+        backend.to_owned(),
+        "--serve-artifacts".into(),
+        "--artifacts-destination".into(),
+        artifacts.to_owned(),
+    ]);
+    words
 }
 
 /// mlflow.env for the host targets (mode 0600): read by systemd's EnvironmentFile= and sourced
@@ -131,6 +200,16 @@ pub(crate) fn host_env_file(d: &Deployment, secrets: &Secrets, generator: &str) 
             "\n# Password of PostgreSQL role {PG_USER} (libpq reads PGPASSWORD). Create the role with it.\n\
              PGPASSWORD={}\n",
             secrets.postgres_password.expose()
+        ));
+    }
+    if d.mlflow_permissions {
+        out.push_str(&format!(
+            "\n# The auth app: its admin account's password (set when its user store is first made) and\n\
+             # the key that signs its CSRF tokens.\n\
+             MLFLOW_AUTH_ADMIN_PASSWORD={}\n\
+             MLFLOW_FLASK_SERVER_SECRET_KEY={}\n",
+            secrets.mlflow_admin_password.expose(),
+            secrets.flask_secret_key.expose()
         ));
     }
     if let Some(uri) = d.artifacts.s3_uri() {
@@ -149,7 +228,9 @@ pub(crate) fn host_env_file(d: &Deployment, secrets: &Secrets, generator: &str) 
 /// The shell command that installs MLflow (and this deployment's extra packages) into the venv
 /// holding `mlflow_bin`, for the host targets' next steps.
 pub(crate) fn install_hint(d: &Deployment, mlflow_bin: &std::path::Path) -> String {
-    let mut pkgs = vec![format!("\"mlflow=={}\"", d.mlflow_version)];
+    // The basic-auth app needs Flask-WTF, which only the `auth` extra brings.
+    let extra = if d.mlflow_permissions { "[auth]" } else { "" };
+    let mut pkgs = vec![format!("\"mlflow{extra}=={}\"", d.mlflow_version)];
     pkgs.extend(extra_packages(d).iter().map(|p| format!("\"{p}\"")));
     let venv = mlflow_bin
         .parent()

@@ -186,6 +186,8 @@ pub struct Deployment {
     pub mlflow_version: String,
     /// Compose only: add a Jupyter service wired to MLflow.
     pub with_notebook: bool,
+    /// MLflow runs its basic-auth app, trusting the user guard names (with guard's secret).
+    pub mlflow_permissions: bool,
     /// Where files are written.
     pub out_dir: PathBuf,
     /// Replace existing files.

@@ -29,6 +29,8 @@ pub struct DeployOptions {
     pub mlflow_version: Option<String>,
     /// `--with-notebook` (compose only).
     pub with_notebook: bool,
+    /// `--mlflow-permissions`.
+    pub mlflow_permissions: bool,
     /// `--out DIR` (default `.`); created if missing.
     pub out_dir: PathBuf,
     /// `--force`: replace existing files.
@@ -66,6 +68,7 @@ impl DeployOptions {
             artifacts: None,
             mlflow_version: None,
             with_notebook: false,
+            mlflow_permissions: false,
             out_dir: PathBuf::from("."),
             force: false,
             guard_bin: None,
@@ -174,6 +177,13 @@ pub fn validate(opts: &DeployOptions) -> Result<(Deployment, Layout), DeployErro
         ));
     }
 
+    if opts.mlflow_permissions && !matches!(target, Target::Supervisor | Target::Systemd) {
+        return Err(DeployError::option(
+            "--mlflow-permissions",
+            format!("the supervisor and systemd targets have it; {target} does not yet"),
+        ));
+    }
+
     let kubernetes = kubernetes_options(opts, &tls, &mlflow_version)?;
     let backend = opts.backend.unwrap_or(target.default_backend());
     if target == Target::Kubernetes && backend == Backend::Sqlite {
@@ -225,6 +235,7 @@ pub fn validate(opts: &DeployOptions) -> Result<(Deployment, Layout), DeployErro
         artifacts,
         mlflow_version,
         with_notebook: opts.with_notebook,
+        mlflow_permissions: opts.mlflow_permissions,
         out_dir: opts.out_dir.clone(),
         force: opts.force,
         kubernetes,

@@ -63,6 +63,12 @@ pub struct Secrets {
     pub flask_secret_key: Secret,
     /// guard's session-keys.json (kubernetes, in the guard-auth Secret).
     pub session_keys: Secret,
+    /// The secret guard sends MLflow as `X-Guard-Secret` (`--mlflow-permissions`: the file
+    /// `upstream.secret`).
+    pub upstream_secret: Secret,
+    /// The password of MLflow's own admin account (`MLFLOW_AUTH_ADMIN_PASSWORD`,
+    /// `--mlflow-permissions`); nobody needs it day to day, guard's admins are MLflow admins.
+    pub mlflow_admin_password: Secret,
     /// The database DSN an operator wrote into a previous run's secrets.yaml (kubernetes
     /// without `--with-postgres`), kept by `--force`; `None` renders a placeholder to edit.
     pub database_uri: Option<Secret>,
@@ -76,8 +82,28 @@ impl Secrets {
             jupyter_token: generate()?,
             flask_secret_key: generate()?,
             session_keys: session_key_file(guard_config::clock::unix_now())?,
+            upstream_secret: generate()?,
+            mlflow_admin_password: generate()?,
             database_uri: None,
         })
+    }
+
+    /// Keeps the upstream secret of an existing `upstream.secret` (one line, the secret alone),
+    /// so `--force` leaves guard and MLflow agreeing with the copies already installed.
+    pub fn keep_upstream_secret(&mut self, path: &Path) -> Result<(), DeployError> {
+        match std::fs::read_to_string(path) {
+            Ok(t) if is_reusable(t.trim()) => self.upstream_secret = Secret::new(t.trim()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DeployError::Io {
+                    action: "read the secret in",
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        Ok(())
     }
 
     /// Keeps the values of an existing `KEY=value` file (a previous run's .env or mlflow.env),
@@ -123,7 +149,8 @@ impl Secrets {
             let slot = match key {
                 "POSTGRES_PASSWORD" | "PGPASSWORD" | "postgres-password" => &mut self.postgres_password,
                 "JUPYTER_TOKEN" => &mut self.jupyter_token,
-                "flask-secret-key" => &mut self.flask_secret_key,
+                "flask-secret-key" | "MLFLOW_FLASK_SERVER_SECRET_KEY" => &mut self.flask_secret_key,
+                "MLFLOW_AUTH_ADMIN_PASSWORD" => &mut self.mlflow_admin_password,
                 _ => continue,
             };
             if is_reusable(value) {

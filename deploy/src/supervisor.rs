@@ -17,6 +17,9 @@ const HERE: &str = "%(here)s";
 /// Renders supervisord.conf, plus mlflow.env (0600, beside it) when mlflow needs a secret.
 pub fn render(d: &Deployment, layout: &Layout, secrets: &Secrets) -> Vec<RenderedFile> {
     let mut files = vec![RenderedFile::new("supervisord.conf", config(d, layout), 0o644)];
+    if d.mlflow_permissions {
+        files.extend(mlflow::auth_files(secrets, "guard deploy supervisor"));
+    }
     if mlflow::needs_env_file(d) {
         files.push(RenderedFile::new(
             "mlflow.env",
@@ -141,7 +144,8 @@ fn config(d: &Deployment, layout: &Layout) -> String {
     }
     // sqlite creates its file but not the directory; the artifact root must exist too.
     let mut dirs = Vec::new();
-    if d.backend == Backend::Sqlite {
+    // The auth app's user store is relative to the working directory (basic_auth.ini).
+    if d.backend == Backend::Sqlite || d.mlflow_permissions {
         dirs.push(mlflow_dir.clone());
     }
     if !d.artifacts.is_s3() {
@@ -154,20 +158,10 @@ fn config(d: &Deployment, layout: &Layout) -> String {
         ));
     }
     script.push(format!("{} db upgrade {}", sh(&mlflow_bin), sh(&backend)));
-    let port = layout.mlflow_port.to_string();
-    let server = [
-        mlflow_bin.as_str(),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--backend-store-uri",
-        &backend,
-        "--serve-artifacts",
-        "--artifacts-destination",
-        &artifacts,
-    ];
+    if d.mlflow_permissions {
+        script.push(format!("cd {}", sh(&mlflow_dir)));
+    }
+    let server = mlflow::host_server_command(d, &mlflow_bin, layout.mlflow_port, &backend, &artifacts);
     script.push(format!(
         "exec {}",
         server.iter().map(|w| sh(w)).collect::<Vec<_>>().join(" ")
@@ -182,18 +176,34 @@ fn config(d: &Deployment, layout: &Layout) -> String {
         shlex(&script.join(" && "))
     );
     program_common(&mut out, &base, "mlflow", 10, 10);
-    let _ = writeln!(
+    let _ = write!(
         out,
         "environment=MLFLOW_SERVER_ALLOWED_HOSTS=\"{}\",MLFLOW_SERVER_CORS_ALLOWED_ORIGINS=\"{}\"",
         mlflow::allowed_hosts(&d.tls, public_port, &upstream),
         mlflow::cors_origins(&d.tls, public_port),
     );
+    if d.mlflow_permissions {
+        // The auth app's config, guard's authorization function beside it, and the secret
+        // that function checks.
+        let auth = format!("{HERE}/{}", mlflow::AUTH_DIR);
+        let _ = write!(
+            out,
+            ",MLFLOW_AUTH_CONFIG_PATH=\"{auth}/basic_auth.ini\",PYTHONPATH=\"{auth}\",\
+             GUARD_UPSTREAM_SECRET_FILE=\"{HERE}/{}\"",
+            mlflow::UPSTREAM_SECRET_FILE
+        );
+    }
+    out.push('\n');
 
     // guard: explicit flags, so variables inherited from the shell that started supervisord
     // cannot change its upstream or state directory.
     let mut guard_layout = layout.clone();
     guard_layout.guard_bin = supervisor_literal(&layout.guard_bin.to_string_lossy()).into();
-    let args = guard_args(d, &guard_layout, &format!("{base}/guard"));
+    let mut args = guard_args(d, &guard_layout, &format!("{base}/guard"));
+    if d.mlflow_permissions {
+        args.push("--upstream-secret-file".into());
+        args.push(format!("{HERE}/{}", mlflow::UPSTREAM_SECRET_FILE));
+    }
     let _ = write!(
         out,
         "\n[program:guard]\n\

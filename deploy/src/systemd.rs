@@ -15,6 +15,14 @@ use crate::RenderedFile;
 /// Where the next steps install mlflow.env; mlflow.service reads it from there.
 pub const MLFLOW_ENV_PATH: &str = "/etc/mlflow/mlflow.env";
 
+/// Where the next steps install MLflow's auth config and guard's authorization function
+/// (`--mlflow-permissions`).
+pub const MLFLOW_AUTH_PATH: &str = "/etc/mlflow/auth";
+/// Where the next steps install the secret both services load as a credential.
+pub const UPSTREAM_SECRET_PATH: &str = "/etc/guard/upstream.secret";
+/// The credential's name; each service reads it as `%d/upstream-secret`.
+const SECRET_CREDENTIAL: &str = "upstream-secret";
+
 /// StateDirectory= roots (systemd always puts a system unit's state under /var/lib).
 const GUARD_STATE: &str = "/var/lib/guard";
 const MLFLOW_STATE: &str = "/var/lib/mlflow";
@@ -31,6 +39,9 @@ pub fn render(d: &Deployment, layout: &Layout, secrets: &Secrets) -> Vec<Rendere
             mlflow::host_env_file(d, secrets, "guard deploy systemd"),
             0o600,
         ));
+    }
+    if d.mlflow_permissions {
+        files.extend(mlflow::auth_files(secrets, "guard deploy systemd"));
     }
     files
 }
@@ -49,6 +60,13 @@ pub fn next_steps(d: &Deployment, layout: &Layout) -> Vec<String> {
     }
     if mlflow::needs_env_file(d) {
         steps.push(format!("sudo install -D -m 0600 {out}/mlflow.env {MLFLOW_ENV_PATH}"));
+    }
+    if d.mlflow_permissions {
+        steps.push(format!(
+            "sudo install -D -m 0600 {out}/{secret} {UPSTREAM_SECRET_PATH} && sudo install -D -m 0644 -t {MLFLOW_AUTH_PATH} {out}/{auth}/*",
+            secret = mlflow::UPSTREAM_SECRET_FILE,
+            auth = mlflow::AUTH_DIR,
+        ));
     }
     if let Tls::Acme { domains, .. } = &d.tls {
         steps.push(format!(
@@ -165,11 +183,22 @@ fn guard_unit(d: &Deployment, layout: &Layout) -> String {
          \n[Service]\n\
          Type=exec\n",
     );
-    let _ = writeln!(
-        out,
-        "ExecStart={}",
-        systemd_command(&guard_args(d, layout, GUARD_STATE))
-    );
+    if d.mlflow_permissions {
+        // Specifiers are written as they are: systemd_command would escape the `%`.
+        let _ = writeln!(
+            out,
+            "# The secret MLflow's authorization function checks, readable by this service alone.\n\
+             LoadCredential={SECRET_CREDENTIAL}:{UPSTREAM_SECRET_PATH}\n\
+             ExecStart={} --upstream-secret-file %d/{SECRET_CREDENTIAL}",
+            systemd_command(&guard_args(d, layout, GUARD_STATE))
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "ExecStart={}",
+            systemd_command(&guard_args(d, layout, GUARD_STATE))
+        );
+    }
     let _ = write!(
         out,
         "ExecReload=/bin/kill -HUP $MAINPID\n\
@@ -252,29 +281,36 @@ fn mlflow_unit(d: &Deployment, layout: &Layout) -> String {
     if mlflow::needs_env_file(d) {
         let _ = writeln!(out, "EnvironmentFile={MLFLOW_ENV_PATH}");
     }
+    if d.mlflow_permissions {
+        let _ = writeln!(
+            out,
+            "# The auth app trusts the user guard names only with guard's secret (guard_mlflow_auth.py).\n\
+             Environment={}\n\
+             Environment={}\n\
+             LoadCredential={SECRET_CREDENTIAL}:{UPSTREAM_SECRET_PATH}\n\
+             Environment=GUARD_UPSTREAM_SECRET_FILE=%d/{SECRET_CREDENTIAL}\n\
+             # basic_auth.ini's user store is relative: it lives in the state directory.\n\
+             WorkingDirectory={MLFLOW_STATE}",
+            systemd_env("MLFLOW_AUTH_CONFIG_PATH", &format!("{MLFLOW_AUTH_PATH}/basic_auth.ini")),
+            systemd_env("PYTHONPATH", MLFLOW_AUTH_PATH),
+        );
+    }
     let _ = writeln!(
         out,
         "# Creates the schema in a new database and migrates an old one before the workers start.\n\
          ExecStartPre={}",
         systemd_command(&[mlflow_bin.as_str(), "db", "upgrade", &backend])
     );
-    let port = layout.mlflow_port.to_string();
     let _ = writeln!(
         out,
         "ExecStart={}",
-        systemd_command(&[
-            mlflow_bin.as_str(),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--backend-store-uri",
+        systemd_command(&mlflow::host_server_command(
+            d,
+            &mlflow_bin,
+            layout.mlflow_port,
             &backend,
-            "--serve-artifacts",
-            "--artifacts-destination",
-            &artifacts,
-        ])
+            &artifacts
+        ))
     );
     let _ = write!(
         out,

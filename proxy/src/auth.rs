@@ -532,6 +532,11 @@ impl Authenticator {
     }
 
     /// `user`'s role: the groups file's, else the site's default.
+    /// Whether the groups file puts `user` in its `admin` group.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.roles.load().is_admin(user)
+    }
+
     fn role_of(&self, user: &str) -> Role {
         self.roles.load().role_of(user).unwrap_or(self.settings.default_role)
     }

@@ -153,7 +153,11 @@ async fn route(
         Err(page) => return Ok(page),
     };
     if let (Some(auth), Some(caller)) = (&site.auth, &caller) {
-        if let Some(endpoint) = account::endpoint(req.uri().path()) {
+        // Behind MLflow's own auth app (an upstream secret), MLflow answers who is signed in,
+        // with its admin flag; changing a password stays guard's, whose users file holds it.
+        let endpoint = account::endpoint(req.uri().path())
+            .filter(|e| *e == account::Endpoint::UpdatePassword || site.local().upstream_secret.is_none());
+        if let Some(endpoint) = endpoint {
             rec.user = Some(caller.principal.name.clone());
             return account_endpoint(endpoint, req, caller, auth, state, client_ip).await;
         }
@@ -212,6 +216,8 @@ fn check_limits<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyError> 
 
 const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
 const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+const X_GUARD_SECRET: HeaderName = HeaderName::from_static("x-guard-secret");
+const X_GUARD_ADMIN: HeaderName = HeaderName::from_static("x-guard-admin");
 
 /// A header value of printable ASCII (spaces inside allowed), else nothing.
 fn visible_ascii(text: &str) -> Option<HeaderValue> {
@@ -413,6 +419,16 @@ fn upstream_request(
             .and_then(visible_ascii)
         {
             parts.headers.insert(X_FORWARDED_GROUPS, v);
+        }
+    }
+    if let Some(secret) = &site.local().upstream_secret {
+        // The upstream trusts the headers above only with this (MLflow's authorization
+        // function from `guard deploy --mlflow-permissions`).
+        parts.headers.insert(X_GUARD_SECRET, secret.clone());
+        if let (Some(auth), Some(p)) = (&site.auth, principal) {
+            if auth.is_admin(&p.name) {
+                parts.headers.insert(X_GUARD_ADMIN, HeaderValue::from_static("true"));
+            }
         }
     }
     if site.auth.is_some() {

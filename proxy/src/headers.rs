@@ -112,7 +112,8 @@ fn close_or_listed(token: &[u8]) -> bool {
 ///   (`HTTP_X_FORWARDED_USER`), so `X_Forwarded_User` could stand in for a header guard sets;
 ///   nginx drops them by default for the same reason;
 /// - the identity headers guard (or a later guard) writes, from every peer, trusted or not:
-///   `X-Forwarded-User`, `-Email`, `-Groups`, `-Preferred-Username`, and `identity` (the
+///   `X-Forwarded-User`, `-Email`, `-Groups`, `-Preferred-Username`, `X-Guard-Secret`,
+///   `X-Guard-Admin`, and `identity` (the
 ///   configured `forwarded_user_header`, whatever it is called, even when it is off);
 /// - from a peer outside `trusted_proxies`, the headers upstreams read as facts about the
 ///   client or the original request: `X-Real-IP`, `True-Client-IP`, `X-Forwarded-Port`,
@@ -128,7 +129,12 @@ pub fn drop_client_chosen(headers: &mut HeaderMap, trusted: bool, identity: Opti
             || identity.is_some_and(|i| i == name)
             || matches!(
                 n,
-                "x-forwarded-user" | "x-forwarded-email" | "x-forwarded-groups" | "x-forwarded-preferred-username"
+                "x-forwarded-user"
+                    | "x-forwarded-email"
+                    | "x-forwarded-groups"
+                    | "x-forwarded-preferred-username"
+                    | "x-guard-secret"
+                    | "x-guard-admin"
             )
             || (!trusted
                 && matches!(
@@ -356,6 +362,8 @@ mod tests {
             ("x-forwarded-email", "admin@example.com"),
             ("x-forwarded-groups", "admins"),
             ("x-forwarded-preferred-username", "admin"),
+            ("x-guard-secret", "guessed"),
+            ("x-guard-admin", "true"),
             ("x-remote-user", "admin"),
             ("x-real-ip", "6.6.6.6"),
             ("true-client-ip", "6.6.6.6"),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use guard_config::serve::{Limits, SiteSettings};
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 
 use crate::auth::{AuthError, Authenticator, Defence};
 use crate::balance::Upstreams;
@@ -41,6 +41,8 @@ pub struct Site {
 /// (Each upstream's `Host` value is kept the same way, in [`crate::balance`].)
 #[derive(Debug)]
 pub struct SiteLocal {
+    /// `X-Guard-Secret`'s value, marked sensitive; `None`: not sent.
+    pub upstream_secret: Option<HeaderValue>,
     /// Name for logs.
     pub name: String,
     /// The site's metric series.
@@ -64,6 +66,13 @@ pub enum SiteError {
         /// Why.
         reason: String,
     },
+    /// The upstream secret file cannot be read or holds no usable secret.
+    UpstreamSecret {
+        /// The site.
+        site: String,
+        /// Why, naming the file.
+        reason: String,
+    },
     /// `forwarded_user_header` is not a valid header name.
     HeaderName {
         /// The site.
@@ -81,6 +90,7 @@ impl std::fmt::Display for SiteError {
         let (site, what) = match self {
             SiteError::Auth { site, source } => (site, source.to_string()),
             SiteError::UpstreamTls { site, reason } => (site, format!("https upstream: {reason}")),
+            SiteError::UpstreamSecret { site, reason } => (site, format!("upstream secret: {reason}")),
             SiteError::HeaderName { site, name } => (
                 site,
                 format!("forwarded user header {name:?} is not a valid header name"),
@@ -132,6 +142,13 @@ impl Site {
             Some(Arc::new(a))
         };
         let upstreams = upstreams(s, limits)?;
+        let secret = match &s.auth.upstream_secret_file {
+            Some(path) => Some(read_secret(path).map_err(|reason| SiteError::UpstreamSecret {
+                site: s.name.clone(),
+                reason,
+            })?),
+            None => None,
+        };
         Ok(Site {
             name: s.name.clone(),
             upstreams: Upstreams::new(&s.name, upstreams, &s.balance, !s.preserve_host, metrics),
@@ -142,6 +159,7 @@ impl Site {
             allowed_origins: s.auth.allowed_origins.clone(),
             local: PerWorker::new(|| {
                 Arc::new(SiteLocal {
+                    upstream_secret: secret.clone(),
                     name: s.name.clone(),
                     metrics: SiteMetrics::new(metrics, &s.name),
                 })
@@ -179,6 +197,22 @@ pub enum Misroute {
     UnknownHost,
     /// `Host` names a different site than the TLS SNI.
     HostDisagreesWithSni,
+}
+
+/// The upstream secret from its file: trimmed, 16 or more visible ASCII characters (what
+/// `guard deploy` writes is 48 hex digits), as a header value marked sensitive.
+fn read_secret(path: &std::path::Path) -> Result<HeaderValue, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    let secret = text.trim();
+    if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{shown}: expected one line of 16 or more visible ASCII characters (guard deploy --mlflow-permissions writes one)"
+        ));
+    }
+    let mut v = HeaderValue::from_str(secret).map_err(|e| format!("{shown}: {e}"))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// The site's upstreams, each with its TLS set up when it is `https://` (the CA file read once

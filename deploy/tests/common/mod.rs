@@ -35,6 +35,8 @@ pub fn fixed_secrets() -> Secrets {
         session_keys: Secret::new(
             "{\"keys\":[{\"id\":\"0a1b2c3d\",\"key\":\"c2Vzc2lvbmtleTAxMjM0NTY3ODlhYmNkZWYwMTIzNDU\",\"created\":1700000000}]}\n",
         ),
+        upstream_secret: Secret::new("upsecret0123456789abcdef0123456789abcdef012345"),
+        mlflow_admin_password: Secret::new("mlfadmin0123456789abcdef0123456789abcdef012345"),
         database_uri: None,
     }
 }
@@ -46,6 +48,8 @@ pub fn fixed_secret_values() -> Vec<String> {
         s.postgres_password.expose().to_string(),
         s.jupyter_token.expose().to_string(),
         s.flask_secret_key.expose().to_string(),
+        s.upstream_secret.expose().to_string(),
+        s.mlflow_admin_password.expose().to_string(),
         "c2Vzc2lvbmtleTAxMjM0NTY3ODlhYmNkZWYwMTIzNDU".to_string(),
     ]
 }
@@ -72,6 +76,7 @@ fn deployment(target: Target, tls: Tls, backend: Backend, artifacts: Artifacts) 
         artifacts,
         mlflow_version: DEFAULT_MLFLOW_VERSION.into(),
         with_notebook: false,
+        mlflow_permissions: false,
         out_dir: PathBuf::from("/srv/guard"),
         force: false,
         kubernetes: Kubernetes::default(),
@@ -150,6 +155,9 @@ pub fn cases() -> Vec<Case> {
         "systemd-postgres-s3-domain",
         deployment(Systemd, acme(), Postgres, s3()),
     ));
+    let mut permissions = deployment(Systemd, acme(), Postgres, Artifacts::Managed);
+    permissions.mlflow_permissions = true;
+    cases.push(c("systemd-postgres-state-domain-permissions", permissions));
     cases.push(c(
         "supervisor-sqlite-here-selfsigned",
         deployment(Supervisor, Tls::SelfSigned, Sqlite, Artifacts::Managed),
@@ -167,6 +175,9 @@ pub fn cases() -> Vec<Case> {
             Artifacts::Local(PathBuf::from("/srv/mlflow-artifacts")),
         ),
     ));
+    let mut permissions = deployment(Supervisor, Tls::SelfSigned, Sqlite, Artifacts::Managed);
+    permissions.mlflow_permissions = true;
+    cases.push(c("supervisor-sqlite-here-selfsigned-permissions", permissions));
     cases.push(c(
         "kubernetes-dsn-volume-http01",
         kubernetes(acme(), Artifacts::Managed, false, Challenge::Http01),
