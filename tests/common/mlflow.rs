@@ -1,5 +1,5 @@
-//! A real `mlflow server` (sqlite store, artifacts proxied by the server) on a free loopback
-//! port, and a runner for the real MLflow Python client driven by `tests/mlflow_client.py`.
+//! A real `mlflow server` (its own sqlite store, or a store and artifact directory shared with
+//! other servers; artifacts proxied by the server) on a free loopback port, and a runner for the real MLflow Python client driven by `tests/mlflow_client.py`.
 //! Both come from the venv at `$GUARD_VENV` (default `/opt/guard-venv`), which `.ci/run` makes.
 
 use std::io::{Read, Write};
@@ -54,6 +54,34 @@ fn clean_command(program: &Path, venv: &Path, home: &Path) -> Command {
     cmd
 }
 
+/// Where a server keeps runs and artifacts.
+pub enum Store {
+    /// A fresh sqlite file and artifact directory of its own.
+    Private,
+    /// A backend store and artifact directory that several servers share, such as a
+    /// PostgreSQL database already migrated with [`db_upgrade`].
+    Shared { uri: String, artifacts: PathBuf },
+}
+
+/// `mlflow db upgrade URI`: creates or migrates the schema once, before servers that share the
+/// store start (each server would otherwise race the others to create it).
+pub fn db_upgrade(venv: &Path, uri: &str) {
+    let home = TempDir::new("mlflow-db-upgrade");
+    let program = venv.join("bin/mlflow");
+    let out = clean_command(&program, venv, home.path())
+        .args(["db", "upgrade", uri])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "mlflow db upgrade {uri} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        tail(&String::from_utf8_lossy(&out.stderr), 40)
+    );
+}
+
 /// A running `mlflow server`, killed with its whole process group on drop.
 pub struct MlflowServer {
     child: Child,
@@ -71,9 +99,20 @@ impl MlflowServer {
     /// Starts a server with a fresh sqlite store and artifact directory, and waits until it
     /// answers `/health`. A port taken between picking and binding is retried.
     pub fn start(venv: &Path) -> MlflowServer {
+        MlflowServer::start_with(venv, &Store::Private, None)
+    }
+
+    /// Starts a server over `store`, on `port` when given (a restart on the port guard
+    /// forwards to; a port taken then fails the test) or else on a free one (retried when
+    /// another program takes it first), and waits until it answers `/health`.
+    pub fn start_with(venv: &Path, store: &Store, port: Option<u16>) -> MlflowServer {
+        if let Some(port) = port {
+            return MlflowServer::try_start(venv, store, port)
+                .unwrap_or_else(|stderr| panic!("mlflow server cannot bind its port {port} again:\n{stderr}"));
+        }
         let mut lost = String::new();
         for attempt in 1..=3 {
-            match MlflowServer::try_start(venv) {
+            match MlflowServer::try_start(venv, store, super::unused_port()) {
                 Ok(server) => return server,
                 Err(stderr) => {
                     eprintln!("note: mlflow lost its port race (attempt {attempt}):\n{stderr}");
@@ -84,15 +123,20 @@ impl MlflowServer {
         panic!("mlflow server could not bind a free port in 3 attempts:\n{lost}");
     }
 
-    /// One start on a freshly picked port. `Err` carries the stderr when the port was taken.
-    fn try_start(venv: &Path) -> Result<MlflowServer, String> {
+    /// One start on `port`. `Err` carries the stderr when the port was taken. A port picked
+    /// free can still be taken by another program first, which shows as a bind error.
+    fn try_start(venv: &Path, store: &Store, port: u16) -> Result<MlflowServer, String> {
         let dir = TempDir::new("mlflow");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
-        // Free when picked; another program could still take it first, which shows as a bind
-        // error and a retry.
-        let port = super::unused_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let (store_uri, artifacts) = match store {
+            Store::Private => (
+                format!("sqlite:///{}", dir.path().join("mlflow.db").display()),
+                dir.path().join("artifacts"),
+            ),
+            Store::Shared { uri, artifacts } => (uri.clone(), artifacts.clone()),
+        };
         let args = [
             "server".to_string(),
             "--host".into(),
@@ -103,9 +147,9 @@ impl MlflowServer {
             "--workers".into(),
             "1".into(),
             "--backend-store-uri".into(),
-            format!("sqlite:///{}", dir.path().join("mlflow.db").display()),
+            store_uri,
             "--artifacts-destination".into(),
-            dir.path().join("artifacts").display().to_string(),
+            artifacts.display().to_string(),
             "--serve-artifacts".into(),
         ];
         let program = venv.join("bin/mlflow");
@@ -241,6 +285,33 @@ impl MlflowServer {
     /// Where the server keeps its store and artifacts.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Kills the server and everything it started with SIGKILL, as a crash or the OOM killer
+    /// would: nothing gets to finish a request or clean up. Returns once it is gone.
+    pub fn kill_hard(&mut self) {
+        kill_group(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Whether one of the server's processes holds a file under `dir` open (an upload it is
+    /// receiving), from their `/proc/PID/fd` links.
+    pub fn has_open_file_under(&self, dir: &Path) -> bool {
+        let pgid = self.child.id().to_string();
+        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        procs
+            .filter(|p| {
+                // Field 5 of /proc/PID/stat, after the parenthesised command name, is the group.
+                std::fs::read_to_string(p.path().join("stat"))
+                    .ok()
+                    .and_then(|st| {
+                        st.rsplit_once(") ")
+                            .map(|(_, rest)| rest.split(' ').nth(2) == Some(&pgid))
+                    })
+                    .unwrap_or(false)
+            })
+            .flat_map(|p| std::fs::read_dir(p.path().join("fd")).into_iter().flatten().flatten())
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(dir)))
     }
 }
 

@@ -288,6 +288,7 @@ pub fn run_guard(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 pub mod mlflow;
 pub mod oidc;
 pub mod pebble;
+pub mod postgres;
 mod program;
 pub mod raw;
 
