@@ -7,6 +7,12 @@ Usage: python mlflow_client.py MODE [ARTIFACT_BYTES]
                        with a fresh client and compare the downloaded artifact's sha256
   expect-auth-failure  try to create an experiment; exit 0 only if that fails with a 401
   count-experiments    print how many experiments the server holds (all lifecycle stages)
+  workload SECONDS TAG for SECONDS, in a new experiment: create a run named TAG-N, log two params,
+                       two metrics and a tag on it, again and again, one request at a time; a
+                       failed request is recorded (kind, start and end time, HTTP status) and the
+                       loop goes on. Prints how many of each kind succeeded and every failure;
+                       exits 1 if any failed. Run it with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0, so
+                       an error the client would otherwise retry silently (a 502) shows.
   role-ops             as the configured user or token: read a run (search, metric history,
                        artifact download) made by `roundtrip`, then try every kind of write
                        (create_experiment, log_metric, set_tag, delete_run, an artifact upload,
@@ -22,6 +28,7 @@ exits non-zero with the reason on stderr.
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -224,6 +231,70 @@ def role_ops(experiment_id, run_id):
     print(json.dumps(result))
 
 
+def failure_status(error):
+    """The HTTP status in a failed request's error text (0 for a connection error)."""
+    text = str(error)
+    # "too many 502 error responses" (urllib3 with retries off), "error code 502 != 200".
+    match = re.search(r"too many (\d{3}) error responses|error code (\d{3})", text)
+    if match:
+        return int(match.group(1) or match.group(2))
+    if isinstance(error, RestException):
+        return error.get_http_status_code()
+    return 0
+
+
+def workload(seconds, tag):
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"scale-out-{tag}-{uuid.uuid4().hex}")
+    ok = {"runs": 0, "params": 0, "metrics": 0, "tags": 0}
+    failures = []
+
+    def attempt(kind, op):
+        start = time.time()
+        try:
+            result = op()
+        except Exception as e:  # noqa: BLE001  (every failure counts, whatever raised it)
+            failures.append(
+                {
+                    "kind": kind,
+                    "start": start,
+                    "end": time.time(),
+                    "status": failure_status(e),
+                    "error": f"{type(e).__name__}: {str(e)[:300]}",
+                }
+            )
+            return None
+        ok[kind] += 1
+        return result if result is not None else True
+
+    deadline = time.monotonic() + seconds
+    iterations = 0
+    while time.monotonic() < deadline:
+        n = iterations
+        iterations += 1
+        run = attempt("runs", lambda: client.create_run(experiment_id, run_name=f"{tag}-{n}"))
+        if run is None:
+            continue
+        run_id = run.info.run_id
+        attempt("params", lambda: client.log_param(run_id, "n", str(n)))
+        attempt("params", lambda: client.log_param(run_id, "worker", tag))
+        # Distinct steps: a metric sent twice would be two rows that differ only in timestamp.
+        attempt("metrics", lambda: client.log_metric(run_id, "loss", 1.0 / (n + 1), step=n))
+        attempt("metrics", lambda: client.log_metric(run_id, "n", float(n), step=n))
+        attempt("tags", lambda: client.set_tag(run_id, "worker", tag))
+    summary = {
+        "mode": "workload",
+        "experiment_id": experiment_id,
+        "iterations": iterations,
+        "ok": ok,
+        "requests": sum(ok.values()) + len(failures),
+        "failures": failures,
+    }
+    print(json.dumps(summary))
+    if failures:
+        sys.exit(1)
+
+
 def count_experiments():
     client = MlflowClient()
     count, token = 0, None
@@ -253,6 +324,8 @@ def main():
         expect_auth_failure()
     elif mode == "count-experiments":
         count_experiments()
+    elif mode == "workload":
+        workload(float(sys.argv[2]), sys.argv[3])
     elif mode == "role-ops":
         role_ops(sys.argv[2], sys.argv[3])
     else:
