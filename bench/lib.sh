@@ -172,8 +172,10 @@ start_nginx_dir() {
     BENCH_PIDS+=("$LAST_PID")
 }
 
+# start_upstream [NAME]: one more upstream (dir upstream-NAME) when NAME is given, for
+# benchmarks with several; sets UPSTREAM_PORT and UPSTREAM_PID.
 start_upstream() {
-    local d=$BENCH_DIR/upstream
+    local d=$BENCH_DIR/upstream${1:+-$1}
     mkdir -p "$d/tmp"
     UPSTREAM_PORT=$(free_port)
     # 1 KiB body: 1023 characters + newline.
@@ -206,17 +208,22 @@ EOF
 
 # start_guard NAME [extra guard serve args...]; sets GUARD_PORT_<NAME>, GUARD_PID_<NAME>, LAST_PORT, LAST_PID.
 # GUARD_WRAPPER (an array, e.g. a valgrind command line) runs guard under another program;
-# GUARD_START_SECS (default 10) is how long it may take to start.
+# GUARD_START_SECS (default 10) is how long it may take to start; GUARD_UPSTREAMS (an array of
+# HOST:PORT) replaces the one upstream started by start_upstream, one --upstream flag each.
 GUARD_WRAPPER=()
 GUARD_START_SECS=10
+GUARD_UPSTREAMS=()
 start_guard() {
     local name=$1; shift
     local d=$BENCH_DIR/guard-$name
     mkdir -p "$d/state"
     local env_log=()
     [ "$ACCESS_LOG" = off ] && env_log=(GUARD_LOG="info,guard::access=off")
+    local up up_args=()
+    for up in "${GUARD_UPSTREAMS[@]}"; do up_args+=(--upstream "$up"); done
+    ((${#up_args[@]})) || up_args=(--upstream "127.0.0.1:$UPSTREAM_PORT")
     : >"$d/stdout.log" # exists before the poll below reads it (the child opens it a bit later)
-    env "${env_log[@]}" "${GUARD_WRAPPER[@]}" "$GUARD" serve --upstream "127.0.0.1:$UPSTREAM_PORT" --listen 127.0.0.1:0 \
+    env "${env_log[@]}" "${GUARD_WRAPPER[@]}" "$GUARD" serve "${up_args[@]}" --listen 127.0.0.1:0 \
         --tls-cert "$CERT" --tls-key "$KEY" --state-dir "$d/state" "$@" \
         >"$d/stdout.log" 2>"$d/stderr.log" &
     LAST_PID=$!
