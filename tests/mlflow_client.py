@@ -244,6 +244,10 @@ def failure_status(error):
 
 
 def workload(seconds, tag):
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+    # With retries on, a 502 the client retried would look like a success.
+    check(MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 0, "run the workload with MLFLOW_HTTP_REQUEST_MAX_RETRIES=0")
     client = MlflowClient()
     experiment_id = client.create_experiment(f"scale-out-{tag}-{uuid.uuid4().hex}")
     ok = {"runs": 0, "params": 0, "metrics": 0, "tags": 0}
