@@ -333,6 +333,14 @@ fn three_mlflow_servers_behind_two_guards_lose_no_request_and_duplicate_nothing_
         assert!(!s.has_open_file_under(&upload_dir), "server {i} received the upload");
     }
     let upload_metrics = scrape(&upload_guard);
+    if MULTI_UPSTREAM {
+        // This guard saw no other request: one attempt on one upstream, none on another.
+        let attempts = metric_sum(&upload_metrics, "guard_upstream_requests_total", "");
+        assert_eq!(
+            attempts, 1.0,
+            "guard sent the upload to one upstream once:\n{upload_metrics}"
+        );
+    }
     eprintln!(
         "upload: {answer:?} after {} MiB sent; guard's upstream errors: {}",
         sent >> 20,
