@@ -7,7 +7,8 @@ Usage: python mlflow_client.py MODE [ARTIFACT_BYTES]
                        with a fresh client and compare the downloaded artifact's sha256
   expect-auth-failure  try to create an experiment; exit 0 only if that fails with a 401
   count-experiments    print how many experiments the server holds (all lifecycle stages)
-  workload SECONDS TAG for SECONDS, in a new experiment: create a run named TAG-N, log two params,
+  workload SECONDS TAG [STOP_FILE]
+                       for SECONDS or until STOP_FILE exists, in a new experiment: create a run named TAG-N, log two params,
                        two metrics and a tag on it, again and again, one request at a time; a
                        failed request is recorded (kind, start and end time, HTTP status) and the
                        loop goes on. Prints how many of each kind succeeded and every failure;
@@ -243,7 +244,7 @@ def failure_status(error):
     return 0
 
 
-def workload(seconds, tag):
+def workload(seconds, tag, stop_file=None):
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 
     # With retries on, a 502 the client retried would look like a success.
@@ -271,9 +272,10 @@ def workload(seconds, tag):
         ok[kind] += 1
         return result if result is not None else True
 
-    deadline = time.monotonic() + seconds
+    began = time.monotonic()
+    deadline = began + seconds
     iterations = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop_file and os.path.exists(stop_file)):
         n = iterations
         iterations += 1
         run = attempt("runs", lambda: client.create_run(experiment_id, run_name=f"{tag}-{n}"))
@@ -290,6 +292,7 @@ def workload(seconds, tag):
         "mode": "workload",
         "experiment_id": experiment_id,
         "iterations": iterations,
+        "seconds": round(time.monotonic() - began, 1),
         "ok": ok,
         "requests": sum(ok.values()) + len(failures),
         "failures": failures,
@@ -329,7 +332,7 @@ def main():
     elif mode == "count-experiments":
         count_experiments()
     elif mode == "workload":
-        workload(float(sys.argv[2]), sys.argv[3])
+        workload(float(sys.argv[2]), sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     elif mode == "role-ops":
         role_ops(sys.argv[2], sys.argv[3])
     else:
