@@ -24,34 +24,11 @@ done
 make_certs
 start_upstream
 
-# count NAME PID PORT: the instructions per request of the callgrind-run server PID on PORT.
-declare -A REQS IPR
-count() {
-    local name=$1 pid=$2 port=$3 out=$BENCH_DIR/callgrind.$1
-    wrk -t1 -c8 -d3s "https://127.0.0.1:$port/" >/dev/null
-    callgrind_control -z "$pid" >/dev/null
-    wrk -t1 -c8 -d"${DURATION}s" "https://127.0.0.1:$port/" >"$BENCH_DIR/wrk-$name.out"
-    callgrind_control -d "$pid" >/dev/null
-    REQS[$name]=$(awk '/requests in/ {print $1}' "$BENCH_DIR/wrk-$name.out")
-    local file total
-    # The dump asked for above is the newest file of this server's profile; callgrind adds up
-    # all of guard's threads in it. `summary:` is the total callgrind_annotate prints.
-    for _ in $(seq 50); do
-        file=$(ls -t "$out".* 2>/dev/null | head -1 || true)
-        [ -n "$file" ] && grep -q '^summary:' "$file" && break
-        sleep 0.2
-    done
-    total=$(awk '/^summary:/ {print $2}' "$file")
-    [ -n "$total" ] && [ "${REQS[$name]:-0}" -gt 0 ] || die "no count for $name (see $BENCH_DIR)"
-    IPR[$name]=$((total / REQS[$name]))
-    log "$name: ${REQS[$name]} requests, $total instructions"
-}
-
 # --- guard ---------------------------------------------------------------------------------
 GUARD_WRAPPER=(valgrind --tool=callgrind --callgrind-out-file="$BENCH_DIR/callgrind.guard.%p")
 GUARD_START_SECS=60
 start_guard callgrind --dangerous-no-auth
-count guard "$LAST_PID" "$LAST_PORT"
+callgrind_count guard "$LAST_PID" "$LAST_PORT"
 stop_pid "$LAST_PID"
 
 # --- nginx: proxy.sh's configuration, one process -------------------------------------------
@@ -66,7 +43,7 @@ NPID=$!
 BENCH_PIDS+=("$NPID")
 wait_http "https://127.0.0.1:$NPORT/" 200 60 "$NPID" || { cat "$d/valgrind.log" "$d/error.log" >&2; die "nginx did not start under valgrind"; }
 log "nginx under callgrind on 127.0.0.1:$NPORT"
-count nginx "$NPID" "$NPORT"
+callgrind_count nginx "$NPID" "$NPORT"
 stop_pid "$NPID"
 
 # --- report -------------------------------------------------------------------------------

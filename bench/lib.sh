@@ -363,4 +363,30 @@ run_wrk() {
         'BEGIN { if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print 0 }')"
 }
 
+# --- callgrind -------------------------------------------------------------------------------
+
+# callgrind_count NAME PID PORT: the instructions per request of the callgrind-run server PID on
+# PORT (its profile is $BENCH_DIR/callgrind.NAME.*), into IPR[NAME], the requests into REQS[NAME].
+declare -A REQS=() IPR=()
+callgrind_count() {
+    local name=$1 pid=$2 port=$3 out=$BENCH_DIR/callgrind.$1
+    wrk -t1 -c8 -d3s "https://127.0.0.1:$port/" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    wrk -t1 -c8 -d"${DURATION}s" "https://127.0.0.1:$port/" >"$BENCH_DIR/wrk-$name.out"
+    callgrind_control -d "$pid" >/dev/null
+    REQS[$name]=$(awk '/requests in/ {print $1}' "$BENCH_DIR/wrk-$name.out")
+    local file total
+    # The dump asked for above is the newest file of this server's profile; callgrind adds up
+    # all of guard's threads in it. `summary:` is the total callgrind_annotate prints.
+    for _ in $(seq 50); do
+        file=$(ls -t "$out".* 2>/dev/null | head -1 || true)
+        [ -n "$file" ] && grep -q '^summary:' "$file" && break
+        sleep 0.2
+    done
+    total=$(awk '/^summary:/ {print $2}' "$file")
+    [ -n "$total" ] && [ "${REQS[$name]:-0}" -gt 0 ] || die "no count for $name (see $BENCH_DIR)"
+    IPR[$name]=$((total / REQS[$name]))
+    log "$name: ${REQS[$name]} requests, $total instructions"
+}
+
 fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else printf "n/a" }'; }

@@ -4,12 +4,15 @@
 #   1. MLflow, read-heavy: search_runs and get_run through guard (bench/mlflow_reads.py,
 #      MLFLOW_THREADS keep-alive sessions) to 1, 2 and 3 `mlflow server`s over one PostgreSQL;
 #      requests/s per row and its ratio to the 1-server row.
-#   2. guard's own cost: wrk through guard to 1 and to 3 fast static upstreams (nginx, 1 KiB
-#      body, one worker each, as proxy.sh's), req/s and guard's CPU per request, and their
+#   2. guard's own cost (`static`): wrk through guard to 1 and to 3 fast static upstreams (nginx,
+#      1 KiB body, one worker each, as proxy.sh's), req/s and guard's CPU per request, and their
 #      ratios to the 1-upstream row (target: within 5 %).
+#   3. the same cost counted (`instructions`): guard alone under callgrind, as instructions.sh
+#      runs it, instructions per request to 1 and to 3 of those upstreams; steady where req/s
+#      and CPU seconds on a shared machine are not.
 #
 # Usage: bench/upstreams.sh   (knobs: DURATION WARMUP THREADS CONNS ROUNDS ACCESS_LOG KEEP GUARD_BIN
-#                              MLFLOW_THREADS MLFLOW_SECS MLFLOW_ROUNDS SEED_RUNS GUARD_VENV; see
+#                              MLFLOW_THREADS MLFLOW_SECS MLFLOW_ROUNDS SEED_RUNS GUARD_VENV PARTS; see
 #                              bench/README.md). Exits non-zero if a server fails to start.
 DURATION=${DURATION:-5}
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,16 +23,26 @@ MLFLOW_SECS=${MLFLOW_SECS:-10}
 MLFLOW_ROUNDS=${MLFLOW_ROUNDS:-2}
 SEED_RUNS=${SEED_RUNS:-200}
 GUARD_VENV=${GUARD_VENV:-/opt/guard-venv}
+PARTS=${PARTS:-mlflow static instructions}   # which tables (see the top)
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 VENV_PY=$GUARD_VENV/bin/python
-[ -x "$GUARD_VENV/bin/mlflow" ] || die "no mlflow in $GUARD_VENV (.ci/run installs it; or set GUARD_VENV)"
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-[ -x "$PG_BIN/postgres" ] || { echo "bench: PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 2; }
+if want instructions; then
+    for tool in valgrind callgrind_control; do
+        command -v "$tool" >/dev/null || { echo "bench: $tool is not installed (Debian: valgrind)" >&2; exit 2; }
+    done
+fi
+if want mlflow; then
+    [ -x "$GUARD_VENV/bin/mlflow" ] || die "no mlflow in $GUARD_VENV (.ci/run installs it; or set GUARD_VENV)"
+    [ -x "$PG_BIN/postgres" ] || { echo "bench: PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 2; }
+fi
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 make_certs
 RES=$BENCH_DIR/results
 mkdir -p "$RES"
 
+if want mlflow; then
 # --- PostgreSQL and three MLflow servers ---------------------------------------------------
 
 # initdb and postgres refuse root: as root they run as nobody, who may pass through (not list)
@@ -98,8 +111,11 @@ for n in 1 2 3; do
     stop_pid "$LAST_PID"
 done
 
-# --- 2. guard's cost with 1 and with 3 static upstreams --------------------------------------
+fi
+
 STATIC=()
+if want static; then
+# --- 2. guard's cost with 1 and with 3 static upstreams --------------------------------------
 for i in 1 2 3; do
     start_upstream "static-$i"
     STATIC+=("127.0.0.1:$UPSTREAM_PORT")
@@ -123,6 +139,29 @@ for round in $(seq "$ROUNDS"); do
         WARMUP=$warm CPU_PID=${GPID[$c]} run_wrk "https://127.0.0.1:${GPORT[$c]}/" >>"$RES/static-$c"
     done
 done
+fi
+
+if want instructions; then
+    if ((${#STATIC[@]} == 0)); then
+        for i in 1 2 3; do
+            start_upstream "static-$i"
+            STATIC+=("127.0.0.1:$UPSTREAM_PORT")
+        done
+    fi
+    GUARD_START_SECS=60
+    for c in one three; do
+        GUARD_UPSTREAMS=("${STATIC[0]}")
+        [ "$c" = three ] && GUARD_UPSTREAMS=("${STATIC[@]}")
+        GUARD_WRAPPER=(valgrind --tool=callgrind --callgrind-out-file="$BENCH_DIR/callgrind.$c.%p")
+        start_guard "callgrind-$c" --dangerous-no-auth
+        log "guard to ${#GUARD_UPSTREAMS[@]} upstream(s) under callgrind"
+        callgrind_count "$c" "$LAST_PID" "$LAST_PORT"
+        stop_pid "$LAST_PID"
+    done
+    GUARD_WRAPPER=()
+fi
+
+if want static; then
 # The static nginx upstreams log nothing; guard's per-upstream counters show each had its share.
 split_of() { # NAME: guard_upstream_requests_total of guard NAME, "upstream=count" per upstream
     local addr
@@ -132,14 +171,16 @@ split_of() { # NAME: guard_upstream_requests_total of guard NAME, "upstream=coun
 }
 SPLIT_THREE=$(split_of static-3)
 SPLIT_THREE_LC=$(split_of static-3-lc)
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report -----------------------------------------------------------------------------------
 echo "## bench/upstreams.sh  $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
-echo "guard $("$GUARD" --version | awk '{print $2}') ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')), mlflow $("$VENV_PY" -c 'import mlflow; print(mlflow.__version__)'), postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}'); $(nproc) cores"
+echo "guard $("$GUARD" --version | awk '{print $2}') ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')), $(want mlflow && echo "mlflow $("$VENV_PY" -c 'import mlflow; print(mlflow.__version__)'), postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), ")$(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}'); $(nproc) cores"
 echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER; access logs: $ACCESS_LOG"
 echo
+if want mlflow; then
 echo "MLflow reads through guard (Basic auth, cached): $MLFLOW_THREADS threads of keep-alive requests,"
 echo "search_runs (20 of $SEED_RUNS runs) and get_run alternating, ${MLFLOW_SECS}s per round, $MLFLOW_ROUNDS rounds"
 echo "(median shown, each round in brackets); every mlflow server: 1 uvicorn worker, one PostgreSQL"
@@ -160,6 +201,8 @@ for n, (rps, p50, p99, err, each) in rows.items():
     print(f"| {n} | {rps:.0f}{b} | {p50:.1f} | {p99:.1f} | {int(err)} | {rps / base:.2f} |")
 EOF
 echo
+fi
+if want static; then
 echo "guard's own cost: wrk -t$THREADS -c$CONNS --timeout $WRK_TIMEOUT, keep-alive, HTTP/1.1 over TLS, 1 KiB"
 echo "response, --dangerous-no-auth; static upstreams are nginx (1 worker each); $ROUNDS rounds of ${DURATION}s in"
 echo "rotating order after one ${WARMUP}s warmup each; median shown, each round's req/s in brackets"
@@ -181,7 +224,7 @@ for c, (rps, p50, p99, err, each, cpu) in rows.items():
     b = f" ({', '.join(f'{x:.0f}' for x in each)})" if len(each) > 1 else ""
     r = f"{rps / rps1:.2f}" if rps1 else "n/a"
     cr = f"{cpu / cpu1:.2f}" if cpu1 else "n/a"
-    print(f"| {names[c]} | {rps:.0f}{b} | {p50:.2f} | {p99:.2f} | {int(err)} | {r} | {cpu:.0f} | {cr} |")
+    print(f"| {names[c]} | {rps:.0f}{b} | {p50:.2f} | {p99:.2f} | {int(err)} | {r} | {cpu:.1f} | {cr} |")
 three = rows["three"]
 ok = lambda v: "ok" if v else "MISSED"
 print()
@@ -191,3 +234,16 @@ EOF
 echo
 echo "requests per upstream (guard_upstream_requests_total): round robin: ${SPLIT_THREE:-none reported};"
 echo "least_connections: ${SPLIT_THREE_LC:-none reported}"
+fi
+if want instructions; then
+    echo
+    echo "guard alone under callgrind (as bench/instructions.sh): wrk -t1 -c8 over TLS, keep-alive, 1 KiB"
+    echo "response, --dangerous-no-auth; ${DURATION}s counted after 3s of warmup"
+    echo
+    echo "| guard | requests counted | instructions per request | ÷ 1 upstream |"
+    echo "|---|---:|---:|---:|"
+    for c in one three; do
+        printf '| guard → %s | %s | %s | %s |\n' "$([ $c = one ] && echo "1 upstream" || echo "3 upstreams (round robin)")" \
+            "${REQS[$c]}" "${IPR[$c]}" "$(awk -v a="${IPR[$c]}" -v b="${IPR[one]}" 'BEGIN {printf "%.3f", a / b}')"
+    done
+fi
