@@ -172,12 +172,18 @@ start_nginx_dir() {
     BENCH_PIDS+=("$LAST_PID")
 }
 
-# start_upstream [NAME]: one more upstream (dir upstream-NAME) when NAME is given, for
-# benchmarks with several; sets UPSTREAM_PORT and UPSTREAM_PID.
+# start_upstream [NAME [PORTS]]: one more upstream (dir upstream-NAME) when NAME is given, for
+# benchmarks with several, listening on PORTS ports (default 1) with one worker; sets
+# UPSTREAM_PORT (the first), UPSTREAM_PORTS (all) and UPSTREAM_PID.
 start_upstream() {
-    local d=$BENCH_DIR/upstream${1:+-$1}
+    local d=$BENCH_DIR/upstream${1:+-$1} n=${2:-1} i listen=""
     mkdir -p "$d/tmp"
-    UPSTREAM_PORT=$(free_port)
+    UPSTREAM_PORTS=()
+    for i in $(seq "$n"); do
+        UPSTREAM_PORTS+=("$(free_port)")
+        listen+="        listen 127.0.0.1:${UPSTREAM_PORTS[-1]} reuseport backlog=4096;"$'\n'
+    done
+    UPSTREAM_PORT=${UPSTREAM_PORTS[0]}
     # 1 KiB body: 1023 characters + newline.
     local body
     body=$(head -c 1023 /dev/zero | tr '\0' 'x')
@@ -190,8 +196,7 @@ $(nginx_temp_paths "$d")
     keepalive_requests 1000000;
     keepalive_timeout 300s;
     server {
-        listen 127.0.0.1:$UPSTREAM_PORT reuseport backlog=4096;
-        location / {
+$listen        location / {
             default_type text/plain;
             return 200 "$body\n";
         }
@@ -201,7 +206,7 @@ EOF
     start_nginx_dir "$d"
     UPSTREAM_PID=$LAST_PID
     wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 200 10 "$UPSTREAM_PID" || { cat "$d"/*.log >&2; die "upstream nginx did not start"; }
-    log "upstream nginx (plain HTTP, 1 KiB body) on 127.0.0.1:$UPSTREAM_PORT"
+    log "upstream nginx (plain HTTP, 1 KiB body) on 127.0.0.1:${UPSTREAM_PORTS[*]}"
 }
 
 # --- guard ---------------------------------------------------------------------------------
