@@ -22,6 +22,7 @@ MLFLOW_THREADS=${MLFLOW_THREADS:-8}
 MLFLOW_SECS=${MLFLOW_SECS:-10}
 MLFLOW_ROUNDS=${MLFLOW_ROUNDS:-2}
 SEED_RUNS=${SEED_RUNS:-200}
+MLFLOW_UVICORN_OPTS=${MLFLOW_UVICORN_OPTS:-}   # e.g. "--timeout-keep-alive 75" (uvicorn's default: 5 s)
 GUARD_VENV=${GUARD_VENV:-/opt/guard-venv}
 PARTS=${PARTS:-mlflow static instructions}   # which tables (see the top)
 want() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -80,7 +81,7 @@ for i in 1 2 3; do
     # are N processes' worth of Python.
     "${mlflow_env[@]}" "$GUARD_VENV/bin/mlflow" server --host 127.0.0.1 --port "$port" --workers 1 \
         --backend-store-uri "$PG_URI" --artifacts-destination "$BENCH_DIR/artifacts" --serve-artifacts \
-        >"$BENCH_DIR/mlflow-$i.log" 2>&1 &
+        ${MLFLOW_UVICORN_OPTS:+--uvicorn-opts "$MLFLOW_UVICORN_OPTS"} >"$BENCH_DIR/mlflow-$i.log" 2>&1 &
     BENCH_PIDS+=("$!")
     MLFLOW_PORTS+=("$port")
 done
