@@ -20,11 +20,6 @@ use common::*;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 
-/// Whether guard takes several `--upstream` flags for one site (issue 17). Without that, each
-/// guard forwards to one server: the workload guards to the two that are never killed, the
-/// upload guard to the one that is, so the harness runs end to end but proves no fail-over.
-const MULTI_UPSTREAM: bool = true;
-
 /// The longest a workload client logs runs; the test stops it sooner, once the restarted server
 /// has taken requests through guard for `AFTER_RESTART`.
 const WORKLOAD_SECONDS: u32 = 120;
@@ -44,18 +39,14 @@ const STAGING_PREFIX: &str = ".artifact.uploading.";
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse battery staple";
 
-/// The `guard serve` upstream flags of one guard. `single` is the one server it gets while
-/// guard takes one upstream per site; with several, every guard gets all three, health-checked.
-fn upstream_flags(all: &[String], single: usize) -> Vec<String> {
+/// The `guard serve` upstream flags every guard gets: all three servers, round robin, health
+/// checked every second (so the restarted server is back within about two seconds).
+fn upstream_flags(all: &[String]) -> Vec<String> {
     let mut flags = Vec::new();
-    if MULTI_UPSTREAM {
-        for upstream in all {
-            flags.extend(["--upstream".to_string(), upstream.clone()]);
-        }
-        flags.extend(["--health-check-interval".to_string(), "1s".to_string()]);
-    } else {
-        flags.extend(["--upstream".to_string(), all[single].clone()]);
+    for upstream in all {
+        flags.extend(["--upstream".to_string(), upstream.clone()]);
     }
+    flags.extend(["--health-check-interval".to_string(), "1s".to_string()]);
     flags
 }
 
@@ -196,13 +187,12 @@ fn three_mlflow_servers_behind_two_guards_lose_no_request_and_duplicate_nothing_
     let auth = TempDir::new("scale-out-users");
     let users = auth.path().join("users");
     adduser(&users, USER, PASSWORD);
-    // With one upstream per guard: the workload on servers 1 and 2, the upload on server 0.
     let workload_guards = [
-        start_guard(&users, &upstream_flags(&upstreams, 1)),
-        start_guard(&users, &upstream_flags(&upstreams, 2)),
+        start_guard(&users, &upstream_flags(&upstreams)),
+        start_guard(&users, &upstream_flags(&upstreams)),
     ];
     // The upload has a guard of its own, so its metrics count nothing else.
-    let upload_guard = start_guard(&users, &upstream_flags(&upstreams, 0));
+    let upload_guard = start_guard(&users, &upstream_flags(&upstreams));
 
     // The clients stop when this file appears.
     let stop = auth.path().join("stop");
@@ -315,14 +305,13 @@ fn three_mlflow_servers_behind_two_guards_lose_no_request_and_duplicate_nothing_
         assert!(!s.has_open_file_under(&upload_dir), "server {i} received the upload");
     }
     let upload_metrics = scrape_guard(&rt, &upload_guard);
-    if MULTI_UPSTREAM {
-        // This guard saw no other request: one attempt on one upstream, none on another.
-        let attempts = metric_sum(&upload_metrics, "guard_upstream_requests_total", "");
-        assert_eq!(
-            attempts, 1.0,
-            "guard sent the upload to one upstream once:\n{upload_metrics}"
-        );
-    }
+    // This guard saw no other request: one attempt on one upstream, none on another (the
+    // counter includes a retry on another upstream).
+    let attempts = metric_sum(&upload_metrics, "guard_upstream_requests_total", "");
+    assert_eq!(
+        attempts, 1.0,
+        "guard sent the upload to one upstream once:\n{upload_metrics}"
+    );
     eprintln!(
         "upload: {answer:?} after {} MiB sent; guard's upstream errors: {}",
         sent >> 20,
@@ -338,8 +327,8 @@ fn three_mlflow_servers_behind_two_guards_lose_no_request_and_duplicate_nothing_
     );
 
     // The workload goes on until the restarted server has been back in guard's rotation for a
-    // while (with one upstream per guard it never serves the workload: a fixed stretch instead).
-    let back = !MULTI_UPSTREAM || wait_until(Duration::from_secs(30), || !servers[victim].api_requests().is_empty());
+    // while.
+    let back = wait_until(Duration::from_secs(30), || !servers[victim].api_requests().is_empty());
     let back_at = Instant::now();
     // A stretch of traffic through the restarted server, not a wait for anything.
     std::thread::sleep(AFTER_RESTART);
@@ -368,7 +357,7 @@ fn three_mlflow_servers_behind_two_guards_lose_no_request_and_duplicate_nothing_
         for f in failures {
             let (start, end) = (f["start"].as_f64().unwrap(), f["end"].as_f64().unwrap());
             assert!(
-                MULTI_UPSTREAM && start <= kill_end && end >= kill_start && f["status"] == 502,
+                start <= kill_end && end >= kill_start && f["status"] == 502,
                 "client {i}: a request failed that was not in flight at the kill \
                  (kill between {kill_start:.3} and {kill_end:.3}): {f}\n{}",
                 w.run
@@ -445,30 +434,28 @@ fn three_mlflow_servers_behind_two_guards_lose_no_request_and_duplicate_nothing_
     }
 
     // --- every server took part, the restarted one included --------------------------------
-    if MULTI_UPSTREAM {
-        assert!(
-            back,
-            "the restarted server got no request through guard within 30 s of its restart"
-        );
-        let served = servers[victim].api_requests().len();
-        eprintln!(
-            "the restarted server answered {served} API requests, the first {:.1?} after it was up again",
-            back_at.duration_since(killed_at) - outage
-        );
-        for (i, g) in workload_guards.iter().enumerate() {
-            let text = scrape_guard(&rt, g);
-            for upstream in &upstreams {
-                let label = format!("upstream=\"http://{upstream}\"");
-                assert!(
-                    metric_sum(&text, "guard_upstream_requests_total", &label) > 0.0,
-                    "guard {i} sent nothing to {upstream}:\n{text}"
-                );
-                assert_eq!(
-                    metric_sum(&text, "guard_upstream_healthy", &label),
-                    1.0,
-                    "guard {i} counts {upstream} healthy again:\n{text}"
-                );
-            }
+    assert!(
+        back,
+        "the restarted server got no request through guard within 30 s of its restart"
+    );
+    let served = servers[victim].api_requests().len();
+    eprintln!(
+        "the restarted server answered {served} API requests, the first {:.1?} after it was up again",
+        back_at.duration_since(killed_at) - outage
+    );
+    for (i, g) in workload_guards.iter().enumerate() {
+        let text = scrape_guard(&rt, g);
+        for upstream in &upstreams {
+            let label = format!("upstream=\"http://{upstream}\"");
+            assert!(
+                metric_sum(&text, "guard_upstream_requests_total", &label) > 0.0,
+                "guard {i} sent nothing to {upstream}:\n{text}"
+            );
+            assert_eq!(
+                metric_sum(&text, "guard_upstream_healthy", &label),
+                1.0,
+                "guard {i} counts {upstream} healthy again:\n{text}"
+            );
         }
     }
     // A graceful stop of three uvicorns takes seconds and shows nothing here.
