@@ -35,6 +35,10 @@ impl Postgres {
         let pg = dir.path().join("pg");
         std::fs::create_dir(&pg).unwrap();
         if running_as_root() {
+            // nobody must pass through the test's directory (whatever the umask made it) to
+            // reach its own; it still may not list it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
             let ok = Command::new("chown")
                 .args(["nobody:nogroup", pg.to_str().unwrap()])
                 .status()
