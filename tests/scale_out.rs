@@ -1,9 +1,10 @@
 //! Scale-out end to end: three `mlflow server`s over one PostgreSQL and one artifact directory,
 //! behind two guards, with the real MLflow client writing runs through both while one server is
-//! SIGKILLed mid-run and restarted on its port. Checks that the clients' requests succeed (their
-//! retries are off, so a 502 cannot hide), that PostgreSQL holds exactly what they logged, none
-//! of it twice, and that an artifact upload in flight to the killed server ends in a clean error
-//! and is never sent to another server.
+//! SIGKILLed mid-run and restarted on its port. Checks that every client request succeeds but one
+//! the killed server was answering (the client's retries are off, so a 502 cannot hide), that the
+//! restarted server is back in the rotation, that PostgreSQL holds exactly what the clients
+//! logged, none of it twice, and that an artifact upload in flight to the killed server ends in a
+//! clean error and is never sent to another server.
 
 mod common;
 
