@@ -238,6 +238,8 @@ pub struct Limits {
     pub upstream_connect_timeout: Duration,
     /// Time the upstream has to start its response after the request body has been sent.
     pub upstream_response_timeout: Duration,
+    /// An idle upstream keep-alive connection older than this is closed, not reused.
+    pub upstream_idle_timeout: Duration,
     /// A connection with no traffic and no request in flight for this long is closed.
     pub idle_timeout: Duration,
     /// Largest request head (HTTP/1.1) or header list (HTTP/2), in bytes.
@@ -265,6 +267,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(300),
+            upstream_idle_timeout: Duration::from_secs(4),
             idle_timeout: Duration::from_secs(300),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
@@ -287,6 +290,7 @@ impl Limits {
             body_timeout: l.body_timeout.unwrap_or(d.body_timeout),
             upstream_connect_timeout: l.connect_timeout.unwrap_or(d.upstream_connect_timeout),
             upstream_response_timeout: l.upstream_timeout.unwrap_or(d.upstream_response_timeout),
+            upstream_idle_timeout: l.upstream_idle_timeout.unwrap_or(d.upstream_idle_timeout),
             idle_timeout: l.idle_timeout.unwrap_or(d.idle_timeout),
             max_header_bytes: l.max_header_size.unwrap_or(d.max_header_bytes),
             max_headers: l.max_headers.unwrap_or(d.max_headers),

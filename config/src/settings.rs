@@ -428,6 +428,13 @@ section! {
     upstream_timeout: String => value Duration = text(v::parse_timeout),
         flag [value "upstream-timeout" "DURATION" parse_duration;
             "Time the upstream has to start answering once the request body is sent (504 after it). [default: 5m]"];
+    /// Duration an idle keep-alive connection to an upstream is kept for reuse; keep it below
+    /// the upstream's own keep-alive timeout (uvicorn's, MLflow's default server, is 5 s;
+    /// gunicorn's 2 s), or a request can meet a connection the upstream is closing. Default: `4s`.
+    upstream_idle_timeout: String => value Duration = text(v::parse_timeout),
+        flag [value "upstream-idle-timeout" "DURATION" parse_duration;
+            "Keep an idle upstream connection this long for reuse; below the upstream's own keep-alive timeout \
+             (uvicorn: 5s). [default: 4s]"];
     /// Duration after which a connection with no request in flight is closed. Default: `5m`.
     idle_timeout: String => value Duration = text(v::parse_timeout),
         flag [value "idle-timeout" "DURATION" parse_duration;

@@ -274,14 +274,18 @@ fn secret(name: &str, ns: &str, data: Vec<(&str, Node)>) -> Node {
 fn database_uri(d: &Deployment, secrets: &Secrets) -> String {
     if d.kubernetes.with_postgres {
         format!(
-            "postgresql://{PG_USER}:{}@{IN_NAMESPACE_DATABASE}/{PG_DATABASE}",
+            "{}://{PG_USER}:{}@{IN_NAMESPACE_DATABASE}/{PG_DATABASE}",
+            mlflow::POSTGRES_SCHEME,
             secrets.postgres_password.expose()
         )
     } else {
         match &secrets.database_uri {
             Some(uri) => uri.expose().to_string(),
             None => {
-                format!("postgresql://{PG_USER}:CHANGE-ME@{DATABASE_PLACEHOLDER_HOST}:{POSTGRES_PORT}/{PG_DATABASE}")
+                format!(
+                    "{}://{PG_USER}:CHANGE-ME@{DATABASE_PLACEHOLDER_HOST}:{POSTGRES_PORT}/{PG_DATABASE}",
+                    mlflow::POSTGRES_SCHEME
+                )
             }
         }
     }

@@ -89,10 +89,15 @@ fn with_port(host: &str, port: u16) -> String {
     }
 }
 
+/// The SQLAlchemy scheme of the driver [`PSYCOPG2`] installs. SQLAlchemy 2.1 (what
+/// `pip install mlflow==3.17.2` brings) reads a bare `postgresql://` as psycopg 3, which is not
+/// there: MLflow would fail at start with `No module named 'psycopg'`.
+pub(crate) const POSTGRES_SCHEME: &str = "postgresql+psycopg2";
+
 /// A PostgreSQL URI without a password: libpq reads it from `PGPASSWORD`, so the secret never
 /// appears in a command line, a compose file or a unit file.
 pub(crate) fn postgres_uri(host_port: &str) -> String {
-    format!("postgresql://{PG_USER}@{host_port}/{PG_DATABASE}")
+    format!("{POSTGRES_SCHEME}://{PG_USER}@{host_port}/{PG_DATABASE}")
 }
 
 /// A sqlite URI for an absolute path (`sqlite:///` followed by the path's own leading slash).

@@ -161,8 +161,8 @@ fn kubernetes_writes_manifests_secrets_and_the_image_and_force_keeps_what_the_op
         .unwrap()
         .to_string();
     let edited = secrets.replace(
-        "postgresql://mlflow:CHANGE-ME@database.example.com:5432/mlflow",
-        "postgresql://mlflow:s3cret@db.internal:5432/mlflow?sslmode=require",
+        "postgresql+psycopg2://mlflow:CHANGE-ME@database.example.com:5432/mlflow",
+        "postgresql+psycopg2://mlflow:s3cret@db.internal:5432/mlflow?sslmode=require",
     );
     assert_ne!(edited, secrets);
     fs::write(out.join("secrets.yaml"), edited).unwrap();
@@ -179,7 +179,7 @@ fn kubernetes_writes_manifests_secrets_and_the_image_and_force_keeps_what_the_op
     assert_eq!(fs::read_to_string(out.join("auth/session-keys.json")).unwrap(), session);
     let secrets = fs::read_to_string(out.join("secrets.yaml")).unwrap();
     assert!(
-        secrets.contains("uri: \"postgresql://mlflow:s3cret@db.internal:5432/mlflow?sslmode=require\""),
+        secrets.contains("uri: \"postgresql+psycopg2://mlflow:s3cret@db.internal:5432/mlflow?sslmode=require\""),
         "{secrets}"
     );
     assert!(secrets.contains(&format!("flask-secret-key: {flask_key}")), "{secrets}");

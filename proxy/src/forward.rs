@@ -110,8 +110,6 @@ pub type UpstreamBody = RequestBody<Incoming>;
 
 /// Idle connections kept per worker; more are closed when their request ends.
 const MAX_IDLE_PER_WORKER: usize = 256;
-/// An idle connection unused this long is closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One upstream: where it is, and a pool of idle HTTP/1.1 keep-alive connections per worker
 /// thread. A connection is driven by the worker that opened it and only ever handed to requests
@@ -131,6 +129,9 @@ pub struct Upstream {
     /// `https://`: how the TLS is done.
     tls: Option<UpstreamTls>,
     connect_timeout: Duration,
+    /// An idle connection unused this long is closed rather than reused: the upstream may be
+    /// closing it (`--upstream-idle-timeout`, below the upstream's own keep-alive timeout).
+    idle_timeout: Duration,
     /// One pool per worker, each behind its own `Arc`: a response's `Return` holds its worker's,
     /// so no reference count or lock is shared between workers.
     pools: PerWorker<Arc<Pool>>,
@@ -151,12 +152,18 @@ struct Idle {
 impl Upstream {
     /// The upstream `u`, over TLS when `tls` is given (an `https://` upstream); no connection
     /// is opened until a request needs one.
-    pub fn new(u: &guard_config::model::Upstream, tls: Option<UpstreamTls>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        u: &guard_config::model::Upstream,
+        tls: Option<UpstreamTls>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         Upstream {
             authority: u.authority(),
             label: u.to_string(),
             tls,
             connect_timeout,
+            idle_timeout,
             pools: PerWorker::new(Arc::default),
         }
     }
@@ -246,7 +253,7 @@ impl Upstream {
     ) -> Result<http::Response<PooledBody>, SendError> {
         let pool = self.pools.get();
         loop {
-            let (mut sender, reused) = match pool.checkout() {
+            let (mut sender, reused) = match pool.checkout(self.idle_timeout) {
                 Some(s) => (s, true),
                 None => match self.connect().await {
                     Ok(s) => (s, false),
@@ -378,12 +385,12 @@ impl Drop for InFlight {
 impl Pool {
     /// A ready idle connection, newest first. Closed and stale ones are dropped; one still
     /// finishing its previous exchange is left for a later request.
-    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+    fn checkout(&self, idle_timeout: Duration) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.0.lock().expect("pool lock");
         let now = Instant::now();
         let mut cx = Context::from_waker(Waker::noop());
         for i in (0..idle.len()).rev() {
-            if now.duration_since(idle[i].since) >= IDLE_TIMEOUT {
+            if now.duration_since(idle[i].since) >= idle_timeout {
                 // Everything below is older still.
                 idle.drain(..=i);
                 return None;

@@ -234,7 +234,12 @@ fn upstreams(s: &SiteSettings, limits: &Limits) -> Result<Vec<Upstream>, SiteErr
                 (Some(c), true) => Some(UpstreamTls::new(c.clone(), &u.host).map_err(tls_error)?),
                 _ => None,
             };
-            Ok(Upstream::new(u, tls, limits.upstream_connect_timeout))
+            Ok(Upstream::new(
+                u,
+                tls,
+                limits.upstream_connect_timeout,
+                limits.upstream_idle_timeout,
+            ))
         })
         .collect()
 }
