@@ -98,7 +98,7 @@ struct DeployArgs {
     #[arg(long)]
     with_notebook: bool,
     /// Run MLflow's own per-experiment and per-model permissions (its basic-auth app) behind
-    /// guard: guard signs people in, MLflow decides per resource (supervisor and systemd).
+    /// guard: guard signs people in, MLflow decides per resource (compose, supervisor, systemd).
     #[arg(long)]
     mlflow_permissions: bool,
     /// Directory to write into.

@@ -29,6 +29,13 @@ const GUARD_STATE: &str = "/var/lib/guard";
 const MLFLOW_UPSTREAM: &str = "mlflow:5000";
 const MLFLOW_ARTIFACTS: &str = "/mlflow/artifacts";
 const MLFLOW_DB_DIR: &str = "/mlflow/db";
+/// `--mlflow-permissions`: the auth config and function (read-only), the auth app's user store,
+/// and the shared secret, inside the containers.
+const MLFLOW_AUTH_DIR: &str = "/mlflow/auth";
+const MLFLOW_AUTH_DB_DIR: &str = "/mlflow/auth-db";
+const SECRET_IN_CONTAINER: &str = "/run/guard/upstream.secret";
+/// guard's user in the image `guard deploy` writes (see `image::guard_dockerfile`).
+const GUARD_UID: u32 = 10001;
 
 /// Renders docker-compose.yml, .env (0600), guard's Dockerfile and .dockerignore, and
 /// mlflow/Dockerfile and notebook/Dockerfile when needed. Pure: the secrets come in as a
@@ -45,6 +52,13 @@ pub fn render(d: &Deployment, secrets: &Secrets) -> Vec<RenderedFile> {
     }
     if d.with_notebook {
         files.push(RenderedFile::new("notebook/Dockerfile", notebook_dockerfile(d), 0o644));
+    }
+    if d.mlflow_permissions {
+        files.extend(mlflow::auth_files(
+            secrets,
+            "guard deploy compose",
+            &mlflow::sqlite_uri(&format!("{MLFLOW_AUTH_DB_DIR}/basic_auth.db")),
+        ));
     }
     files
 }
@@ -68,6 +82,12 @@ pub fn next_steps(d: &Deployment) -> Vec<String> {
         }
         Tls::SelfSigned => format!("https://localhost:{GUARD_TLS_PORT}/ (self-signed certificate)"),
     };
+    if d.mlflow_permissions {
+        steps.push(format!(
+            "sudo chown {GUARD_UID} {out}/{}    # guard's user in its image reads the secret it shares with mlflow (root in its image)",
+            mlflow::UPSTREAM_SECRET_FILE
+        ));
+    }
     steps.push(format!(
         "cd {out} && docker compose build    # guard's image packages the guard binary beside ./Dockerfile"
     ));
@@ -231,6 +251,9 @@ fn compose_file(d: &Deployment) -> String {
     if d.with_notebook {
         volumes.push("notebook-work");
     }
+    if d.mlflow_permissions {
+        volumes.push("mlflow-auth-db");
+    }
 
     let mut out = String::from(
         "# guard in front of MLflow, written by `guard deploy compose`.\n\
@@ -277,6 +300,12 @@ fn guard_service(d: &Deployment) -> Service {
         }
     }
     s.volumes = vec![format!("guard-state:{GUARD_STATE}")];
+    if d.mlflow_permissions {
+        s.volumes
+            .push(format!("./{}:{SECRET_IN_CONTAINER}:ro", mlflow::UPSTREAM_SECRET_FILE));
+        s.environment
+            .push(("GUARD_UPSTREAM_SECRET_FILE", SECRET_IN_CONTAINER.into()));
+    }
     s.notes = vec![
         (
             "environment",
@@ -335,21 +364,30 @@ fn mlflow_service(d: &Deployment) -> Service {
         Artifacts::S3 { .. } => d.artifacts.s3_uri().unwrap_or_default(),
         Artifacts::Managed | Artifacts::Local(_) => MLFLOW_ARTIFACTS.into(),
     };
+    let app: &[&str] = if d.mlflow_permissions {
+        &["--app-name", "basic-auth"]
+    } else {
+        &[]
+    };
     s.command = [
-        "mlflow",
-        "server",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        "5000",
-        "--backend-store-uri",
-        &backend_uri(d),
-        "--serve-artifacts",
-        "--artifacts-destination",
-        &destination,
+        &["mlflow", "server"][..],
+        app,
+        &[
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "5000",
+            "--backend-store-uri",
+            &backend_uri(d),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            &destination,
+        ][..],
     ]
+    .concat()
+    .into_iter()
     .map(String::from)
-    .to_vec();
+    .collect();
     let public_port = match d.tls {
         Tls::Acme { .. } => 443,
         Tls::SelfSigned => GUARD_TLS_PORT,
@@ -366,6 +404,23 @@ fn mlflow_service(d: &Deployment) -> Service {
     ];
     if d.backend == Backend::Postgres {
         s.environment.push(("PGPASSWORD", required_var("POSTGRES_PASSWORD")));
+    }
+    if d.mlflow_permissions {
+        // The auth app, guard's authorization function and the secret it checks.
+        s.environment.extend([
+            ("MLFLOW_AUTH_CONFIG_PATH", format!("{MLFLOW_AUTH_DIR}/basic_auth.ini")),
+            ("PYTHONPATH", MLFLOW_AUTH_DIR.into()),
+            ("GUARD_UPSTREAM_SECRET_FILE", SECRET_IN_CONTAINER.into()),
+            ("MLFLOW_AUTH_ADMIN_PASSWORD", required_var("MLFLOW_AUTH_ADMIN_PASSWORD")),
+            (
+                "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                required_var("MLFLOW_FLASK_SERVER_SECRET_KEY"),
+            ),
+        ]);
+        s.volumes.push(format!("./{}:{MLFLOW_AUTH_DIR}:ro", mlflow::AUTH_DIR));
+        s.volumes
+            .push(format!("./{}:{SECRET_IN_CONTAINER}:ro", mlflow::UPSTREAM_SECRET_FILE));
+        s.volumes.push(format!("mlflow-auth-db:{MLFLOW_AUTH_DB_DIR}"));
     }
     if d.artifacts.is_s3() {
         for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"] {
@@ -525,6 +580,17 @@ fn env_file(d: &Deployment, secrets: &Secrets) -> String {
             out,
             "\n# Jupyter's login token.\nJUPYTER_TOKEN={}\n",
             secrets.jupyter_token.expose()
+        );
+    }
+    if d.mlflow_permissions {
+        let _ = write!(
+            out,
+            "\n# MLflow's auth app: its admin account's password (set when its user store is first made)\n\
+             # and the key that signs its CSRF tokens.\n\
+             MLFLOW_AUTH_ADMIN_PASSWORD={}\n\
+             MLFLOW_FLASK_SERVER_SECRET_KEY={}\n",
+            secrets.mlflow_admin_password.expose(),
+            secrets.flask_secret_key.expose()
         );
     }
     out

@@ -17,6 +17,11 @@ pub(crate) const PG_DATABASE: &str = "mlflow";
 pub(crate) const PSYCOPG2: &str = "psycopg2-binary>=2.9,<3";
 /// See [`PSYCOPG2`].
 pub(crate) const BOTO3: &str = "boto3>=1.28,<2";
+/// The basic-auth app's CSRF check (`mlflow[auth]`), for `--mlflow-permissions`.
+pub(crate) const FLASK_WTF: &str = "Flask-WTF>=1.1,<2";
+/// The host targets' auth user store: relative, in MLflow's working directory (its state
+/// directory).
+pub(crate) const HOST_AUTH_DB: &str = "sqlite:///basic_auth.db";
 
 /// The packages this deployment adds to MLflow, in a fixed order.
 pub(crate) fn extra_packages(d: &Deployment) -> Vec<&'static str> {
@@ -26,6 +31,9 @@ pub(crate) fn extra_packages(d: &Deployment) -> Vec<&'static str> {
     }
     if d.artifacts.is_s3() {
         p.push(BOTO3);
+    }
+    if d.mlflow_permissions {
+        p.push(FLASK_WTF);
     }
     p
 }
@@ -140,17 +148,16 @@ const AUTH_MODULE: &str = "guard_mlflow_auth";
 /// header only with guard's secret, and the secret. The auth app's user store is SQLite in
 /// MLflow's working directory (its state directory): the ini cannot read the environment, so a
 /// PostgreSQL password would have to be written into it.
-pub(crate) fn auth_files(secrets: &Secrets, generator: &str) -> Vec<RenderedFile> {
+pub(crate) fn auth_files(secrets: &Secrets, generator: &str, database_uri: &str) -> Vec<RenderedFile> {
     let ini = format!(
         "# MLflow's basic-auth app behind guard, written by `{generator} --mlflow-permissions`.\n\
          # guard signs people in; MLflow decides what each may do. A user guard names is created here\n\
          # on first use with no permission at all: grant it per experiment or model (MLflow's UI as\n\
          # one of guard's admins, or its permissions API). The admin password is\n\
-         # MLFLOW_AUTH_ADMIN_PASSWORD in mlflow.env.\n\
+         # MLFLOW_AUTH_ADMIN_PASSWORD in mlflow.env (.env for compose).\n\
          [mlflow]\n\
          default_permission = NO_PERMISSIONS\n\
-         # Relative: MLflow runs in its state directory.\n\
-         database_uri = sqlite:///basic_auth.db\n\
+         database_uri = {database_uri}\n\
          admin_username = admin\n\
          authorization_function = {AUTH_MODULE}:authenticate\n"
     );
@@ -236,7 +243,12 @@ pub(crate) fn install_hint(d: &Deployment, mlflow_bin: &std::path::Path) -> Stri
     // The basic-auth app needs Flask-WTF, which only the `auth` extra brings.
     let extra = if d.mlflow_permissions { "[auth]" } else { "" };
     let mut pkgs = vec![format!("\"mlflow{extra}=={}\"", d.mlflow_version)];
-    pkgs.extend(extra_packages(d).iter().map(|p| format!("\"{p}\"")));
+    pkgs.extend(
+        extra_packages(d)
+            .iter()
+            .filter(|p| **p != FLASK_WTF)
+            .map(|p| format!("\"{p}\"")),
+    );
     let venv = mlflow_bin
         .parent()
         .filter(|b| b.ends_with("bin"))

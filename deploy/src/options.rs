@@ -177,10 +177,10 @@ pub fn validate(opts: &DeployOptions) -> Result<(Deployment, Layout), DeployErro
         ));
     }
 
-    if opts.mlflow_permissions && !matches!(target, Target::Supervisor | Target::Systemd) {
+    if opts.mlflow_permissions && target == Target::Kubernetes {
         return Err(DeployError::option(
             "--mlflow-permissions",
-            format!("the supervisor and systemd targets have it; {target} does not yet"),
+            "the compose, supervisor and systemd targets have it; kubernetes does not yet".to_owned(),
         ));
     }
 

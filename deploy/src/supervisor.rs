@@ -18,7 +18,11 @@ const HERE: &str = "%(here)s";
 pub fn render(d: &Deployment, layout: &Layout, secrets: &Secrets) -> Vec<RenderedFile> {
     let mut files = vec![RenderedFile::new("supervisord.conf", config(d, layout), 0o644)];
     if d.mlflow_permissions {
-        files.extend(mlflow::auth_files(secrets, "guard deploy supervisor"));
+        files.extend(mlflow::auth_files(
+            secrets,
+            "guard deploy supervisor",
+            mlflow::HOST_AUTH_DB,
+        ));
     }
     if mlflow::needs_env_file(d) {
         files.push(RenderedFile::new(

@@ -41,7 +41,11 @@ pub fn render(d: &Deployment, layout: &Layout, secrets: &Secrets) -> Vec<Rendere
         ));
     }
     if d.mlflow_permissions {
-        files.extend(mlflow::auth_files(secrets, "guard deploy systemd"));
+        files.extend(mlflow::auth_files(
+            secrets,
+            "guard deploy systemd",
+            mlflow::HOST_AUTH_DB,
+        ));
     }
     files
 }

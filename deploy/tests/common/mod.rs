@@ -142,6 +142,9 @@ pub fn cases() -> Vec<Case> {
     let mut notebook = deployment(Compose, Tls::SelfSigned, Postgres, Artifacts::Managed);
     notebook.with_notebook = true;
     cases.push(c("compose-postgres-volume-selfsigned-notebook", notebook));
+    let mut permissions = deployment(Compose, Tls::SelfSigned, Postgres, Artifacts::Managed);
+    permissions.mlflow_permissions = true;
+    cases.push(c("compose-postgres-volume-selfsigned-permissions", permissions));
 
     cases.push(c(
         "systemd-sqlite-state-selfsigned",
