@@ -84,7 +84,7 @@ pub fn next_steps(d: &Deployment) -> Vec<String> {
     };
     if d.mlflow_permissions {
         steps.push(format!(
-            "sudo chown {GUARD_UID} {out}/{}    # guard's user in its image reads the secret it shares with mlflow (root in its image)",
+            "sudo chown {GUARD_UID} {out}/{}    # guard's user in its image reads it (mlflow gets the same value from .env)",
             mlflow::UPSTREAM_SECRET_FILE
         ));
     }
@@ -410,7 +410,8 @@ fn mlflow_service(d: &Deployment) -> Service {
         s.environment.extend([
             ("MLFLOW_AUTH_CONFIG_PATH", format!("{MLFLOW_AUTH_DIR}/basic_auth.ini")),
             ("PYTHONPATH", MLFLOW_AUTH_DIR.into()),
-            ("GUARD_UPSTREAM_SECRET_FILE", SECRET_IN_CONTAINER.into()),
+            // A variable, not the file guard reads: that file is guard's uid's alone.
+            ("GUARD_UPSTREAM_SECRET", required_var("GUARD_UPSTREAM_SECRET")),
             ("MLFLOW_AUTH_ADMIN_PASSWORD", required_var("MLFLOW_AUTH_ADMIN_PASSWORD")),
             (
                 "MLFLOW_FLASK_SERVER_SECRET_KEY",
@@ -418,8 +419,6 @@ fn mlflow_service(d: &Deployment) -> Service {
             ),
         ]);
         s.volumes.push(format!("./{}:{MLFLOW_AUTH_DIR}:ro", mlflow::AUTH_DIR));
-        s.volumes
-            .push(format!("./{}:{SECRET_IN_CONTAINER}:ro", mlflow::UPSTREAM_SECRET_FILE));
         s.volumes.push(format!("mlflow-auth-db:{MLFLOW_AUTH_DB_DIR}"));
     }
     if d.artifacts.is_s3() {
@@ -588,9 +587,13 @@ fn env_file(d: &Deployment, secrets: &Secrets) -> String {
             "\n# MLflow's auth app: its admin account's password (set when its user store is first made)\n\
              # and the key that signs its CSRF tokens.\n\
              MLFLOW_AUTH_ADMIN_PASSWORD={}\n\
-             MLFLOW_FLASK_SERVER_SECRET_KEY={}\n",
+             MLFLOW_FLASK_SERVER_SECRET_KEY={}\n\
+             # The secret guard sends MLflow (X-Guard-Secret); guard reads the same value from\n\
+             # upstream.secret. Change both together.\n\
+             GUARD_UPSTREAM_SECRET={}\n",
             secrets.mlflow_admin_password.expose(),
-            secrets.flask_secret_key.expose()
+            secrets.flask_secret_key.expose(),
+            secrets.upstream_secret.expose()
         );
     }
     out

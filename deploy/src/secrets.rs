@@ -151,6 +151,7 @@ impl Secrets {
                 "JUPYTER_TOKEN" => &mut self.jupyter_token,
                 "flask-secret-key" | "MLFLOW_FLASK_SERVER_SECRET_KEY" => &mut self.flask_secret_key,
                 "MLFLOW_AUTH_ADMIN_PASSWORD" => &mut self.mlflow_admin_password,
+                "GUARD_UPSTREAM_SECRET" => &mut self.upstream_secret,
                 _ => continue,
             };
             if is_reusable(value) {

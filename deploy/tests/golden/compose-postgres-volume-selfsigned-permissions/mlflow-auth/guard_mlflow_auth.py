@@ -20,13 +20,24 @@ import secrets
 from flask import Response, request
 from werkzeug.datastructures import Authorization
 
-_SECRET_FILE = os.environ.get("GUARD_UPSTREAM_SECRET_FILE", "")
-if not _SECRET_FILE:
-    raise RuntimeError("GUARD_UPSTREAM_SECRET_FILE is not set: the file guard's --upstream-secret-file names")
-with open(_SECRET_FILE, "rb") as f:
-    _SECRET = f.read().strip()
-if len(_SECRET) < 16:
-    raise RuntimeError(f"{_SECRET_FILE}: expected a secret of 16 or more characters")
+def _load_secret():
+    """The secret from GUARD_UPSTREAM_SECRET (compose passes it from .env), or from the file
+    GUARD_UPSTREAM_SECRET_FILE names (the one guard's --upstream-secret-file reads)."""
+    value = os.environ.get("GUARD_UPSTREAM_SECRET", "")
+    where = "GUARD_UPSTREAM_SECRET"
+    if not value:
+        where = os.environ.get("GUARD_UPSTREAM_SECRET_FILE", "")
+        if not where:
+            raise RuntimeError("neither GUARD_UPSTREAM_SECRET nor GUARD_UPSTREAM_SECRET_FILE is set")
+        with open(where, encoding="ascii") as f:
+            value = f.read()
+    value = value.strip()
+    if len(value) < 16:
+        raise RuntimeError(f"{where}: expected a secret of 16 or more characters")
+    return value.encode()
+
+
+_SECRET = _load_secret()
 
 
 def _refuse(status, why):
