@@ -233,9 +233,10 @@ impl Upstreams {
         }
     }
 
-    /// What is per upstream in a request: its `Host`, and the count.
+    /// What is per upstream in a request: its `Host` (also when the site keeps the client's
+    /// but the client sent none, an HTTP/2 request without `:authority`), and the count.
     fn prepare(&self, m: &Member, req: &mut http::Request<UpstreamBody>) {
-        if self.set_host {
+        if self.set_host || !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, m.host.get().clone());
         }
         m.requests.inc();
