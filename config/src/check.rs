@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::acme;
 use crate::error::ConfigError;
-use crate::model::{parse_duration, parse_size, LogFormat, Upstream};
+use crate::model::{parse_duration, parse_size, LogFormat, Upstream, MAX_UPSTREAMS};
 use crate::origins::Origins;
 
 /// Collects problems, placing each by the origins of the values.
@@ -173,9 +173,6 @@ impl<'de> Deserialize<'de> for UpstreamList {
         d.deserialize_any(V)
     }
 }
-
-/// Most upstreams one site may have.
-pub const MAX_UPSTREAMS: usize = 64;
 
 /// `upstream`: each address checked where it was written; at least one, at most
 /// [`MAX_UPSTREAMS`], none twice.

@@ -92,6 +92,9 @@ impl fmt::Display for Upstream {
     }
 }
 
+/// Most upstreams one site may have.
+pub const MAX_UPSTREAMS: usize = 64;
+
 /// How a site with several upstreams spreads its requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Balance {

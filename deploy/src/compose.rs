@@ -364,30 +364,7 @@ fn mlflow_service(d: &Deployment) -> Service {
         Artifacts::S3 { .. } => d.artifacts.s3_uri().unwrap_or_default(),
         Artifacts::Managed | Artifacts::Local(_) => MLFLOW_ARTIFACTS.into(),
     };
-    let app: &[&str] = if d.mlflow_permissions {
-        &["--app-name", "basic-auth"]
-    } else {
-        &[]
-    };
-    s.command = [
-        &["mlflow", "server"][..],
-        app,
-        &[
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "5000",
-            "--backend-store-uri",
-            &backend_uri(d),
-            "--serve-artifacts",
-            "--artifacts-destination",
-            &destination,
-        ][..],
-    ]
-    .concat()
-    .into_iter()
-    .map(String::from)
-    .collect();
+    s.command = mlflow::server_command(d, "mlflow", "0.0.0.0", 5000, &backend_uri(d), &destination);
     let public_port = match d.tls {
         Tls::Acme { .. } => 443,
         Tls::SelfSigned => GUARD_TLS_PORT,

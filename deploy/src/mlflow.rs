@@ -17,7 +17,8 @@ pub(crate) const PG_DATABASE: &str = "mlflow";
 pub(crate) const PSYCOPG2: &str = "psycopg2-binary>=2.9,<3";
 /// See [`PSYCOPG2`].
 pub(crate) const BOTO3: &str = "boto3>=1.28,<2";
-/// The basic-auth app's CSRF check (`mlflow[auth]`), for `--mlflow-permissions`.
+/// The basic-auth app's CSRF check (all that the `mlflow[auth]` extra adds), for
+/// `--mlflow-permissions`.
 pub(crate) const FLASK_WTF: &str = "Flask-WTF>=1.1,<2";
 /// The host targets' auth user store: relative, in MLflow's working directory (its state
 /// directory).
@@ -176,11 +177,12 @@ pub(crate) fn auth_files(secrets: &Secrets, generator: &str, database_uri: &str)
     ]
 }
 
-/// `mlflow server` on 127.0.0.1 for the host targets, as words: the basic-auth app with
+/// `mlflow server` as words, listening on `host:port`: the basic-auth app with
 /// `--mlflow-permissions`, artifacts served through it.
-pub(crate) fn host_server_command(
+pub(crate) fn server_command(
     d: &Deployment,
     mlflow_bin: &str,
+    host: &str,
     port: u16,
     backend: &str,
     artifacts: &str,
@@ -191,7 +193,7 @@ pub(crate) fn host_server_command(
     }
     words.extend([
         "--host".into(),
-        "127.0.0.1".into(),
+        host.to_owned(),
         "--port".into(),
         port.to_string(),
         "--backend-store-uri".into(),
@@ -240,15 +242,8 @@ pub(crate) fn host_env_file(d: &Deployment, secrets: &Secrets, generator: &str) 
 /// The shell command that installs MLflow (and this deployment's extra packages) into the venv
 /// holding `mlflow_bin`, for the host targets' next steps.
 pub(crate) fn install_hint(d: &Deployment, mlflow_bin: &std::path::Path) -> String {
-    // The basic-auth app needs Flask-WTF, which only the `auth` extra brings.
-    let extra = if d.mlflow_permissions { "[auth]" } else { "" };
-    let mut pkgs = vec![format!("\"mlflow{extra}=={}\"", d.mlflow_version)];
-    pkgs.extend(
-        extra_packages(d)
-            .iter()
-            .filter(|p| **p != FLASK_WTF)
-            .map(|p| format!("\"{p}\"")),
-    );
+    let mut pkgs = vec![format!("\"mlflow=={}\"", d.mlflow_version)];
+    pkgs.extend(extra_packages(d).iter().map(|p| format!("\"{p}\"")));
     let venv = mlflow_bin
         .parent()
         .filter(|b| b.ends_with("bin"))

@@ -165,7 +165,7 @@ fn config(d: &Deployment, layout: &Layout) -> String {
     if d.mlflow_permissions {
         script.push(format!("cd {}", sh(&mlflow_dir)));
     }
-    let server = mlflow::host_server_command(d, &mlflow_bin, layout.mlflow_port, &backend, &artifacts);
+    let server = mlflow::server_command(d, &mlflow_bin, "127.0.0.1", layout.mlflow_port, &backend, &artifacts);
     script.push(format!(
         "exec {}",
         server.iter().map(|w| sh(w)).collect::<Vec<_>>().join(" ")

@@ -308,9 +308,10 @@ fn mlflow_unit(d: &Deployment, layout: &Layout) -> String {
     let _ = writeln!(
         out,
         "ExecStart={}",
-        systemd_command(&mlflow::host_server_command(
+        systemd_command(&mlflow::server_command(
             d,
             &mlflow_bin,
+            "127.0.0.1",
             layout.mlflow_port,
             &backend,
             &artifacts

@@ -531,12 +531,12 @@ impl Authenticator {
         self.oidc.as_ref()
     }
 
-    /// `user`'s role: the groups file's, else the site's default.
     /// Whether the groups file puts `user` in its `admin` group.
     pub fn is_admin(&self, user: &str) -> bool {
         self.roles.load().is_admin(user)
     }
 
+    /// `user`'s role: the groups file's, else the site's default.
     fn role_of(&self, user: &str) -> Role {
         self.roles.load().role_of(user).unwrap_or(self.settings.default_role)
     }

@@ -7,20 +7,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use guard_config::model::MAX_UPSTREAMS;
 use guard_config::serve::{Balance, BalanceSettings, HealthCheck};
 use http::header::{HeaderValue, HOST};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use crate::forward::{ForwardError, InFlight, PooledBody, SendError, Upstream, UpstreamBody, UpstreamFault};
-use crate::metrics::{LocalCounter, Metrics, UpstreamErrorLabels, UpstreamLabels};
+use crate::metrics::{LocalCounter, Metrics, Padded, UpstreamErrorLabels, UpstreamLabels};
 use crate::worker::PerWorker;
 
 /// Every upstream of one site, and how requests are spread over them.
 #[derive(Debug)]
 pub struct Upstreams {
     site: String,
-    /// Never empty, at most 64 (a request's tried set is one `u64`).
+    /// Never empty, at most [`MAX_UPSTREAMS`] (a request's tried set is one `u64`).
     members: Box<[Arc<Member>]>,
     method: Balance,
     eject: Duration,
@@ -29,21 +30,18 @@ pub struct Upstreams {
     set_host: bool,
     /// Where each worker's round robin goes next: its own, so picking writes no memory another
     /// worker writes. Together the workers still spread evenly.
-    cursor: PerWorker<Cursor>,
+    cursor: PerWorker<Padded<AtomicUsize>>,
     metrics: Arc<Metrics>,
 }
 
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Cursor(AtomicUsize);
+// The tried set of a request is one bit per upstream.
+const _: () = assert!(MAX_UPSTREAMS <= u64::BITS as usize);
 
 /// One upstream and what is known of it.
 #[derive(Debug)]
 pub struct Member {
     /// Its connections.
     pub upstream: Upstream,
-    /// `http://host:port`, for logs and metrics.
-    label: String,
     /// Its authority as the `Host` value, one copy per worker (see `route::SiteLocal`).
     host: PerWorker<HeaderValue>,
     /// The health check's verdict: up until checks say otherwise.
@@ -80,7 +78,7 @@ impl Member {
     /// Ends a passive ejection: the upstream took a connection again.
     fn readmit(&self, site: &str, why: &str) {
         if self.ejected_until.swap(0, Ordering::Relaxed) != 0 {
-            tracing::info!(site, upstream = %self.label, "upstream back in the rotation: {why}");
+            tracing::info!(site, upstream = %self.upstream.label(), "upstream back in the rotation: {why}");
             self.show();
         }
     }
@@ -97,23 +95,21 @@ impl Upstreams {
         metrics: &Arc<Metrics>,
     ) -> Upstreams {
         assert!(
-            (1..=64).contains(&upstreams.len()),
-            "a site has 1 to 64 upstreams (the configuration checks it)"
+            (1..=MAX_UPSTREAMS).contains(&upstreams.len()),
+            "a site has 1 to {MAX_UPSTREAMS} upstreams (the configuration checks it)"
         );
         let members = upstreams
             .into_iter()
             .map(|upstream| {
-                let label = upstream.label().to_owned();
                 let labels = UpstreamLabels {
                     site: site.to_owned(),
-                    upstream: label.clone(),
+                    upstream: upstream.label().to_owned(),
                 };
                 let authority = upstream.authority().to_owned();
                 let m = Member {
                     host: PerWorker::new(|| {
                         HeaderValue::from_str(&authority).expect("a validated authority is a header value")
                     }),
-                    label,
                     upstream,
                     up: AtomicBool::new(true),
                     ejected_until: AtomicU64::new(0),
@@ -133,14 +129,9 @@ impl Upstreams {
             eject: balance.eject_duration,
             health_check: balance.health_check.clone(),
             set_host,
-            cursor: PerWorker::new(Cursor::default),
+            cursor: PerWorker::new(Padded::default),
             metrics: metrics.clone(),
         }
-    }
-
-    /// Every upstream, in the configured order.
-    pub fn members(&self) -> impl Iterator<Item = &Upstream> {
-        self.members.iter().map(|m| &m.upstream)
     }
 
     /// The next upstream for a request that has not been tried on any in `tried` (a bit per
@@ -167,7 +158,7 @@ impl Upstreams {
         if m.ejected_until.swap(until, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 site = %self.site,
-                upstream = %m.label,
+                upstream = %m.upstream.label(),
                 "upstream left out of the rotation for {}s: {}",
                 self.eject.as_secs(),
                 guard_config::error::chain(fault)
@@ -327,7 +318,7 @@ async fn health_check(member: Weak<Member>, check: HealthCheck, site: String) {
                 passes = passes.saturating_add(1);
                 if !up && passes >= check.rise {
                     m.up.store(true, Ordering::Relaxed);
-                    tracing::info!(site, upstream = %m.label, "upstream up: {passes} health checks passed");
+                    tracing::info!(site, upstream = %m.upstream.label(), "upstream up: {passes} health checks passed");
                 }
                 m.readmit(&site, "its health check passed");
             }
@@ -336,9 +327,9 @@ async fn health_check(member: Weak<Member>, check: HealthCheck, site: String) {
                 failures = failures.saturating_add(1);
                 if up && failures >= check.fall {
                     m.up.store(false, Ordering::Relaxed);
-                    tracing::warn!(site, upstream = %m.label, "upstream down after {failures} failed health checks: {why}");
+                    tracing::warn!(site, upstream = %m.upstream.label(), "upstream down after {failures} failed health checks: {why}");
                 } else {
-                    tracing::debug!(site, upstream = %m.label, "health check failed: {why}");
+                    tracing::debug!(site, upstream = %m.upstream.label(), "health check failed: {why}");
                 }
             }
         }

@@ -110,7 +110,7 @@ type HistogramFamily = Family<SiteLabel, LocalHistogram, fn() -> LocalHistogram>
 /// would pass the line back and forth on every request.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Padded<T>(T);
+pub(crate) struct Padded<T>(pub(crate) T);
 
 /// A counter kept per worker thread and summed when scraped. Counters on the request path are
 /// bumped on every request by every worker; one shared atomic would cost a cross-core cache
